@@ -1,0 +1,450 @@
+"""Confidence-based early exit: confidences, exit rules, exit masks, and the journal's losses.
+
+Everything here is a pure function of per-layer tensors; nothing touches the model. model.py
+loops over layers l = 0..L-1, builds one `LayerOut` per layer (all tensors (B, T)) and calls
+
+    trigger = EXIT_RULES[exit_mode](confidence.detach(), exit_threshold)   # bool (B, T)
+    just_triggered, next_mask = step_masks(mask_BT, trigger, is_last)      # float (B, T)
+    terms = EXIT_LOSSES[exit_loss](layers, LossContext(n_layer, progress, targets))
+
+Names follow the journal (../shared/seeds/000): `confidence`, `mask_BT` (1 = token still running
+when it enters this layer), `just_triggered` (1 = token exits at this layer; at the last layer
+every still-running token), `xe` (per-token cross-entropy), `earlystop`, `earlystopdict`.
+
+Loss terms (`LossTerms(loss, confloss, targetloss)`, the journal's log fields):
+- `targetloss`: an ordinary cross-entropy against the targets that is *added* to the loss
+  (the last layer's mean CE in 1-noise, 2-test, confidence-penalty, reward-prev-token; the
+  weighted last-layer CE in layerskip); 0 where the loss has no such separate term.
+- `confloss`: every other term (the per-layer confidence / exit / feedback part).
+- For every experiment loss `loss == confloss + targetloss`. The plain baselines `final` and
+  `all-layers` report confloss = targetloss = 0, as the journal's baseline logs do
+  (`confloss: 0.0000, targetloss: 0.0000`).
+
+Deeper layers of exited tokens: the losses read whatever the model put in LayerOut for them.
+The journal computed every layer for every token ("we always multiply them in at every layer
+(even if it is not sampled)"), i.e. model exit_propagate=False in training; with propagation
+their deeper-layer xe / confidence are those of the frozen exit state.
+
+Numerics: log(1 - x) terms clamp 1 - x at `ctx.eps` (default 1e-6) so they stay finite; below
+the clamp the term is constant and has no gradient.
+"""
+from dataclasses import dataclass
+from typing import Callable, Dict, NamedTuple, Optional
+
+import torch
+
+# ----------------------------------------------------------------------------------------------
+# confidences: fn(out) -> (N,) or (B, T); `out` is a heads.HeadOut or a LayerOut (fields
+# p_max, p_second, p_target of the same shape)
+
+CONFIDENCES: Dict[str, Callable] = {}
+
+
+def register_confidence(name):
+    def wrap(fn):
+        CONFIDENCES[name] = fn
+        return fn
+    return wrap
+
+
+@register_confidence("max-prob")
+def max_prob(out):
+    """p_max: largest softmax probability of the layer's head (the journal's confidence)."""
+    return out.p_max
+
+
+@register_confidence("top2-margin")
+def top2_margin(out):
+    """p_max - p_second: margin between the two most likely next tokens."""
+    return out.p_max - out.p_second
+
+
+@register_confidence("target-prob")
+def target_prob(out):
+    """p_target: probability of the true next token (the journal's "confidence of target",
+    6-test). Needs targets; only defined in training / evaluation with targets."""
+    if out.p_target is None:
+        raise ValueError("confidence 'target-prob' needs targets (p_target is None); "
+                         "use 'max-prob' or 'top2-margin' for generation")
+    return out.p_target
+
+
+# ----------------------------------------------------------------------------------------------
+# exit rules: fn(confidence, threshold, generator=None) -> bool, same shape as confidence
+
+EXIT_RULES: Dict[str, Callable] = {}
+
+
+def register_exit_rule(name):
+    def wrap(fn):
+        EXIT_RULES[name] = fn
+        return fn
+    return wrap
+
+
+@register_exit_rule("threshold")
+def threshold_rule(confidence, threshold, generator=None):
+    """Exit when confidence >= threshold (threshold > 1 never exits, 0 always exits)."""
+    return confidence >= threshold
+
+
+@register_exit_rule("sample")
+def sample_rule(confidence, threshold=None, generator=None):
+    """Exit with probability = confidence (the journal's "some probability of terminating"):
+    u ~ U[0, 1) per token, exit when u < confidence. `threshold` is ignored."""
+    u = torch.rand(confidence.shape, generator=generator, device=confidence.device,
+                   dtype=torch.float32)
+    return u < confidence.float()
+
+
+def check_name(kind, name):
+    """Raise ValueError listing the known names unless `name` is registered in registry `kind`
+    ("confidence" | "exit_mode" | "exit_loss")."""
+    reg = {"confidence": CONFIDENCES, "exit_mode": EXIT_RULES, "exit_loss": EXIT_LOSSES}[kind]
+    if name not in reg:
+        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(reg))}")
+
+
+# ----------------------------------------------------------------------------------------------
+# masks
+
+
+def step_masks(mask_BT, trigger, is_last):
+    """One layer of exit bookkeeping.
+
+    mask_BT (B, T) float: 1 = token still running when entering this layer.
+    trigger (B, T) bool: the exit rule fired at this layer.
+    Returns (just_triggered, next_mask), float (B, T), no grad:
+      just_triggered = mask_BT * trigger   (at the last layer: = mask_BT, everyone left exits)
+      next_mask      = mask_BT - just_triggered
+    """
+    mask_BT = mask_BT.detach().float()
+    if is_last:
+        just_triggered = mask_BT.clone()
+    else:
+        just_triggered = mask_BT * trigger.detach().to(mask_BT.dtype)
+    return just_triggered, mask_BT - just_triggered
+
+
+@dataclass
+class LayerOut:
+    """Per-layer record; every tensor (B, T). xe / p_target are None without targets."""
+    layer: int                          # 0-based layer index
+    xe: Optional[torch.Tensor]          # per-token cross-entropy of this layer's head (grad)
+    confidence: torch.Tensor            # CONFIDENCES[cfg.confidence] of this layer (grad)
+    p_max: torch.Tensor                 # max softmax probability (grad)
+    p_second: torch.Tensor              # second-largest softmax probability (grad)
+    argmax: torch.Tensor                # int64 most likely next token
+    p_target: Optional[torch.Tensor]    # probability of the target (grad)
+    mask_BT: torch.Tensor               # float, 1 = still running when entering this layer
+    just_triggered: torch.Tensor        # float, 1 = exits at this layer
+
+
+@dataclass
+class LossContext:
+    """What a loss may need besides the per-layer tensors."""
+    n_layer: int
+    progress: float = 0.0                   # training progress in [0, 1] (LayerSkip curriculum)
+    targets: Optional[torch.Tensor] = None  # (B, T) int64 or None
+    step: int = 0                           # training step (LayerSkip rotational curriculum)
+    layerskip_scale: float = 1.0            # LayerSkip e_scale
+    layerskip_curriculum: str = "gradual"   # gradual | rotational | none
+    layerskip_rotation: int = 2             # R of the rotational curriculum
+    prev_token_shift: int = 1               # reward-prev-token: 1 = journal diagram, 0 = same pos
+    eps: float = 1e-6                       # clamp for log(1 - x)
+
+
+class LossTerms(NamedTuple):
+    loss: torch.Tensor          # () what is backpropagated
+    confloss: torch.Tensor      # () confidence / exit part (see module docstring)
+    targetloss: torch.Tensor    # () ordinary target-CE part that is added (0 when none)
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics
+
+
+def layer_losses(layers):
+    """(L,) detached mean CE of each layer's head (stats["layer_losses"]); needs targets."""
+    _need_xe(layers, "layer_losses")
+    return torch.stack([o.xe.detach().float().mean() for o in layers])
+
+
+def exit_summary(layers, early_exit=True):
+    """Exit statistics from just_triggered (detached).
+
+    earlystopdict (L,): fraction of tokens exiting at each layer (last entry: ran to the end);
+                        sums to 1. All zeros when early_exit is False (the journal's logs).
+    earlystop ():       fraction exiting before the last layer.
+    exit_depth ():      mean 1-based exit layer (= L when nothing exits early).
+    """
+    L = len(layers)
+    jt = torch.stack([o.just_triggered.detach().float() for o in layers])   # (L, B, T)
+    device = jt.device
+    if not early_exit:
+        z = torch.zeros(L, device=device)
+        return {"earlystop": z.new_zeros(()), "earlystopdict": z,
+                "exit_depth": torch.tensor(float(L), device=device)}
+    esd = jt.flatten(1).mean(1)                                             # (L,)
+    depth = (esd * torch.arange(1, L + 1, device=device, dtype=esd.dtype)).sum()
+    return {"earlystop": esd[:-1].sum(), "earlystopdict": esd, "exit_depth": depth}
+
+
+# ----------------------------------------------------------------------------------------------
+# losses: fn(layers: list[LayerOut], ctx: LossContext) -> LossTerms
+
+EXIT_LOSSES: Dict[str, Callable] = {}
+
+
+def register_exit_loss(name):
+    def wrap(fn):
+        EXIT_LOSSES[name] = fn
+        return fn
+    return wrap
+
+
+def _need_xe(layers, name):
+    if any(o.xe is None for o in layers):
+        raise ValueError(f"exit loss {name!r} needs targets (xe is None)")
+
+
+def _check(layers, ctx, name):
+    if len(layers) != ctx.n_layer:
+        raise ValueError(f"exit loss {name!r}: got {len(layers)} layers, n_layer={ctx.n_layer}")
+    _need_xe(layers, name)
+
+
+def _zero(layers):
+    return layers[-1].p_max.new_zeros((), dtype=torch.float32)
+
+
+def _log1m(x, eps):
+    """log(1 - x) with 1 - x clamped at eps (finite; no gradient below the clamp)."""
+    return torch.log((1.0 - x).clamp_min(eps))
+
+
+@register_exit_loss("final")
+def loss_final(layers, ctx):
+    """Ordinary GPT loss: loss = mean_{b,t} xe_{L-1}. confloss = targetloss = 0."""
+    _check(layers, ctx, "final")
+    loss = layers[-1].xe.float().mean()
+    return LossTerms(loss, _zero(layers), _zero(layers))
+
+
+@register_exit_loss("all-layers")
+def loss_all_layers(layers, ctx):
+    """Every layer's head trained on the targets (the journal's "all layer loss"):
+    loss = (1/L) sum_l mean_{b,t} xe_l. confloss = targetloss = 0."""
+    _check(layers, ctx, "all-layers")
+    loss = sum(o.xe.float().mean() for o in layers) / ctx.n_layer
+    return LossTerms(loss, _zero(layers), _zero(layers))
+
+
+@register_exit_loss("1-noise")
+def loss_1_noise(layers, ctx):
+    """1-noise: "for each layer, -1 * crossentropy / n_layers" added to the ordinary loss.
+    CE_l = mean_{b,t} xe_l.
+      targetloss = CE_{L-1}
+      confloss   = sum_{l=0}^{L-1} -CE_l / L      (pushes every layer's CE up: the "noise")
+      loss       = targetloss + confloss
+    """
+    _check(layers, ctx, "1-noise")
+    target = layers[-1].xe.float().mean()
+    conf = sum(-o.xe.float().mean() / ctx.n_layer for o in layers)
+    return LossTerms(target + conf, conf, target)
+
+
+@register_exit_loss("2-test")
+def loss_2_test(layers, ctx):
+    """2-test: `losses += log(1 - exp(-CE_l)) / n_layer` with CE_l = F.cross_entropy of layer l
+    (mean over all tokens), "positive feedback only"; added to the ordinary loss.
+      targetloss = CE_{L-1}
+      confloss   = sum_{l=0}^{L-1} log(max(1 - exp(-CE_l), eps)) / L
+      loss       = targetloss + confloss
+    exp(-CE_l) is the geometric-mean target probability; confidence is not used (no grad).
+    """
+    _check(layers, ctx, "2-test")
+    target = layers[-1].xe.float().mean()
+    conf = 0.0
+    for o in layers:
+        ce = o.xe.float().mean()
+        conf = conf + torch.log((-torch.expm1(-ce)).clamp_min(ctx.eps)) / ctx.n_layer
+    return LossTerms(target + conf, conf, target)
+
+
+@register_exit_loss("3-test")
+def loss_3_test(layers, ctx):
+    """3-test: per layer `loss_ = (xe * confidence * mask_BT).mean()`, summed over layers:
+      loss = confloss = sum_{l=0}^{L-1} mean_{b,t}(xe_l * confidence_l * mask_BT_l)
+      targetloss = 0
+    "If targets exist, for now we always multiply them in at every layer (even if it is not
+    sampled)": the targets enter only through xe inside this product, at every layer a token
+    is still running — no separate final CE is added (4-test's remark "we don't use the true
+    loss ... until the network is actually ready" only makes sense without one).
+    """
+    _check(layers, ctx, "3-test")
+    conf = sum((o.xe.float() * o.confidence.float() * o.mask_BT).mean() for o in layers)
+    return LossTerms(conf, conf, _zero(layers))
+
+
+def _xe_factor_loss(layers, conf_of):
+    """sum_l mean((xe_l - 1) * just_triggered_l + 1) * conf_of(l) * mask_BT_l)."""
+    total = 0.0
+    for o in layers:
+        xe_factor = (o.xe.float() - 1.0) * o.just_triggered + 1.0
+        total = total + (xe_factor * conf_of(o).float() * o.mask_BT).mean()
+    return total
+
+
+@register_exit_loss("4-test")
+def loss_4_test(layers, ctx):
+    """4-test: the true loss only where the token exits:
+      xe_factor = (xe - 1) * just_triggered + 1        (= xe at the exit layer, 1 before it)
+      loss = confloss = sum_l mean_{b,t}(xe_factor_l * confidence_l * mask_BT_l)
+      targetloss = 0      (no separate final CE; the last layer's just_triggered covers every
+                           token still running, so every token's CE enters exactly once)
+    Before its exit layer a token's term is its confidence ("punishes confidence early on").
+    """
+    _check(layers, ctx, "4-test")
+    conf = _xe_factor_loss(layers, lambda o: o.confidence)
+    return LossTerms(conf, conf, _zero(layers))
+
+
+@register_exit_loss("5-test")
+def loss_5_test(layers, ctx):
+    """5-test: the previous layer's xe / just_triggered / mask with the current confidence
+    ("ask the next layer if wrong or not wrong"):
+      xe_factor_prev = (xe_{l-1} - 1) * just_triggered_{l-1} + 1
+      loss = confloss = sum_{l=1}^{L-1} mean_{b,t}(xe_factor_prev * confidence_l * mask_BT_{l-1})
+      targetloss = 0
+    Layer 0 has no previous layer and contributes nothing; tokens exiting at the last layer
+    have no next layer and so get no CE term (the journal: "Maybe I should really penalize the
+    last layer..."). xe_{l-1} keeps its gradient.
+    Journal-faithful with model exit_propagate=False (every layer computes every token): with
+    propagation, a token that exited at l-1 keeps its state at layer l, so the "next layer's"
+    confidence_l is just confidence_{l-1} again.
+    """
+    _check(layers, ctx, "5-test")
+    conf = _zero(layers)
+    for prev, cur in zip(layers[:-1], layers[1:]):
+        xe_factor_prev = (prev.xe.float() - 1.0) * prev.just_triggered + 1.0
+        conf = conf + (xe_factor_prev * cur.confidence.float() * prev.mask_BT).mean()
+    return LossTerms(conf, conf, _zero(layers))
+
+
+@register_exit_loss("6-test")
+def loss_6_test(layers, ctx):
+    """6-test, "confidence of target": the 4-test form with the target's probability as the
+    confidence, whatever cfg.confidence is (set confidence="target-prob" too for the exit masks):
+      xe_factor = (xe - 1) * just_triggered + 1
+      loss = confloss = sum_l mean_{b,t}(xe_factor_l * p_target_l * mask_BT_l)
+      targetloss = 0
+    """
+    _check(layers, ctx, "6-test")
+    conf = _xe_factor_loss(layers, lambda o: o.p_target)
+    return LossTerms(conf, conf, _zero(layers))
+
+
+@register_exit_loss("confidence-penalty")
+def loss_confidence_penalty(layers, ctx):
+    """Journal's first idea: `block_loss = -log(1 - pr[max])`, "the higher the confidence, the
+    more negative the block_loss (so when added to the loss, the loss gets lower)": confident
+    layers are *rewarded* (positive feedback only; ~0 at low confidence). The journal confirms
+    the sign: "the confidence is being pushed very high on early layers". So the term added is
+    log(1 - p_max) = -block_loss, per token, at every layer, normalised by n_layer as in 1-noise:
+      targetloss = CE_{L-1}
+      confloss   = sum_{l=0}^{L-1} mean_{b,t} log(max(1 - p_max_l, eps)) / L      (<= 0)
+      loss       = targetloss + confloss
+    The eps clamp also bounds the reward (>= log(eps) per token), which is otherwise -inf.
+    Uses p_max, not cfg.confidence (the formula names pr[max]).
+    """
+    _check(layers, ctx, "confidence-penalty")
+    target = layers[-1].xe.float().mean()
+    conf = sum(_log1m(o.p_max.float(), ctx.eps).mean() / ctx.n_layer for o in layers)
+    return LossTerms(target + conf, conf, target)
+
+
+@register_exit_loss("reward-prev-token")
+def loss_reward_prev_token(layers, ctx):
+    """6-test discussion: "we can reward tokens that are equal to the next token in the previous
+    layer". The journal's diagram wants layer l to run one token ahead of layer l-1
+    ("the third layer is guessing not the third layer, but continuing to guess the second"):
+
+        A       stream of   text that is       <- input
+        stream  of     text that is   next     <- layer l-1 predictions
+        of      text   that is   next .        <- layer l: = layer l-1's prediction one to the right
+
+    With s = ctx.prev_token_shift (1 = the diagram; 0 = agree with the previous layer at the
+    same position), for l >= 1 and t < T - s:
+      match_l[b,t] = argmax_l[b,t] == argmax_{l-1}[b,t+s]        (no grad)
+      confloss     = -sum_{l=1}^{L-1} mean_{b,t}(match_l * p_max_l) / L      (<= 0)
+      targetloss   = CE_{L-1}
+      loss         = targetloss + confloss
+    On matching tokens p_max_l is the probability layer l gives the previous layer's guess, so
+    the reward raises it; non-matching tokens get no feedback (positive feedback only, as the
+    journal prefers). Positions t >= T - s count as 0 in the mean over all B*T.
+    """
+    _check(layers, ctx, "reward-prev-token")
+    s = int(ctx.prev_token_shift)
+    target = layers[-1].xe.float().mean()
+    conf = _zero(layers)
+    for prev, cur in zip(layers[:-1], layers[1:]):
+        T = cur.argmax.shape[-1]
+        match = torch.zeros_like(cur.p_max, dtype=torch.float32)
+        if T > s:
+            match[..., :T - s] = (cur.argmax[..., :T - s] == prev.argmax[..., s:]).float()
+        conf = conf - (match * cur.p_max.float()).mean() / ctx.n_layer
+    return LossTerms(target + conf, conf, target)
+
+
+def layerskip_weights(n_layer, progress=0.0, scale=1.0, curriculum="gradual", step=0,
+                      rotation=2):
+    """(L,) normalised LayerSkip early-exit loss weights (LayerSkip, Elhoushi et al. 2024, eq.
+    of the early exit loss): scale grows with depth,
+        e_l     = e_scale * sum_{i=0}^{l} i                 for 0 <= l < L-1
+        e_{L-1} = (L-1) + e_scale * sum_{i=0}^{L-2} i
+    masked by a curriculum C(t, l) in {0, 1} and normalised: w_l = C e_l / sum_i C e_i.
+    Curricula (last layer always on):
+      gradual:    layers enabled from L-1 down to 0, one more every 1/(2L) of training
+                  (all on from progress 0.5): C = 1 iff l >= L-1 - floor(2 L progress)
+      rotational: C = 1 iff l == L-1 or l % R == step % R   (R = rotation)
+      none:       C = 1
+    Layer 0's scale is 0 by the formula. With L = 1 the single weight is 1.
+    """
+    L = n_layer
+    if L == 1:
+        return torch.ones(1)
+    tri = torch.tensor([l * (l + 1) / 2 for l in range(L)], dtype=torch.float64)  # sum_{i<=l} i
+    e = scale * tri
+    e[L - 1] = (L - 1) + scale * tri[L - 2]
+    if curriculum == "gradual":
+        k = int(2 * L * min(max(progress, 0.0), 1.0))
+        c = torch.tensor([float(l >= L - 1 - k) for l in range(L)], dtype=torch.float64)
+    elif curriculum == "rotational":
+        c = torch.tensor([float(l == L - 1 or l % rotation == step % rotation)
+                          for l in range(L)], dtype=torch.float64)
+    elif curriculum == "none":
+        c = torch.ones(L, dtype=torch.float64)
+    else:
+        raise ValueError(f"unknown layerskip curriculum {curriculum!r}; "
+                         "known: gradual, none, rotational")
+    w = c * e
+    return (w / w.sum()).float()
+
+
+@register_exit_loss("layerskip")
+def loss_layerskip(layers, ctx):
+    """LayerSkip-style early-exit loss (Elhoushi et al. 2024), see `layerskip_weights`:
+      loss       = sum_l w_l(progress) * CE_l,   CE_l = mean_{b,t} xe_l
+      targetloss = w_{L-1} * CE_{L-1}            (the final head's share)
+      confloss   = sum_{l<L-1} w_l * CE_l        (the early-exit heads' share)
+    At progress 0 with the gradual curriculum w = (0, ..., 0, 1): the ordinary GPT loss.
+    (LayerSkip's layer dropout is a model-side feature, not part of this loss.)
+    """
+    _check(layers, ctx, "layerskip")
+    w = layerskip_weights(ctx.n_layer, ctx.progress, ctx.layerskip_scale,
+                          ctx.layerskip_curriculum, ctx.step, ctx.layerskip_rotation)
+    terms = [float(w[l]) * o.xe.float().mean() for l, o in enumerate(layers)]
+    target = terms[-1]
+    conf = sum(terms[:-1]) if len(terms) > 1 else _zero(layers)
+    return LossTerms(target + conf, conf, target)

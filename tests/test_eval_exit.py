@@ -1,0 +1,137 @@
+"""eval_exit.py end to end on a tiny random model saved in the checkpoint format."""
+import dataclasses
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import eval_exit
+from model import GPT, GPTConfig
+
+L = 3
+THRESHOLDS = [1.01, 0.9, 0.7, 0.5, 0.3, 0.1, 0.0]    # falling
+
+
+def write_data(root, vocab=64, n_val=2000, n_train=500):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    shards = []
+    for split, n in (("val", n_val), ("train", n_train)):
+        name = f"tiny_{split}_000000.npy"
+        np.save(root / name, rng.integers(0, vocab, n).astype(np.uint16))
+        sha = hashlib.sha256((root / name).read_bytes()).hexdigest()
+        shards.append({"file": name, "split": split, "tokens": n, "sha256": sha})
+    meta = {"source": "test", "tokenizer": "char", "vocab_size": vocab, "eot": None,
+            "dtype": "uint16", "chars": "".join(chr(33 + i) for i in range(vocab)),
+            "shards": shards, "complete": True}
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root
+
+
+def write_ckpt(path, share_weights=True, sharpen=8.0):
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=32, vocab_size=64, n_layer=L, n_head=2, n_embd=32,
+                    share_weights=share_weights, layer_heads=True, early_exit=True,
+                    exit_threshold=0.9, exit_loss="4-test")
+    model = GPT(cfg)
+    with torch.no_grad():                 # peaky heads: confidences spread over (0, 1)
+        model.lm_head.weight.mul_(sharpen)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "model_config": dataclasses.asdict(cfg),
+                "train_config": {"T": 16, "B": 2}, "step": 0, "optimizer": {}, "loader": {},
+                "rng": [], "tokenizer": {"name": "char", "chars": None}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evalexit")
+    ckpt = write_ckpt(tmp / "log" / "tinyrun" / "ckpt_000000.pt")
+    data = write_data(tmp / "data" / "tiny")
+    return tmp, ckpt, data
+
+
+def argv(tmp, ckpt, data, *extra):
+    return ["--ckpt", str(ckpt), "--data", str(data),
+            "--thresholds", ",".join(map(str, THRESHOLDS)), "--batches", "3",
+            "--batch-size", "2", "--decode-tokens", "4", "--img-dir", str(tmp / "img"), *extra]
+
+
+def test_eval_exit_table(setup, capsys):
+    tmp, ckpt, data = setup
+    rows, ref, md, run_name = eval_exit.run(eval_exit.parse_args(argv(tmp, ckpt, data)))
+    assert run_name == "tinyrun" and len(rows) == len(THRESHOLDS)
+    assert [r["threshold"] for r in rows] == THRESHOLDS
+    # threshold > 1: full depth, nothing saved, the full-depth loss exactly
+    assert rows[0]["exit_depth"] == L and rows[0]["flops_saved"] == 0.0
+    assert rows[0]["val_loss"] == pytest.approx(ref["val_loss"], rel=1e-6)
+    # threshold 0: everybody exits at layer 1; saved = 1 - 1/L (no propagated kv beyond)
+    assert rows[-1]["exit_depth"] == 1.0
+    depths = [r["exit_depth"] for r in rows]
+    assert all(a >= b for a, b in zip(depths, depths[1:])), depths
+    assert any(1.0 < d < L for d in depths), depths        # the test exercises partial exits
+    for r in rows:
+        assert sum(r["earlystopdict"]) == pytest.approx(1.0)
+        assert r["tok_s"] is not None and r["tok_s"] > 0
+    saved = [r["flops_saved"] for r in rows]
+    assert all(a <= b + 1e-12 for a, b in zip(saved, saved[1:]))
+    # main writes the same table, and the plot
+    eval_exit.main(argv(tmp, ckpt, data))
+    text = (tmp / "log" / "tinyrun" / "exit_eval.md").read_text()
+    table = [ln for ln in text.splitlines() if ln.startswith("| ") and not ln.startswith("| threshold")]
+    assert len(table) == len(THRESHOLDS)
+    first = [c.strip() for c in table[0].strip("|").split("|")]
+    assert first[0] == "1.01" and first[3] == "3.000" and first[5] == "0.0 %"
+    assert (tmp / "img" / "tinyrun_pareto.png").stat().st_size > 1000
+    assert "| threshold |" in capsys.readouterr().out
+
+
+def test_forward_flops():
+    block, head, kv = 1000.0, 300.0, 70.0
+    flops, full, plain = eval_exit.forward_flops([0, 0, 0, 1.0], True, block, head, kv)
+    assert flops == full == 4 * (block + head) and plain == 4 * block + head
+    flops, _, _ = eval_exit.forward_flops([0.5, 0, 0.5, 0], True, block, head, kv)
+    assert flops == pytest.approx(0.5 * (block + head + kv) + 0.5 * (3 * (block + head) + kv))
+    flops, _, _ = eval_exit.forward_flops([1.0, 0, 0, 0], False, block, head, kv)  # kv per layer
+    assert flops == pytest.approx(block + head + 3 * kv)
+
+
+def test_layer_costs_match_model_flops_per_token():
+    """forward block + head FLOPs = a third of model.flops_per_token (fwd+bwd = 3 x fwd)."""
+    for share in (True, False):
+        cfg = GPTConfig(block_size=32, vocab_size=64, n_layer=L, n_head=2, n_embd=32,
+                        share_weights=share, layer_heads=True)
+        model = GPT(cfg)
+        block, head, kv = eval_exit.layer_costs(model, 16)
+        assert L * (block + head) * 3 == pytest.approx(model.flops_per_token(16))
+        assert kv == 4 * 32 * 32
+
+
+def test_pareto_front():
+    pts = [(3.0, 2.0), (2.0, 2.5), (2.5, 2.6), (1.0, 4.0), (1.5, 3.0)]
+    assert eval_exit.pareto_front(pts) == [3, 4, 1, 0]
+
+
+@pytest.mark.parametrize("bad,msg", [
+    (["--thresholds", "0.5,x"], "thresholds"),
+    (["--thresholds", "-1"], "thresholds"),
+    (["--ckpt", "nope.pt"], "checkpoint not found"),
+    (["--data", "no/such/dir"], "does not exist"),
+    (["--seq-len", "16", "--batch-size", "500"], "lower --batch-size"),
+    (["--ckpt", "CORRUPT"], "cannot load checkpoint"),
+])
+def test_bad_input_is_one_error_line(setup, capsys, bad, msg, tmp_path):
+    tmp, ckpt, data = setup
+    out = tmp_path / "x.md"
+    if "CORRUPT" in bad:
+        bad = ["--ckpt", str(tmp_path / "bad.pt")]
+        (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as e:
+        eval_exit.main(argv(tmp, ckpt, data, "--out", str(out)) + bad)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], err
+    assert not out.exists()
