@@ -399,8 +399,13 @@ class YMlpResBlock(Block):
 # ----------------------------------------------------------------------------------------------
 # positional encodings: each adds to the token embedding and/or gives RoPE tables
 
+SIN_PE_RMS = 0.02   # sinusoidal table scaled to the token embedding's init std (see sinusoidal_table)
+
+
 def sinusoidal_table(n_pos, C):
-    """(n_pos, C) fixed sin/cos table (Vaswani et al.): even dims sin, odd dims cos."""
+    """(n_pos, C) fixed sin/cos table (Vaswani et al.): even dims sin, odd dims cos, scaled so
+    its RMS is SIN_PE_RMS. Unscaled (RMS 0.71) it drowns GPT-2-initialised token embeddings
+    (std 0.02): in a CPU sweep such a model stayed at the loss of a context-free model."""
     pos = torch.arange(n_pos, dtype=torch.float32)[:, None]
     inv = torch.exp(torch.arange(0, C, 2, dtype=torch.float32) * (-math.log(10000.0) / C))
     pe = torch.zeros(n_pos, C)
@@ -440,7 +445,8 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight   # weight tying
         if cfg.pos_encoding == "sinusoidal":
-            self.register_buffer("sin_pe", sinusoidal_table(cfg.block_size, cfg.n_embd),
+            self.register_buffer("sin_pe", sinusoidal_table(cfg.block_size, cfg.n_embd)
+                                 * (SIN_PE_RMS * math.sqrt(2.0)),
                                  persistent=False)
         if cfg.pos_encoding == "rope":
             cos, sin = rope_tables(cfg.block_size, cfg.n_embd // cfg.n_head, cfg.rope_base)
