@@ -1,0 +1,110 @@
+"""Shared fixtures for the trainer tests: a tiny char-level dataset written with numpy.
+
+The manifest (meta.json) follows the contract, so these tests do not depend on fineweb.py's
+build. Helpers run train_gpt2.py in a subprocess (OMP_NUM_THREADS=1) and parse its logs.
+"""
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "train_gpt2.py")
+sys.path.insert(0, ROOT)
+
+# tiny model + data; every test run adds its own --key=value overrides
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--vocab_size=64",
+        "--T=16", "--B=2", "--total_batch_size=64", "--max_steps=6", "--warmup_steps=2",
+        "--max_lr=1e-2", "--eval_interval=3", "--eval_iters=2", "--size_interval=2",
+        "--sample_interval=3", "--sample_tokens=8", "--num_samples=1", "--checkpoint_interval=0",
+        "--device=cpu", "--compile=False", "--dtype=float32", "--head_impl=naive"]
+
+TRAIN_RE = re.compile(
+    r"^@ (\d+) train (\d+\.\d{4}) , allloss: (\d+\.\d{4}), confloss: (-?\d+\.\d{4}), "
+    r"targetloss: (-?\d+\.\d{4}), earlystop: (\d\.\d{3}), earlystopdict: \[([^\]]*)\], "
+    r"lr:(\d\.\d{4}e[-+]\d\d), norm:(\d+\.\d{4}), dt: (\d+\.\d{2})ms, tok/sec: (\d+\.\d{2}), "
+    r"flops:(\d+\.\d{2}), batch-reuse:(\d+)$")
+SIZE_RE = re.compile(r"^SIZE COMPARISON prev (\S+) mid (\S+) next (\S+)$")
+VAL_RE = re.compile(r"^@ (\d+) val (\d+\.\d{4})$")
+VAL_LAYERS_RE = re.compile(r"^@ (\d+) val-layers \[([^\]]*)\], exit-depth: (\d+\.\d{3})$")
+SAMPLE_RE = re.compile(r"^@ (\d+) sample (\d+): .*$")
+
+
+def _write_shard(d, name, arr):
+    path = os.path.join(d, name)
+    np.save(path, arr.astype(np.uint16))
+    with open(path, "rb") as f:
+        sha = hashlib.sha256(f.read()).hexdigest()
+    return {"file": name, "split": name.split("_")[1], "tokens": int(arr.size), "sha256": sha}
+
+
+def make_char_dataset(d, n_train=6000, n_val=1500, vocab=40, seed=0, tokenizer="char"):
+    """A learnable char corpus: a repeated pangram-like text plus noise; 1 val + 2 train shards."""
+    os.makedirs(d, exist_ok=True)
+    chars = "".join(chr(ord("a") + i) if i < 26 else " .,!?;:'-()0123456789"[i - 26]
+                    for i in range(vocab))
+    rng = np.random.default_rng(seed)
+    base = np.array([i % 13 + (i // 13) % 3 for i in range(97)])   # periodic pattern
+    def stream(n):
+        reps = np.resize(base, n)
+        noise = rng.integers(0, vocab, n)
+        return np.where(rng.random(n) < 0.1, noise, reps) % vocab
+    shards = [_write_shard(d, "tiny_val_000000.npy", stream(n_val)),
+              _write_shard(d, "tiny_train_000001.npy", stream(n_train // 2)),
+              _write_shard(d, "tiny_train_000002.npy", stream(n_train - n_train // 2))]
+    meta = {"source": "test", "tokenizer": tokenizer, "vocab_size": vocab, "eot": None,
+            "dtype": "uint16", "shards": shards, "complete": True}
+    if tokenizer == "char":
+        meta["chars"] = chars
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump(meta, f)
+    return d
+
+
+@pytest.fixture(scope="session")
+def char_data(tmp_path_factory):
+    return make_char_dataset(str(tmp_path_factory.mktemp("data") / "tiny"))
+
+
+def run_train(args, cwd=ROOT, timeout=300, nproc=None, env_extra=None):
+    """Run train_gpt2.py (or under torch.distributed.run with nproc) -> CompletedProcess."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    env.update(env_extra or {})
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", TRAIN] + list(args)
+    else:
+        cmd = [sys.executable, TRAIN] + list(args)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(l) for l in f if l.strip()]
+
+
+def train_events(path):
+    return [e for e in read_jsonl(path) if e["event"] == "train"]
+
+
+def tiny_args(data_dir, log_dir, name, *extra):
+    return TINY + [f"--dataset={data_dir}", f"--log_dir={log_dir}", f"--img_dir={log_dir}/img",
+                   f"--run_name={name}"] + list(extra)
+
+
+def parse_train_lines(txt_path):
+    """[(step, loss float, full match groups)] of the train lines of a text log."""
+    out = []
+    with open(txt_path) as f:
+        for line in f:
+            m = TRAIN_RE.match(line.rstrip("\n"))
+            if m:
+                out.append((int(m.group(1)), float(m.group(2)), m.groups()))
+    return out
