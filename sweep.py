@@ -44,7 +44,7 @@ _DEFAULTS = dict(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_emb
                  dataset="data/edu_fineweb10B")
 
 SCALES = {
-    # a laptop CPU, minutes (train_gpt2.py's PRESET_SCALES["cpu"] sizes): width 64, 4 heads,
+    # a laptop CPU, minutes (train_gpt2.py --preset_scale=cpu): width 64, 4 heads,
     # context 128, 8 x 128 tokens per step, <= 200 steps. The depth is kept: the journal's
     # observations (SIZE COMPARISON growing layer over layer) are about depth. FineWeb-Edu
     # presets switch to the builtin corpus (fineweb.py --source builtin); char-level and other

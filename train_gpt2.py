@@ -40,6 +40,7 @@ import ast
 import builtins
 import dataclasses
 import difflib
+import hashlib
 import json
 import math
 import os
@@ -104,9 +105,12 @@ resume = None                    # None | "auto" (latest valid checkpoint of run
 stop_at_step = None              # end this invocation after step N (checkpoint saved); the LR
                                  # schedule still spans max_steps (split a run into jobs)
 # guards
+verify_data = True               # at start, rank 0 checks every shard's sha256 and max token id
+                                 # against the manifest (~1.7 GB/s: ~12 s for FineWeb-Edu 10B)
 residual_limit = 1e6             # stop when a residual_std exceeds this (None: no limit)
 skip_nonfinite = False           # skip steps with a non-finite loss/grad instead of stopping
-debug_nonfinite_step = None      # testing: the last block outputs NaN at this step (exercises the guards)
+debug_nonfinite_step = None      # testing: inject a non-finite value at this step (exercises the guards)
+debug_nonfinite_kind = "output"  #   "output": the last block outputs NaN | "grad": one gradient is inf
 dirty_ok = True                  # False: refuse to start with uncommitted changes to tracked files
 # LR range test (seed 004)
 lr_find = False                  # --lr_find: run the LR range test instead of training
@@ -118,7 +122,7 @@ device = "auto"                  # auto | cpu | cuda | cuda:N | mps
 dtype = "auto"                   # auto (bfloat16 on CUDA, float32 elsewhere) | float32 | bfloat16
 compile = None                   # None: on with CUDA; True compiles each Block (regional compile)
 seed = 1337
-preset_scale = None              # None | "cpu" (see PRESET_SCALES)
+preset_scale = None              # None | "cpu" | "tiny": shrink the config (sweep.scale_preset)
 # model: exactly GPTConfig's fields (model.py)
 block_size = 1024
 vocab_size = 50304               # GPT-2's 50257 padded to a multiple of 64
@@ -148,18 +152,11 @@ NONE_TYPES = {"dataset_source": str, "tokenizer": str, "min_lr": float, "hellasw
               "debug_nonfinite_step": int, "compile": bool, "preset_scale": str}
 NULLABLE = set(NONE_TYPES) | {"residual_limit"}
 
-# --preset_scale=NAME: overrides applied after the config files (explicit --key=value wins)
-PRESET_SCALES = {
-    "cpu": dict(dataset="data/builtin", dataset_source="builtin", tokenizer="gpt2",
-                n_embd=64, n_head=4, block_size=128, T=128, B=8, total_batch_size=1024,
-                max_steps=200, warmup_steps=20, eval_interval=50, eval_iters=4, size_interval=50,
-                sample_interval=100, sample_tokens=32, num_samples=1, checkpoint_interval=100,
-                keep_checkpoints=1, hellaswag=None, device="cpu", compile=False),
-}
 LR_SCHEDULES = ("cosine", "onecycle")
 DTYPES = ("auto", "float32", "bfloat16")
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CKPT_RE = re.compile(r"^ckpt_(\d{6,})\.pt$")
+CKPT_TMP_RE = re.compile(r"^\.ckpt_\d{6,}\.pt\.\d+\.tmp$")     # atomic_save's temp files
 # dense bf16 peak FLOP/s by device name, for MFU
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12,
               "4090": 165e12, "3090": 71e12}
@@ -271,12 +268,11 @@ def parse_config(argv):
         cfg[key] = check_value(key, value, defaults, "")
         explicit.add(key)
     if cfg["preset_scale"] is not None:
-        if cfg["preset_scale"] not in PRESET_SCALES:
-            raise ConfigError(f"unknown preset_scale {cfg['preset_scale']!r}; known: "
-                              f"{', '.join(sorted(PRESET_SCALES))}")
-        for k, v in PRESET_SCALES[cfg["preset_scale"]].items():
-            if k not in explicit:
-                cfg[k] = v
+        import sweep
+        try:
+            cfg = sweep.scale_preset(cfg, cfg["preset_scale"], keep=explicit)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     return cfg, explicit
 
 
@@ -307,6 +303,8 @@ def validate_config(cfg, world_size):
     if cfg["total_batch_size"] % per:
         raise ConfigError(f"total_batch_size ({cfg['total_batch_size']}) is not divisible by "
                           f"B*T*world_size = {cfg['B']}*{cfg['T']}*{world_size} = {per}")
+    if cfg["debug_nonfinite_kind"] not in ("output", "grad"):
+        raise ConfigError(f"unknown debug_nonfinite_kind {cfg['debug_nonfinite_kind']!r}; known: output, grad")
     if cfg["lr_schedule"] not in LR_SCHEDULES:
         raise ConfigError(f"unknown lr_schedule {cfg['lr_schedule']!r}; known: {', '.join(LR_SCHEDULES)}")
     if cfg["dtype"] not in DTYPES:
@@ -440,7 +438,16 @@ def prepare_data(cfg, dist_ctx):
         if not dist_ctx.all_ok(ok):
             raise ConfigError(f"could not build {cfg['dataset']} from source "
                               f"{cfg['dataset_source']!r} (see the message above)")
-    meta = fineweb.read_manifest(cfg["dataset"])
+    meta = fineweb.read_manifest(cfg["dataset"])   # sizes/token counts: cheap, on every rank
+    if cfg["verify_data"]:
+        err = None
+        if dist_ctx.master:
+            try:
+                fineweb.read_manifest(cfg["dataset"], check_sha=True)
+            except fineweb.DataError as e:
+                err = e
+        if not dist_ctx.all_ok(err is None):
+            raise err if err is not None else fineweb.DataError("data verification failed on rank 0")
     if cfg["tokenizer"] is not None and cfg["tokenizer"] != meta["tokenizer"]:
         raise ConfigError(f"tokenizer {cfg['tokenizer']!r} does not match the data's "
                           f"{meta['tokenizer']!r} ({meta_path})")
@@ -463,6 +470,7 @@ class DistContext:
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0)) if self.ddp else 0
         self.master = self.rank == 0
         self.initialized = False
+        self.coll_device = "cpu"     # where all_ok's flag tensor lives
 
     def init(self, device_type):
         if not self.ddp:
@@ -470,13 +478,40 @@ class DistContext:
         import torch.distributed as dist
         if device_type == "cuda":
             torch.cuda.set_device(self.local_rank)
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+            self.coll_device = f"cuda:{self.local_rank}"    # NCCL reduces CUDA tensors only
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        if restart not in ("", "0") and "MASTER_ADDR" in os.environ:
+            # a group restarted by torchrun --max-restarts shares the agent's store with the
+            # failed round, whose keys (peer addresses) are still there: gloo then connects to
+            # a dead peer. Keys of this round get their own prefix.
+            import datetime
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                  self.world, is_master=False,
+                                  timeout=datetime.timedelta(seconds=600))
+            store = dist.PrefixStore(f"train_gpt2/restart{restart}", store)
+            dist.init_process_group(backend=backend, store=store, rank=self.rank,
+                                    world_size=self.world)
+        else:
+            dist.init_process_group(backend=backend)
         self.initialized = True
 
-    def destroy(self):
+    def destroy(self, sync=False):
+        """Tear the process group down. sync=True (normal exit on every rank) first waits for
+        all ranks: a gloo rank that tears down while a peer is still busy (rank 0 plotting) can
+        die with SIGABRT at interpreter exit."""
         if self.initialized:
             import torch.distributed as dist
             if dist.is_initialized():
+                if sync:
+                    try:
+                        if dist.get_backend() == "gloo":
+                            import datetime
+                            dist.monitored_barrier(timeout=datetime.timedelta(seconds=300))
+                        else:
+                            dist.barrier()
+                    except Exception:   # a peer is gone: nothing left to wait for
+                        pass
                 dist.destroy_process_group()
             self.initialized = False
 
@@ -487,11 +522,11 @@ class DistContext:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
-    def all_ok(self, ok, device="cpu"):
+    def all_ok(self, ok, device=None):
         """True when every rank passes ok=1 (also a barrier)."""
         if not self.initialized:
             return bool(ok)
-        t = torch.tensor([0 if ok else 1], dtype=torch.int64, device=device)
+        t = torch.tensor([0 if ok else 1], dtype=torch.int64, device=device or self.coll_device)
         return int(self.sum_(t).item()) == 0
 
     def gather_object(self, obj):
@@ -642,6 +677,36 @@ def list_checkpoints(ckpt_dir):
 CKPT_KEYS = ("model", "model_config", "train_config", "step", "optimizer", "loader", "rng")
 
 
+def checkpoint_digest(obj):
+    """blake2b hex digest of a checkpoint's content (every tensor's dtype, shape and bytes, every
+    other value's repr, dict keys in sorted order), without its own "digest" entry. torch.load
+    notices a truncated file but not a flipped bit inside tensor data; this does."""
+    h = hashlib.blake2b(digest_size=32)
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(o, dict):
+            h.update(b"{")
+            for k in sorted(o, key=str):
+                if k == "digest" and o is obj:
+                    continue
+                h.update(repr(k).encode())
+                walk(o[k])
+            h.update(b"}")
+        elif isinstance(o, (list, tuple)):
+            h.update(b"[")
+            for v in o:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(o).encode())
+    walk(obj)
+    return h.hexdigest()
+
+
 def load_checkpoint(path):
     """(ckpt dict, None) or (None, reason) for a missing/truncated/corrupt checkpoint."""
     try:
@@ -650,7 +715,23 @@ def load_checkpoint(path):
         return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     if not isinstance(ck, dict) or any(k not in ck for k in CKPT_KEYS):
         return None, "not a train_gpt2.py checkpoint (keys missing)"
+    if "digest" in ck and ck["digest"] != checkpoint_digest(ck):
+        return None, "content digest mismatch (corrupted data)"
     return ck, None
+
+
+def remove_stale_temps(ckpt_dir):
+    """Delete the temp files of checkpoint writes that were killed part-way -> their names."""
+    gone = []
+    if os.path.isdir(ckpt_dir):
+        for name in sorted(os.listdir(ckpt_dir)):
+            if CKPT_TMP_RE.match(name):
+                try:
+                    os.remove(os.path.join(ckpt_dir, name))
+                    gone.append(name)
+                except OSError:
+                    pass
+    return gone
 
 
 def _fsync_dir(path):
@@ -718,6 +799,7 @@ class Run:
     def __init__(self, cfg, dist_ctx):
         self.cfg, self.d = cfg, dist_ctx
         self.stop_signal = None
+        self.in_loop = False     # True once setup is done: a signal then stops gracefully
         self.skipped = 0
 
     # -- setup --------------------------------------------------------------------------------
@@ -813,6 +895,11 @@ class Run:
         name = cfg["run_name"] + ("_lr_find" if cfg["lr_find"] else "")
         txt = os.path.join(cfg["log_dir"], name + ".txt")
         jsl = os.path.join(cfg["log_dir"], name + ".jsonl")
+        if d.master and not cfg["lr_find"]:
+            stale = remove_stale_temps(self.ckpt_dir)
+            if stale:
+                self.notes.append(f"removed {len(stale)} partial checkpoint write(s) of a killed "
+                                  f"run: {', '.join(stale)}")
         if d.master and self.ckpt is None and not cfg["lr_find"]:
             self._backup_previous(txt, jsl)
         self.log = RunLog(txt, jsl, d.master, append=self.ckpt is not None)
@@ -955,7 +1042,8 @@ class Run:
                 model.require_backward_grad_sync = micro == n - 1
             with_stats = micro < n_stats
             poison = None
-            if cfg["debug_nonfinite_step"] is not None and step == cfg["debug_nonfinite_step"]:
+            if (cfg["debug_nonfinite_step"] is not None and step == cfg["debug_nonfinite_step"]
+                    and cfg["debug_nonfinite_kind"] == "output"):
                 # testing: the last block's output becomes NaN at this step (loss, residual_std
                 # and grads all non-finite from that layer on)
                 poison = raw.block(L - 1).register_forward_hook(
@@ -978,6 +1066,10 @@ class Run:
                         st["exit_depth"].float().view(1), torch.ones(1, device=self.device),
                         st["earlystopdict"].float().view(-1), st["layer_losses"].float().view(-1),
                         rs.float().reshape(-1)]) / n_stats
+        if (cfg["debug_nonfinite_step"] is not None and step == cfg["debug_nonfinite_step"]
+                and cfg["debug_nonfinite_kind"] == "grad"):
+            with torch.no_grad():   # testing: one gradient entry of the first block becomes inf
+                next(p for p in raw.block(0).parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
         d.sum_(acc)
         acc = (acc / d.world).cpu()
         stats = n_stats > 0
@@ -1155,6 +1247,7 @@ class Run:
                    "tokenizer": {"name": self.meta["tokenizer"], "chars": self.meta.get("chars"),
                                  "vocab_size": int(self.meta["vocab_size"]),
                                  "eot": self.meta.get("eot")}}
+            obj["digest"] = checkpoint_digest(obj)
             try:
                 atomic_save(obj, path)
             except OSError as e:
@@ -1168,9 +1261,7 @@ class Run:
                 self.log.note(f"checkpoint saved: {path} (step {step}, {why})")
                 self.log.event("checkpoint", step=step, path=path, reason=why)
         if not d.all_ok(ok, self.device if self.device_type == "cuda" else "cpu"):
-            prev = list_checkpoints(self.ckpt_dir)
-            msg = (f"saving checkpoint {path} failed ({err or 'on rank 0'}); previous checkpoints "
-                   f"are intact (latest: {prev[-1][1] if prev else 'none'})")
+            msg = f"saving checkpoint {path} failed ({err or 'on rank 0'}); previous checkpoints are intact"
             raise GuardError(msg)
         return path
 
@@ -1178,7 +1269,6 @@ class Run:
 
     def train(self):
         cfg, d, log = self.cfg, self.d, self.log
-        L = self.mcfg.n_layer
         start = 0
         loader_start = self.train_loader.state_dict()
         k = cfg["batch_reuse"]
@@ -1396,6 +1486,8 @@ def main(argv=None):
         if run.stop_signal is not None:    # second signal: abort now
             raise KeyboardInterrupt
         run.stop_signal = name
+        if not run.in_loop:                # still setting up: nothing to save, stop now
+            raise KeyboardInterrupt
         if d.master:
             print(f"received {name}: finishing the current step, then saving a checkpoint",
                   file=sys.stderr, flush=True)
@@ -1406,13 +1498,19 @@ def main(argv=None):
     except ValueError:      # not the main thread (in-process callers): no signal handling
         handlers = {}
     import fineweb
+    clean = False
     try:
         try:
             run.setup()
         except (ConfigError, fineweb.DataError) as e:
             return fail(e, 2)
+        except KeyboardInterrupt:
+            return fail(f"interrupted by {run.stop_signal} before training started", 130)
+        run.in_loop = True
         try:
-            return run.lr_find() if cfg["lr_find"] else run.train()
+            rc = run.lr_find() if cfg["lr_find"] else run.train()
+            clean = True
+            return rc
         except GuardError as e:
             ckpts = list_checkpoints(run.ckpt_dir)
             msg = f"{e}; last good checkpoint: {ckpts[-1][1] if ckpts else 'none'}"
@@ -1428,7 +1526,7 @@ def main(argv=None):
     finally:
         if getattr(run, "log", None) is not None:
             run.log.close()
-        d.destroy()
+        d.destroy(sync=clean)
         for s, h in handlers.items():
             signal.signal(s, h)
 

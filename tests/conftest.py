@@ -108,3 +108,11 @@ def parse_train_lines(txt_path):
             if m:
                 out.append((int(m.group(1)), float(m.group(2)), m.groups()))
     return out
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line counting the faults test_faults.py injected and survived."""
+    import faultlog
+    line = faultlog.summary()
+    if line:
+        terminalreporter.write_sep("-", line)
