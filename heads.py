@@ -236,6 +236,6 @@ HEAD_IMPLS = {
 }
 
 
-def head_outputs(h, weight, targets=None, impl="checkpoint", **kwargs):
+def head_outputs(h, weight, targets=None, impl="fused", **kwargs):
     """Per-token head statistics for h (N, C); see the module docstring."""
     return HEAD_IMPLS[impl](h, weight, targets, **kwargs)

@@ -50,7 +50,7 @@ class GPTConfig:
                                     # KV decoding (generate) always propagates: that is what skips work
     confidence: str = "max-prob"    # per-layer confidence, a name in exits.CONFIDENCES
     exit_loss: str = "final"        # training loss, a name in exits.EXIT_LOSSES
-    head_impl: str = "checkpoint"   # per-layer head implementation, a name in heads.HEAD_IMPLS
+    head_impl: str = "fused"        # per-layer head implementation, a name in heads.HEAD_IMPLS
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):

@@ -141,7 +141,7 @@ exit_threshold = 0.9
 exit_mode = "threshold"
 confidence = "max-prob"
 exit_loss = "final"
-head_impl = "checkpoint"
+head_impl = "fused"              # per-layer heads: fused (least memory), checkpoint, naive
 
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}

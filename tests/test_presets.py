@@ -139,18 +139,17 @@ def test_scale_preset_cpu_rule():
         sweep.scale_preset(cfg, "laptop")
 
 
-def test_scale_matches_trainer_cpu_scale():
-    """sweep.scale_preset("cpu") gives the same sizes as train_gpt2.PRESET_SCALES["cpu"] on the
-    trainer's own defaults (so either can be the one the trainer applies)."""
-    if not os.path.isfile(os.path.join(ROOT, "train_gpt2.py")):
-        pytest.skip("train_gpt2.py not present yet")
+def test_trainer_preset_scale_is_scale_preset():
+    """train_gpt2 --preset_scale=cpu applies sweep.scale_preset to its resolved config, keeping
+    the keys given as --key=value."""
     import train_gpt2
-    table = getattr(train_gpt2, "PRESET_SCALES", {}).get("cpu")
-    if table is None:
-        pytest.skip("train_gpt2.py has no PRESET_SCALES['cpu'] table (it calls sweep.scale_preset)")
-    ours = sweep.scale_preset(trainer_defaults(), "cpu")
-    differ = {k: (v, ours.get(k)) for k, v in table.items() if ours.get(k) != v}
-    assert not differ, f"trainer table vs scale_preset: {differ}"
+    cfg, explicit = train_gpt2.parse_config(["--preset_scale=cpu", "--n_layer=3", "--B=2"])
+    base, _ = train_gpt2.parse_config(["--n_layer=3", "--B=2"])
+    assert explicit == {"preset_scale", "n_layer", "B"}
+    want = sweep.scale_preset(base, "cpu", keep={"n_layer", "B"})
+    want["preset_scale"] = "cpu"
+    assert cfg == want
+    assert (cfg["n_layer"], cfg["B"], cfg["n_embd"], cfg["T"], cfg["total_batch_size"]) == (3, 2, 64, 128, 256)
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=IDS)
