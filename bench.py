@@ -38,6 +38,8 @@ import subprocess
 import sys
 import time
 
+import fineweb
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 CASES = {   # name -> GPTConfig overrides on top of the shape
@@ -192,7 +194,6 @@ def device_info(dev):
 def peak_flops(dev, info, dtype):
     """(FLOP/s, how it was obtained). CUDA: the data-sheet dense peak for the dtype (bf16/fp16)
     when the GPU is known; otherwise (and on CPU) the best measured GEMM rate."""
-    import torch
     if dev == "cuda" and dtype in ("bf16", "fp16"):
         for key, val in GPU_BF16_PEAK:
             if key in info["name"]:
@@ -328,15 +329,6 @@ def render_md(report):
     return "\n".join(lines) + "\n"
 
 
-def atomic_write(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def git_version():
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
@@ -459,9 +451,9 @@ def main(argv=None):
     md = render_md(report)
     dev_slug = slug(f"{dev}-{info['name']}") + ("-quick" if args.quick else "")
     base = os.path.join(args.out, f"{dev_slug}-{today}")
-    atomic_write(base + ".json", json.dumps(report, indent=1) + "\n")
-    atomic_write(base + ".md", md)
-    atomic_write(os.path.join(args.out, "LATEST.md"),
+    fineweb.write_text_atomic(base + ".json", json.dumps(report, indent=1) + "\n")
+    fineweb.write_text_atomic(base + ".md", md)
+    fineweb.write_text_atomic(os.path.join(args.out, "LATEST.md"),
                  md + f"\n(copy of `{os.path.basename(base)}.md`)\n")
     print()
     print(md)

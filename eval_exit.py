@@ -241,16 +241,6 @@ def plot_pareto(rows, ref, L, path, title):
     os.replace(tmp, path)
 
 
-def write_atomic(path, text):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -348,7 +338,7 @@ def main(argv=None):
     img = os.path.join(args.img_dir, f"{run_name}_pareto.png")
     plot_pareto(rows, ref, len(ref["earlystopdict"]), img,
                 f"{run_name}: val loss vs exit depth")
-    write_atomic(out, md)
+    fineweb.write_text_atomic(out, md)
     print(md)
     print(f"wrote {out} and {img}")
 

@@ -469,7 +469,8 @@ def _after_shard_commit(n_shards):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _fsync_dir(path):
+def fsync_dir(path):
+    """fsync a directory (makes a rename in it durable); best effort."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -494,7 +495,23 @@ def _atomic_write_json(path, obj):
     except BaseException:
         _remove(tmp)
         raise
-    _fsync_dir(os.path.dirname(path))
+    fsync_dir(os.path.dirname(path))
+
+
+def write_text_atomic(path, text):
+    """Write text to path through a temp file + fsync + rename: never visible half written."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _write_shard(path, arr):
@@ -510,7 +527,7 @@ def _write_shard(path, arr):
     except BaseException:
         _remove(tmp)
         raise
-    _fsync_dir(os.path.dirname(path))
+    fsync_dir(os.path.dirname(path))
     return sha
 
 

@@ -33,6 +33,8 @@ import subprocess
 import sys
 import time
 
+import fineweb
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # ----------------------------------------------------------------------------- preset scaling
@@ -348,16 +350,6 @@ def build_table(name, grid, results):
     return "\n".join(md)
 
 
-def write_atomic(path, text):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _args(sweep, name, params, extra=()):
     """The trainer arguments of a run (its command without python and the trainer path)."""
     return command(sweep, name, params, "train_gpt2.py", "python", extra)[2:]
@@ -383,7 +375,7 @@ def write_table(sweep, log_dir, train_window=10, extra=()):
     if missing:
         md += "\n## not finished\n\n" + "\n".join(f"- {n}: {s}" for n, s in missing) + "\n"
     out = os.path.join(log_dir, "sweeps", sweep["name"] + ".md")
-    write_atomic(out, md)
+    fineweb.write_text_atomic(out, md)
     return out, done, missing
 
 
@@ -430,7 +422,7 @@ def run_sweep(sweep, log_dir="log", trainer=None, python=None, gpus=None, extra=
             del running[slot]
             status[name] = rc
             if rc == 0:
-                write_atomic(os.path.join(out_dir, name + ".done"),
+                fineweb.write_text_atomic(os.path.join(out_dir, name + ".done"),
                              json.dumps({"run": name, "args": cmd[2:], "finished": time.time()}) + "\n")
                 echo(f"done {name}")
             else:
@@ -466,6 +458,8 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
     extra = [f"--preset_scale={args.preset_scale}"] if args.preset_scale else []
+    if os.path.normpath(args.log_dir) != "log":      # the trainer logs where the table looks
+        extra += [f"--log_dir={args.log_dir}", f"--img_dir={os.path.join(args.log_dir, 'img')}"]
     failed = []
     if not args.table_only:
         status = run_sweep(sweep, args.log_dir, args.trainer, gpus=gpus, extra=extra, dry_run=args.dry_run)

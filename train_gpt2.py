@@ -57,6 +57,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+import fineweb
+
 # ----------------------------------------------------------------------------------------------
 # constants (defaults: build-nanogpt's GPT-2 124M run)
 
@@ -734,19 +736,6 @@ def remove_stale_temps(ckpt_dir):
     return gone
 
 
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj, path):
     """torch.save to a temp file in the same directory, fsync, os.replace, fsync the directory."""
     d = os.path.dirname(path)
@@ -758,7 +747,7 @@ def atomic_save(obj, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(d)
+        fineweb.fsync_dir(d)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -53,15 +53,6 @@ def best_time(fn, repeats):
     return best, out
 
 
-def _atomic_write(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--max-chars", type=int, default=fineweb.BUILTIN_MAX_CHARS)
@@ -137,8 +128,8 @@ def main(argv=None):
            f"Target (issue 8, #5): ratio >= 0.8 — {'met' if result['met'] else 'NOT met'}.", ""]
     os.makedirs(args.out_dir, exist_ok=True)
     base = os.path.join(args.out_dir, f"tokenize-{host}-{now:%Y%m%d}")
-    _atomic_write(base + ".json", json.dumps(result, indent=1) + "\n")
-    _atomic_write(base + ".md", "\n".join(md))
+    fineweb.write_text_atomic(base + ".json", json.dumps(result, indent=1) + "\n")
+    fineweb.write_text_atomic(base + ".md", "\n".join(md))
     print(f"wrote {base}.md and .json")
     return 0 if result["met"] else 1
 

@@ -187,21 +187,22 @@ def test_end_to_end_tiny_sweep(tmp_path):
         '"B": 4, "T": 32, "total_batch_size": 128, "max_steps": 6, "warmup_steps": 1, "eval_interval": 3, '
         '"eval_iters": 1, "sample_interval": 0, "checkpoint_interval": 6, "device": "cpu", '
         '"compile": False, "hellaswag": False, "dirty_ok": True}\n')
-    cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), str(sw_path), "--log-dir", "log"]
+    cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), str(sw_path), "--log-dir", "runs"]   # not the default: the trainer must log there too
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr + "".join(
-        open(os.path.join(tmp_path, "log", "sweeps", "e2e", f)).read()
-        for f in os.listdir(os.path.join(tmp_path, "log", "sweeps", "e2e")) if f.endswith(".out"))
-    md = open(tmp_path / "log" / "sweeps" / "e2e.md").read()
+        open(os.path.join(tmp_path, "runs", "sweeps", "e2e", f)).read()
+        for f in os.listdir(os.path.join(tmp_path, "runs", "sweeps", "e2e")) if f.endswith(".out"))
+    md = open(tmp_path / "runs" / "sweeps" / "e2e.md").read()
     rows = table_rows(md, "## all runs by Final/val_loss")
     assert sorted(r[0] for r in rows) == ["e2e-learned", "e2e-rope"]
     vals = [float(r[-1]) for r in rows]
     assert vals == sorted(vals)
     import plot
     for row in rows:
-        log = plot.parse_log(tmp_path / "log" / f"{row[0]}.txt")
+        log = plot.parse_log(tmp_path / "runs" / f"{row[0]}.txt")
         assert float(row[-1]) == pytest.approx(log["val"][-1], rel=1e-5)
         assert list(log["step"]) == list(range(6))
+    assert not (tmp_path / "log").exists()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert r.returncode == 0 and r.stdout.count("skip ") == 2 and "start" not in r.stdout
 
