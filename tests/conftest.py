@@ -116,3 +116,23 @@ def pytest_terminal_summary(terminalreporter):
     line = faultlog.summary()
     if line:
         terminalreporter.write_sep("-", line)
+
+
+SHAKESPEARE = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
+_SHAKESPEARE_CHARS = set("\n !$&',-.3:;?" + "abcdefghijklmnopqrstuvwxyz" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def char_text_file(d, n_chars=300_000):
+    """Path of a real-prose text file for char-level end-to-end runs (vocab <= 65).
+
+    tiny Shakespeare when ../shared has it; otherwise the stdlib's pydoc topics (every Python
+    install has them) reduced to Shakespeare's 65 characters and written under `d`.
+    """
+    if os.path.isfile(SHAKESPEARE):
+        return SHAKESPEARE
+    from pydoc_data.topics import topics
+    text = "".join(c for c in "\n".join(topics[k] for k in sorted(topics)) if c in _SHAKESPEARE_CHARS)
+    path = os.path.join(str(d), "prose.txt")
+    with open(path, "w") as f:
+        f.write(text[:n_chars])
+    return path

@@ -1,4 +1,5 @@
 """plot.py: the parsed numbers and the plotted numbers equal the log's numbers."""
+import json
 import os
 import subprocess
 import sys
@@ -220,24 +221,22 @@ def test_cli_writes_all_and_errors(log, tmp_path):
     assert r.stderr.startswith("error: no such log file") and "Traceback" not in r.stderr
 
 
-SHAKESPEARE = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
+from conftest import char_text_file  # noqa: E402
 
 
 def test_real_short_run_log(tmp_path):
     """A log written by train_gpt2.py itself (tiny CPU run, 4 layers): every figure is written and
     the plotted values equal the numbers in the log, read here with independent regexes."""
     import re
-    if not os.path.isfile(os.path.join(ROOT, "train_gpt2.py")):
-        pytest.skip("train_gpt2.py not present yet")
-    if not os.path.isfile(SHAKESPEARE):
-        pytest.skip("../shared/data/tinyshakespeare.txt absent")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", SHAKESPEARE,
+    text_file = char_text_file(tmp_path)
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", text_file,
                         "--tokenizer", "char", "--out", str(tmp_path / "data"), "--quiet", "--procs", "1"],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    vocab = json.load(open(tmp_path / "data" / "meta.json"))["vocab_size"]
     r = subprocess.run([sys.executable, os.path.join(ROOT, "train_gpt2.py"),
                         os.path.join(ROOT, "config", "8-res-attn2.py"), f"--dataset={tmp_path / 'data'}",
-                        "--vocab_size=65", "--n_layer=4", "--n_embd=32", "--n_head=2", "--block_size=32", "--T=32",
+                        f"--vocab_size={vocab}", "--n_layer=4", "--n_embd=32", "--n_head=2", "--block_size=32", "--T=32",
                         "--B=4", "--total_batch_size=128", "--max_steps=10", "--warmup_steps=2",
                         "--eval_interval=4", "--eval_iters=1", "--size_interval=3", "--sample_interval=0",
                         "--checkpoint_interval=10", "--device=cpu", "--compile=False", "--early_exit=True",

@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import sweep  # noqa: E402
 
-SHAKESPEARE = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
+from conftest import char_text_file  # noqa: E402
 
 # final (train, val) per (pos_encoding, n_embd): train and val orders differ on purpose
 LOSSES = {("learned", 32): (1.30, 1.60), ("learned", 64): (1.10, 1.70),
@@ -171,12 +171,9 @@ def test_parallel_gpu_slots(tmp_path):
 def test_end_to_end_tiny_sweep(tmp_path):
     """Two real train_gpt2.py runs on char-level tiny Shakespeare (a few steps), table written,
     rerun skips both."""
-    if not os.path.isfile(os.path.join(ROOT, "train_gpt2.py")):
-        pytest.skip("train_gpt2.py not present yet (end-to-end sweep needs the trainer)")
-    if not os.path.isfile(SHAKESPEARE):
-        pytest.skip("../shared/data/tinyshakespeare.txt absent")
+    text_file = char_text_file(tmp_path)
     data = tmp_path / "data"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", SHAKESPEARE,
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", text_file,
                         "--tokenizer", "char", "--out", str(data), "--quiet", "--procs", "1"],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
