@@ -167,6 +167,22 @@ def worker_main(arg):
 # ----------------------------------------------------------------------------------------------
 # driver
 
+def cpu_info():
+    """{cpu, cpu_count, usable_cpus, loadavg} of this machine (the CPU model from /proc/cpuinfo)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model, "cpu_count": os.cpu_count(), "usable_cpus": usable,
+            "loadavg": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+
+
 def device_info(dev):
     import torch
     info = {"torch": torch.__version__, "python": platform.python_version(),
@@ -175,19 +191,10 @@ def device_info(dev):
         info["name"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
     else:
-        name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        name = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
-        info["name"] = name
-        info["usable_cpus"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count()
-        info["loadavg"] = [round(v, 2) for v in os.getloadavg()]
+        cpu = cpu_info()
+        info["name"] = cpu["cpu"]
+        info["usable_cpus"] = cpu["usable_cpus"]
+        info["loadavg"] = cpu["loadavg"]
     return info
 
 

@@ -484,18 +484,7 @@ def fsync_dir(path):
 
 
 def _atomic_write_json(path, obj):
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
-    fsync_dir(os.path.dirname(path))
+    write_text_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
 def write_text_atomic(path, text):

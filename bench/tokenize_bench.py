@@ -13,7 +13,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import socket
 import sys
 import tempfile
@@ -24,24 +23,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import fineweb  # noqa: E402
 import tokenizer  # noqa: E402
-
-
-def cpu_info():
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {"cpu": model, "cpu_count": os.cpu_count(), "usable_cpus": usable,
-            "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+from bench import cpu_info  # noqa: E402
 
 
 def best_time(fn, repeats):
