@@ -56,9 +56,6 @@ CASES = {   # name -> GPTConfig overrides on top of the shape
 }
 QUICK_SHAPE = dict(n_layer=4, n_head=4, n_embd=128, vocab_size=50304, B=4, T=128)
 FULL_SHAPE = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, B=16, T=1024)
-GPU_BF16_PEAK = [   # (name substring, dense bf16 FLOP/s)
-    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12),
-    ("L40S", 362e12), ("A10G", 70e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12)]
 RESULT_TAG = "BENCH_RESULT "
 # glibc: a fixed mmap threshold (which also turns off its dynamic growth up to 32 MiB) gives
 # every allocation >= 1 MiB its own mapping that is unmapped on free, so a case's peak RSS is its
@@ -202,9 +199,10 @@ def peak_flops(dev, info, dtype):
     """(FLOP/s, how it was obtained). CUDA: the data-sheet dense peak for the dtype (bf16/fp16)
     when the GPU is known; otherwise (and on CPU) the best measured GEMM rate."""
     if dev == "cuda" and dtype in ("bf16", "fp16"):
-        for key, val in GPU_BF16_PEAK:
-            if key in info["name"]:
-                return val, f"{key} dense {dtype} data sheet"
+        from train_gpt2 import peak_bf16_flops
+        known = peak_bf16_flops(info["name"])
+        if known:
+            return known[1], f"{known[0]} dense {dtype} data sheet"
     n = 1024 if dev == "cpu" else 8192
     return measure_gemm(dev, dtype), (f"measured {n}^3 {dtype} GEMM, best of 8"
                                       + (", here and after each case" if dev == "cpu" else ""))

@@ -159,9 +159,9 @@ DTYPES = ("auto", "float32", "bfloat16")
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CKPT_RE = re.compile(r"^ckpt_(\d{6,})\.pt$")
 CKPT_TMP_RE = re.compile(r"^\.ckpt_\d{6,}\.pt\.\d+\.tmp$")     # atomic_save's temp files
-# dense bf16 peak FLOP/s by device name, for MFU
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12,
-              "4090": 165e12, "3090": 71e12}
+# data-sheet dense bf16 peak FLOP/s by device-name substring, first match wins (for MFU)
+PEAK_BF16_FLOPS = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12),
+                   ("L40S", 362e12), ("L4", 121e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12)]
 
 
 class ConfigError(Exception):
@@ -170,6 +170,11 @@ class ConfigError(Exception):
 
 class GuardError(Exception):
     """A training guard fired (non-finite value, residual blow-up): exit 1."""
+
+
+def peak_bf16_flops(device_name):
+    """(name key, dense bf16 FLOP/s) of a known GPU from its torch device name, else None."""
+    return next(((k, v) for k, v in PEAK_BF16_FLOPS if k in device_name), None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1283,9 +1288,8 @@ class Run:
             torch.manual_seed(cfg["seed"] + d.rank)
         tok_per_step = cfg["total_batch_size"]
         flops_tok = self.raw_model.flops_per_token(cfg["T"])
-        peak = next((v for key, v in PEAK_FLOPS.items() if key in getattr(self, "device_name", "")), None)
-        if self.dtype != "bfloat16":
-            peak = None
+        known = peak_bf16_flops(getattr(self, "device_name", ""))
+        peak = known[1] if known and self.dtype == "bfloat16" else None   # MFU only against it
         last_val = None
         for step in range(start, cfg["max_steps"]):
             last = step == cfg["max_steps"] - 1
