@@ -352,7 +352,6 @@ class DataLoader:
 
     def __init__(self, paths, B, T, step_tokens, rank, world, vocab_size, split,
                  shuffle=False, seed=0):
-        import fineweb
         self.load_tokens = fineweb.load_tokens
         self.B, self.T, self.rank, self.world = B, T, rank, world
         self.step_tokens, self.vocab_size, self.split = step_tokens, vocab_size, split
@@ -390,7 +389,6 @@ class DataLoader:
         if shard not in self._checked:     # token ids must fit the data's vocabulary
             top = int(self.tokens.max())
             if top >= self.vocab_size:
-                import fineweb
                 raise fineweb.DataError(f"shard holds token id {top} >= vocab_size "
                                         f"{self.vocab_size}: {self.paths[shard]}")
             self._checked.add(shard)
@@ -431,7 +429,6 @@ class DataLoader:
 def prepare_data(cfg, dist_ctx):
     """Build the dataset with fineweb.py when dataset_source is set and it is absent; then the
     validated manifest. Raises ConfigError / fineweb.DataError."""
-    import fineweb
     meta_path = os.path.join(cfg["dataset"], fineweb.MANIFEST)
     if cfg["dataset_source"] and not os.path.isfile(meta_path):
         ok = 1
@@ -759,11 +756,11 @@ def atomic_save(obj, path):
 
 
 def _rng_state(device_type):
-    np_state = np.random.get_state()
+    np_state, py_state = np.random.get_state(), random.getstate()
     st = {"torch": torch.get_rng_state(),
           "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
                     int(np_state[3]), float(np_state[4])],
-          "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+          "python": [py_state[0], list(py_state[1]), py_state[2]]}
     if device_type == "cuda":
         st["cuda"] = torch.cuda.get_rng_state()
     return st
@@ -831,7 +828,6 @@ class Run:
 
         # data
         self.meta = prepare_data(cfg, d)
-        import fineweb
         mk = lambda split, shuf: DataLoader(                                    # noqa: E731
             fineweb.shard_paths(self.meta, split), cfg["B"], cfg["T"], cfg["total_batch_size"],
             d.rank, d.world, int(self.meta["vocab_size"]), split, shuffle=shuf, seed=cfg["seed"])
@@ -963,6 +959,13 @@ class Run:
             os.replace(p, os.path.join(prev, os.path.basename(p)))
         self.notes.append(f"an earlier run's files ({len(old)}) were moved to {prev}")
 
+    def resolved_config(self):
+        """The constants as this run uses them: min_lr, compile and dtype resolved."""
+        cfg = dict(self.cfg)
+        cfg["min_lr"] = cfg["min_lr"] if cfg["min_lr"] is not None else cfg["max_lr"] * 0.1
+        cfg["compile"], cfg["dtype"] = self.compile, self.dtype
+        return cfg
+
     def _header(self):
         cfg, d, log = self.cfg, self.d, self.log
         if not d.master:
@@ -974,10 +977,7 @@ class Run:
         else:
             names = [self.device_type]
         self.device_name = names[0] if names else self.device_type
-        resolved = dict(cfg)
-        resolved["min_lr"] = cfg["min_lr"] if cfg["min_lr"] is not None else cfg["max_lr"] * 0.1
-        resolved["compile"] = self.compile
-        resolved["dtype"] = self.dtype
+        resolved = self.resolved_config()
         raw = self.raw_model
         tr = sum(s["tokens"] for s in self.meta["shards"] if s["split"] == "train")
         va = sum(s["tokens"] for s in self.meta["shards"] if s["split"] == "val")
@@ -1006,7 +1006,7 @@ class Run:
             log.note(f"resumed from {self.ckpt_path} at step {int(self.ckpt['step']) + 1}")
             log.event("resume", path=self.ckpt_path, step=int(self.ckpt["step"]) + 1)
             diff = [x for x in _config_diff(self.ckpt["train_config"], resolved)
-                    if x[0] not in ("resume", "stop_at_step", "max_steps_note")]
+                    if x[0] not in ("resume", "stop_at_step")]
             if diff:
                 log.note("train config differs from the checkpoint's: " +
                          ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in diff))
@@ -1029,7 +1029,7 @@ class Run:
         n = len(batches)
         heads_on = self.mcfg.layer_heads or self.mcfg.early_exit
         n_stats = n if heads_on else (1 if want_stats else 0)
-        acc = torch.zeros(7 + 2 * L + 3 * L, device=self.device, dtype=torch.float32)
+        acc = torch.zeros(6 + 2 * L + 3 * L, device=self.device, dtype=torch.float32)
         for micro, (x, y) in enumerate(batches):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             if d.initialized:
@@ -1057,7 +1057,7 @@ class Run:
                     acc[1:] += torch.cat([
                         st["allloss"].float().view(1), st["confloss"].float().view(1),
                         st["targetloss"].float().view(1), st["earlystop"].float().view(1),
-                        st["exit_depth"].float().view(1), torch.ones(1, device=self.device),
+                        st["exit_depth"].float().view(1),
                         st["earlystopdict"].float().view(-1), st["layer_losses"].float().view(-1),
                         rs.float().reshape(-1)]) / n_stats
         if (cfg["debug_nonfinite_step"] is not None and step == cfg["debug_nonfinite_step"]
@@ -1071,9 +1071,9 @@ class Run:
         r = {"loss": acc[0].item(), "stats": stats}
         for i, key in enumerate(("allloss", "confloss", "targetloss", "earlystop", "exit_depth"), 1):
             r[key] = acc[i].item() if stats else nan
-        r["earlystopdict"] = acc[7:7 + L].tolist() if stats else [nan] * L
-        r["layer_losses"] = acc[7 + L:7 + 2 * L].tolist() if stats else [nan] * L
-        r["residual_std"] = acc[7 + 2 * L:].view(L, 3).tolist() if stats else None
+        r["earlystopdict"] = acc[6:6 + L].tolist() if stats else [nan] * L
+        r["layer_losses"] = acc[6 + L:6 + 2 * L].tolist() if stats else [nan] * L
+        r["residual_std"] = acc[6 + 2 * L:].view(L, 3).tolist() if stats else None
         clip = cfg["grad_clip"] if cfg["grad_clip"] and cfg["grad_clip"] > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), clip)
         r["norm"] = float(norm)
@@ -1231,10 +1231,8 @@ class Run:
         path = os.path.join(self.ckpt_dir, f"ckpt_{step:06d}.pt")
         ok, err = 1, None
         if d.master:
-            resolved = dict(cfg)
-            resolved["compile"], resolved["dtype"] = self.compile, self.dtype
             obj = {"model": {k: v.detach().cpu() for k, v in self._strip(self.raw_model.state_dict()).items()},
-                   "model_config": dataclasses.asdict(self.mcfg), "train_config": resolved,
+                   "model_config": dataclasses.asdict(self.mcfg), "train_config": self.resolved_config(),
                    "step": step, "optimizer": self.optimizer.state_dict(),
                    "loader": self.train_loader.state_dict(), "loader_batch_start": loader_start,
                    "rng": rngs, "world_size": d.world, "skipped": self.skipped,
@@ -1490,7 +1488,6 @@ def main(argv=None):
             handlers[s] = signal.signal(s, on_signal)
     except ValueError:      # not the main thread (in-process callers): no signal handling
         handlers = {}
-    import fineweb
     clean = False
     try:
         try:

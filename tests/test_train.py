@@ -157,6 +157,17 @@ def test_resume_matches_uninterrupted(char_data, tmp_path, reuse, stop):
     text = (tmp_path / "split.txt").read_text()
     assert f"# resumed from {tmp_path / 'split' / f'ckpt_{stop:06d}.pt'} at step {stop + 1}" in text
     assert f"stop_at_step={stop} reached" in text
+    assert "train config differs" not in text   # resume/stop_at_step only; min_lr etc. resolved alike
+
+
+def test_resume_notes_changed_train_config(char_data, tmp_path):
+    """Resuming with a different optimisation constant works and says what changed."""
+    extra = ["--max_steps=6", "--eval_interval=0", "--size_interval=0", "--sample_interval=0",
+             "--checkpoint_interval=3"]
+    _ok(run_train(tiny_args(char_data, tmp_path, "chg", *extra, "--stop_at_step=3")))
+    _ok(run_train(tiny_args(char_data, tmp_path, "chg", *extra, "--resume=auto", "--max_lr=0.02")))
+    notes = [l for l in (tmp_path / "chg.txt").read_text().splitlines() if "train config differs" in l]
+    assert notes == ["# train config differs from the checkpoint's: max_lr 0.01 -> 0.02, min_lr 0.001 -> 0.002"]
 
 
 # ---------------------------------------------------------------------------------------------
