@@ -364,6 +364,21 @@ def loss_confidence_penalty(layers, ctx):
     return LossTerms(target + conf, conf, target)
 
 
+@register_exit_loss("confidence-penalty-literal")
+def loss_confidence_penalty_literal(layers, ctx):
+    """The journal's formula read literally, `block_loss = -log(1 - pr[max])` added to the loss:
+    confident layers are *penalised* (the opposite sign of "confidence-penalty", which follows the
+    journal's description of the effect). Same normalisation and eps clamp:
+      targetloss = CE_{L-1}
+      confloss   = -sum_{l=0}^{L-1} mean_{b,t} log(max(1 - p_max_l, eps)) / L      (>= 0)
+      loss       = targetloss + confloss
+    """
+    _check(layers, ctx, "confidence-penalty-literal")
+    target = layers[-1].xe.float().mean()
+    conf = -sum(_log1m(o.p_max.float(), ctx.eps).mean() / ctx.n_layer for o in layers)
+    return LossTerms(target + conf, conf, target)
+
+
 @register_exit_loss("reward-prev-token")
 def loss_reward_prev_token(layers, ctx):
     """6-test discussion: "we can reward tokens that are equal to the next token in the previous

@@ -146,6 +146,15 @@ def ref_confidence_penalty(lg, y, ctx, conf):
     return loss
 
 
+def ref_confidence_penalty_literal(lg, y, ctx, conf):
+    loss = mean_ce(lg, y, L - 1)
+    for l in range(L):
+        for b in range(B):
+            for t in range(T):
+                loss = loss - torch.log(1 - tok(lg, y, l, b, t)["p_max"]) / (L * B * T)
+    return loss
+
+
 def ref_reward_prev_token(lg, y, ctx, conf):
     s = ctx.prev_token_shift
     loss = mean_ce(lg, y, L - 1)
@@ -187,6 +196,7 @@ REFERENCES = {
     "final": ref_final, "all-layers": ref_all_layers, "1-noise": ref_1_noise,
     "2-test": ref_2_test, "3-test": ref_3_test, "4-test": ref_4_test, "5-test": ref_5_test,
     "6-test": ref_6_test, "confidence-penalty": ref_confidence_penalty,
+    "confidence-penalty-literal": ref_confidence_penalty_literal,
     "reward-prev-token": ref_reward_prev_token, "layerskip": ref_layerskip,
 }
 
@@ -202,6 +212,7 @@ USES = {
     "5-test": {"xe": tuple(range(L - 1)), "confidence": tuple(range(1, L))},
     "6-test": {"xe": ALL, "p_target": ALL},
     "confidence-penalty": {"xe": (L - 1,), "p_max": ALL},
+    "confidence-penalty-literal": {"xe": (L - 1,), "p_max": ALL},
     "reward-prev-token": {"xe": (L - 1,), "p_max": tuple(range(1, L))},
     "layerskip": {"xe": (1, 2)},   # layer 0's LayerSkip scale is 0 by the formula
 }
@@ -285,7 +296,8 @@ def test_terms_sum_and_need_targets(name):
         assert float(t.confloss) == 0.0 and float(t.targetloss) == 0.0
     else:
         torch.testing.assert_close(t.loss, t.confloss + t.targetloss)
-    if name in ("1-noise", "2-test", "confidence-penalty", "reward-prev-token"):
+    if name in ("1-noise", "2-test", "confidence-penalty", "confidence-penalty-literal",
+                "reward-prev-token"):
         torch.testing.assert_close(t.targetloss, layers[-1].xe.mean())
     for o in layers:
         o.xe = None
@@ -307,11 +319,11 @@ def test_log_clamps_keep_losses_finite():
         o.p_max = torch.ones(B, T, requires_grad=True)
         o.xe = torch.zeros(B, T, requires_grad=True)
     ctx = exits.LossContext(L, 0.5, targets)
-    for name in ("confidence-penalty", "2-test"):
+    for name, sign in (("confidence-penalty", 1), ("confidence-penalty-literal", -1), ("2-test", 1)):
         t = exits.EXIT_LOSSES[name](layers, ctx)
         t.loss.backward()
         assert torch.isfinite(t.loss)
-        torch.testing.assert_close(t.confloss, torch.tensor(math.log(ctx.eps)))
+        torch.testing.assert_close(t.confloss, torch.tensor(sign * math.log(ctx.eps)))
 
 
 def test_layerskip_weights():
