@@ -14,6 +14,7 @@ layer loop (`GPT._trunk`), used by training forward, prefill and KV-cached decod
 import inspect
 import math
 import time
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,9 @@ class GPTConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for f in dataclasses.fields(self):
+            if f.type in (bool, "bool") and not isinstance(getattr(self, f.name), bool):
+                raise ValueError(f"{f.name} must be True or False, got {getattr(self, f.name)!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2:
@@ -667,7 +671,9 @@ class GPT(nn.Module):
         """Sample max_new_tokens after idx (B, T) with a KV cache; returns (B, T + n).
         temperature 0: greedy. exit_threshold (or config.early_exit): decode with early exit
         (threshold rule at exit_threshold when given, else config.exit_mode/exit_threshold);
-        prompt and new tokens follow the same exit rule as forward. A context longer than
+        prompt and new tokens follow forward's exit rule with exit_propagate=True (an exited
+        token's state is carried to deeper layers, whose K/V it feeds; config.exit_propagate, a
+        training choice, does not apply). A context longer than
         block_size is cropped to the last block_size tokens (cache rebuilt, as nanoGPT).
         Sets self.last_generate_stats = {"avg_exit_depth", "tokens_per_s", "new_tokens"}."""
         cfg = self.config

@@ -209,26 +209,44 @@ def test_sample_mode_exits_sum_to_one():
 # ----------------------------------------------------------------------------------------------
 # early-exit decoding
 
-def greedy_reference(m, idx, n):
-    """No cache: recompute every position with model.forward (same exit rule) at each step."""
-    for _ in range(n):
-        with torch.no_grad():
-            logits, _ = m(idx[:, -m.config.block_size:])
-        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+def greedy_reference(m, idx, n, step_logits=None):
+    """No cache: recompute every position with model.forward at each step, under the exit rule
+    generate() implements: threshold exit with the exited state propagated (exit_propagate=True,
+    whatever the model's config says for training). step_logits: list to collect the (B, V)
+    logits each step's token was chosen from."""
+    keep = m.config.exit_propagate
+    m.config.exit_propagate = True
+    try:
+        for _ in range(n):
+            with torch.no_grad():
+                logits, _ = m(idx[:, -m.config.block_size:])
+            if step_logits is not None:
+                step_logits.append(logits[:, -1].float())
+            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    finally:
+        m.config.exit_propagate = keep
     return idx
 
 
 @pytest.mark.parametrize("n_new", [10, 20])          # 20 runs past block_size 16 (cropping)
 @pytest.mark.parametrize("propagate", [True, False])
 @pytest.mark.parametrize("share", [False, True])
-def test_early_exit_kv_decoding_equals_no_cache(share, propagate, n_new):
+def test_early_exit_kv_decoding_equals_no_cache(share, propagate, n_new, monkeypatch):
+    """Tokens and every step's logits equal the no-cache reference (the model's training-time
+    exit_propagate setting does not change decoding)."""
     m = make(share, propagate)
     prompt, _ = data(T=4)
     thr = mid_threshold(m, prompt)
-    ref = greedy_reference(set_exit(m, thr), prompt, n_new)
+    ref_logits, got_logits = [], []
+    ref = greedy_reference(set_exit(m, thr), prompt, n_new, ref_logits)
     m.config.early_exit = False                       # the keyword alone turns early exit on
+    head = m.lm_head.forward
+    monkeypatch.setattr(m.lm_head, "forward", lambda h: got_logits.append(head(h).float()) or got_logits[-1])
     out = m.generate(prompt, n_new, temperature=0, exit_threshold=thr)
     assert torch.equal(out, ref)
+    assert len(got_logits) == len(ref_logits) == n_new
+    for g, r in zip(got_logits, ref_logits):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-5)
     depth = m.last_generate_stats["avg_exit_depth"]
     assert 1.0 < depth < L                            # tokens did exit at various depths
 

@@ -41,6 +41,8 @@ def test_defaults_are_gpt2_124m():
     (dict(exit_mode="x"), "threshold"), (dict(head_impl="x"), "checkpoint"),
     (dict(n_embd=30, n_head=4), "divisible"), (dict(n_layer=0), "n_layer"),
     (dict(exit_threshold=-0.1), "exit_threshold"), (dict(dropout=1.0), "dropout"),
+    (dict(share_weights="no"), "share_weights must be True or False, got 'no'"),
+    (dict(early_exit=1), "early_exit must be True or False, got 1"),
 ])
 def test_config_rejects_bad_values(kw, needle):
     with pytest.raises(ValueError, match=needle):
@@ -427,11 +429,12 @@ def test_per_layer_heads_memory_does_not_grow_with_logits():
     y = torch.randint(0, V, (B, T))
     one_logits = B * T * V * 4
     grow = {}
-    for impl in ("checkpoint", "naive"):
+    for impl in ("fused", "checkpoint", "naive"):
         b = [_saved_bytes(GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=2, n_embd=16,
                                     exit_loss="all-layers", head_impl=impl), idx, y)
              for L in (2, 4)]
         grow[impl] = (b[1] - b[0]) / 2           # bytes per extra layer
+    assert grow["fused"] < 0.1 * one_logits, grow     # the default: no (B,T,V) kept at all
     assert grow["checkpoint"] < 0.1 * one_logits, grow
     assert grow["naive"] > 0.9 * one_logits, grow    # contrast: naive keeps (B,T,V) per layer
 
