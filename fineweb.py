@@ -458,7 +458,11 @@ def char_vocab(docs):
 # ----------------------------------------------------------------------------- writing
 
 def _save_npy(f, arr):
-    np.save(f, arr, allow_pickle=False)
+    """np.save's bytes (format 1.0 header + data), the data written with f.write: numpy's
+    tofile turns a full disk into an OSError without errno, f.write keeps ENOSPC."""
+    arr = np.ascontiguousarray(arr)
+    np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(arr))
+    f.write(memoryview(arr).cast("B"))
 
 
 def _after_shard_commit(n_shards):

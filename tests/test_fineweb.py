@@ -395,3 +395,30 @@ def test_read_manifest_errors(built, tmp_path):
     fineweb.read_manifest(built, check_sha=True)
     os.remove(val)
     expect("shard file missing")
+
+
+def test_shard_write_keeps_the_errno_of_a_partial_write(tmp_path):
+    """A shard write that the OS cuts short (here a file-size limit, like a disk filling up
+    mid-shard) surfaces as an OSError with its errno, so fineweb.main can say "disk full". numpy's
+    tofile (what np.save uses) loses it: "N requested and M written", errno None."""
+    if not hasattr(__import__("resource"), "RLIMIT_FSIZE"):
+        pytest.skip("no RLIMIT_FSIZE on this platform")
+    code = (
+        "import io, resource, signal, sys, numpy as np\n"
+        f"sys.path.insert(0, {ROOT!r})\n"
+        "import fineweb\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "arr = np.arange(200000, dtype=np.uint16)\n"
+        "a, b = io.BytesIO(), io.BytesIO(); np.save(a, arr); fineweb._save_npy(b, arr)\n"
+        "assert a.getvalue() == b.getvalue()            # the same bytes as np.save\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100000, 100000))\n"
+        "for name, save in (('ours', fineweb._save_npy), ('numpy', np.save)):\n"
+        f"    with open({str(tmp_path / 'x.npy')!r}, 'wb') as f:\n"
+        "        try:\n"
+        "            save(f, arr); f.flush()\n"
+        "        except OSError as e:\n"
+        "            print(name, e.errno)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    import errno
+    assert r.stdout.split() == ["ours", str(errno.EFBIG), "numpy", "None"], r.stdout
