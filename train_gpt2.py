@@ -92,6 +92,10 @@ batch_reuse = 1                  # k optimizer steps on each batch (log field ba
 eval_interval = 250              # val loss (+ per-layer val, exit depth, HellaSwag) every N steps
 eval_iters = 20                  # val batches of total_batch_size tokens per evaluation
 log_interval = 1                 # train line every N steps
+stats_rows = 4                   # models without per-layer heads: logged steps compute the
+                                 #   per-layer stats (allloss, SIZE) on this many sequences of the
+                                 #   first micro batch in an extra no-grad forward (0: all B, in
+                                 #   the training forward: L heads on every token, ~2x the FLOPs)
 size_interval = 250              # SIZE COMPARISON block every N steps (0: never)
 sample_interval = 250            # text sample every N steps (0: never)
 sample_tokens = 32
@@ -301,7 +305,7 @@ def validate_config(cfg, world_size):
         if cfg[k] <= 0:
             raise ConfigError(f"{k} must be positive, got {cfg[k]}")
     for k in ("eval_interval", "log_interval", "size_interval", "sample_interval",
-              "checkpoint_interval", "warmup_steps", "sample_tokens"):
+              "checkpoint_interval", "warmup_steps", "sample_tokens", "stats_rows"):
         if cfg[k] < 0:
             raise ConfigError(f"{k} must be >= 0, got {cfg[k]}")
     if cfg["T"] > mcfg.block_size:
@@ -344,10 +348,12 @@ class DataLoader:
     The unit is one optimizer step of `step_tokens` (= total_batch_size) consecutive tokens, a
     "block" at offset k * step_tokens of a shard. Within a block, micro step m of rank r reads
     tokens [(m * world + r) * B*T, ... + B*T + 1): ranks get disjoint slices, and 1 process with
-    gradient accumulation sees exactly the tokens of N processes. A shard holds
-    (n_tokens - 1) // step_tokens blocks, so no read passes its end (the shorter tail goes
-    unused; the next shard starts). shuffle permutes shard order and block order per epoch,
-    seeded by (seed, epoch[, shard]). state_dict() is the position (at step boundaries).
+    gradient accumulation sees exactly the tokens of N processes. A shard of n tokens holds
+    ceil((n - 1) / step_tokens) blocks: the full ones, then one aligned to the shard's end (its
+    last target is the shard's last token), so the tail is covered and no read passes the end;
+    that last block repeats < step_tokens tokens of the one before it. shuffle permutes shard
+    order and block order per epoch, seeded by (seed, epoch[, shard]). state_dict() is the
+    position (at step boundaries).
     """
 
     def __init__(self, paths, B, T, step_tokens, rank, world, vocab_size, split,
@@ -359,7 +365,8 @@ class DataLoader:
         self.micro_steps = step_tokens // (B * T * world)
         self.paths = list(paths)
         sizes = [self.load_tokens(p).shape[0] for p in self.paths]
-        self.nblocks = [max(0, (n - 1) // step_tokens) for n in sizes]
+        self.sizes = sizes
+        self.nblocks = [-(-(n - 1) // step_tokens) if n - 1 >= step_tokens else 0 for n in sizes]
         self.total_blocks = sum(self.nblocks)
         if self.total_blocks == 0:
             raise ConfigError(f"dataset smaller than one batch: the {split} split's largest shard "
@@ -380,6 +387,10 @@ class DataLoader:
         if not self.shuffle:
             return np.arange(n)
         return np.random.default_rng([self.seed, self.epoch, shard]).permutation(n)
+
+    def block_start(self, shard, k):
+        """Token offset of block k of a shard: k * step_tokens, the last block end-aligned."""
+        return min(k * self.step_tokens, self.sizes[shard] - 1 - self.step_tokens)
 
     def _enter(self):
         self.order = self._shard_order()
@@ -408,7 +419,7 @@ class DataLoader:
     def next_batch(self):
         """(x, y) int64 (B, T) on CPU."""
         B, T = self.B, self.T
-        start = int(self.blocks[self.block_i]) * self.step_tokens
+        start = self.block_start(self.order[self.shard_i], int(self.blocks[self.block_i]))
         start += (self.micro * self.world + self.rank) * B * T
         buf = torch.from_numpy(np.asarray(self.tokens[start:start + B * T + 1], dtype=np.int64))
         x, y = buf[:-1].view(B, T), buf[1:].view(B, T)
@@ -578,7 +589,10 @@ class RunLog:
     def close(self):
         for f in (self.txt, self.jsonl):
             if f is not None:
-                f.close()
+                try:
+                    f.close()
+                except OSError:   # flushing into a full disk: the error was reported already
+                    pass
         self.txt = self.jsonl = None
 
 
@@ -1021,7 +1035,9 @@ class Run:
         Statistics (allloss, earlystop(dict), layer_losses, residual_std): with per-layer heads
         (layer_heads or early_exit) they are free and averaged over every micro step; without,
         they need L extra heads, so they are computed only when want_stats (logged steps), on
-        the first micro step of each rank (then averaged over ranks)."""
+        the first micro step of each rank (then averaged over ranks): on its first stats_rows
+        sequences in an extra no-grad eval-mode forward (no RNG drawn), or with stats_rows=0
+        on the whole micro batch inside the training forward."""
         cfg, d, model, raw = self.cfg, self.d, self.model, self.raw_model
         L = self.mcfg.n_layer
         model.train()
@@ -1042,11 +1058,14 @@ class Run:
                 # and grads all non-finite from that layer on)
                 poison = raw.block(L - 1).register_forward_hook(
                     lambda mod, inp, out: (out[0] * float("nan"),) + tuple(out[1:]))
+            sample_stats = with_stats and not heads_on and 0 < cfg["stats_rows"] < x.size(0)
             with self.autocast:
-                if with_stats:
+                if with_stats and not sample_stats:
                     _, loss, st = model(x, y, return_stats=True, return_logits=False)
                 else:
                     _, loss = model(x, y, return_logits=False)
+                if sample_stats:
+                    st = self._sample_stats(x[:cfg["stats_rows"]], y[:cfg["stats_rows"]])
             if poison is not None:
                 poison.remove()
             (loss / n).backward()
@@ -1096,13 +1115,28 @@ class Run:
         r["lr"] = lr
         return r
 
+    @torch.no_grad()
+    def _sample_stats(self, x, y):
+        """Per-layer statistics of a model without per-layer heads from a no-grad, eval-mode
+        forward of a few sequences x, y (b, T) (eval mode: no dropout, so no RNG is drawn)."""
+        raw = self.raw_model
+        raw.eval()
+        try:
+            return raw(x, y, return_stats=True, return_logits=False)[2]
+        finally:
+            raw.train()
+
     def _check_guards(self, r, step):
         """(nonfinite: bool, message) for the first problem, or None."""
         L = self.mcfg.n_layer
         if not math.isfinite(r["loss"]):
             bad = [l for l, v in enumerate(r["layer_losses"]) if not math.isfinite(v)]
-            where = (f"; first non-finite layer loss at layer {bad[0] + 1}/{L} "
-                     f"({r['layer_losses'][bad[0]]})") if bad else ""
+            if not r["stats"]:   # no per-layer heads and not a logged step: nothing to name
+                where = "; layer losses are not computed on unlogged steps of this model"
+            elif bad:
+                where = f"; first non-finite layer loss at layer {bad[0] + 1}/{L} ({r['layer_losses'][bad[0]]})"
+            else:
+                where = ""
             return True, f"step {step}: non-finite loss ({r['loss']}){where}"
         if not math.isfinite(r["norm"]):
             name = next((pn for pn, p in self.raw_model.named_parameters()
@@ -1357,11 +1391,13 @@ class Run:
     def _plot(self):
         if not self.d.master:
             return
-        out = os.path.join(self.cfg["img_dir"], f"{self.cfg['run_name']}.png")
-        try:
+        try:   # what `python plot.py log/<run>.txt --out <img_dir>` writes
             import plot
-            plot.plot_loss([self.log.txt_path], out)
-            self.log.note(f"plot written: {out}")
+            written, skipped = plot.plot_all([self.log.txt_path], self.cfg["img_dir"])
+            for out in written:
+                self.log.note(f"plot written: {out}")
+            for why in skipped:
+                self.log.note(f"plot skipped: {why}")
         except Exception as e:
             self.log.note(f"plot skipped ({type(e).__name__}: {e})")
 
@@ -1510,6 +1546,10 @@ def main(argv=None):
         except fineweb.DataError as e:
             run.log.note(f"error: {e}")
             return fail(e, 2)
+        except OSError as e:     # e.g. the disk filled while writing the log (checkpoint write
+            ckpts = list_checkpoints(run.ckpt_dir)     # failures are a GuardError above)
+            return fail(f"{type(e).__name__}: {e}; last good checkpoint: "
+                        f"{ckpts[-1][1] if ckpts else 'none'}", 1)
         except KeyboardInterrupt:
             run.log.note("aborted by a second signal (no checkpoint)")
             return fail("aborted by a second signal", 130)

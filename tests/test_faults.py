@@ -355,6 +355,41 @@ def test_nonfinite_stops_naming_step_layer_quantity(char_data, tmp_path, kind):
     faultlog.survived(f"non-finite {kind}")
 
 
+def test_nonfinite_on_unlogged_step_names_no_wrong_layer(char_data, tmp_path):
+    """Without per-layer heads, layer losses exist only on logged steps: a NaN on an unlogged
+    step must not be blamed on layer 1 (the placeholder), the error says so instead."""
+    p = run_train(tiny_args(char_data, tmp_path, "nan5", *SHORT, "--debug_nonfinite_step=6",
+                            "--log_interval=5"))
+    faultlog.inject("non-finite loss on an unlogged step")
+    assert p.returncode == 1
+    err = p.stderr.strip().splitlines()
+    assert err == [f"error: step 6: non-finite loss (nan); layer losses are not computed on unlogged "
+                   f"steps of this model; last good checkpoint: {tmp_path / 'nan5' / 'ckpt_000004.pt'}"]
+    faultlog.survived("non-finite loss on an unlogged step")
+
+
+def test_log_write_failure_is_one_error_line(char_data, tmp_path):
+    """The log file cannot grow (a file-size limit standing in for a full disk) once training
+    runs: one error line naming the OS error and the last good checkpoint, exit 1, no traceback."""
+    import resource
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (12000, 12000))
+    args = tiny_args(char_data, tmp_path, "full", "--max_steps=200", "--eval_interval=0",
+                     "--size_interval=0", "--sample_interval=0", "--checkpoint_interval=0")
+    p = subprocess.run([sys.executable, TRAIN] + args, cwd=ROOT, env=_env(), capture_output=True,
+                       text=True, timeout=300, preexec_fn=limit)
+    faultlog.inject("log write fails (file size limit)")
+    assert p.returncode == 1, p.stderr[-2000:]
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert err[0].startswith("error: OSError: [Errno 27] File too large") and \
+        err[0].endswith("; last good checkpoint: none"), err[0]
+    assert os.path.getsize(tmp_path / "full.txt") <= 12000
+    faultlog.survived("log write fails (file size limit)")
+
+
 @pytest.mark.parametrize("kind", ["output", "grad"])
 def test_skip_nonfinite_skips_and_counts(char_data, tmp_path, kind):
     p = run_train(tiny_args(char_data, tmp_path, "skip", *SHORT, "--debug_nonfinite_step=3",

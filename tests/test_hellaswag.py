@@ -156,3 +156,42 @@ def test_bad_input(tmp_path):
                         "--data", str(tmp_path / "missing.jsonl")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.startswith("error: no such data file")
     assert "Traceback" not in r.stderr
+
+
+def test_trainer_hellaswag_lines_one_and_two_ranks(tmp_path):
+    """train_gpt2.py with --hellaswag=<fixture>: the step-0 line equals hellaswag.evaluate on the
+    same initial model (rebuilt from the trainer's own config and seed), and 2 gloo ranks (each
+    scoring half the examples, counts summed) log exactly the lines of 1 process."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from conftest import TINY, run_train
+    import tokenizer
+    import train_gpt2 as tg
+    from model import GPT
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"Paragraph {i}: the good, the ok and the bad met the meh at noon. "
+                            f"It was {'good' if i % 3 else 'bad'} news for number {i * 7}.\n"
+                            for i in range(400)))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", str(text),
+                        "--tokenizer", "gpt2", "--out", str(tmp_path / "data"), "--quiet",
+                        "--procs", "1"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    args = TINY + [f"--dataset={tmp_path / 'data'}", "--vocab_size=50304", "--block_size=32",
+                   "--T=32", "--B=2", "--total_batch_size=128", "--max_steps=3", "--eval_interval=2",
+                   "--eval_iters=1", "--sample_interval=0", "--size_interval=0",
+                   f"--hellaswag={FIXTURE}", f"--img_dir={tmp_path / 'img'}"]
+    lines = {}
+    for n in (1, 2):
+        p = run_train(args + [f"--log_dir={tmp_path / f'log{n}'}", "--run_name=hs"],
+                      nproc=n if n > 1 else None, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        lines[n] = [l for l in (tmp_path / f"log{n}" / "hs.txt").read_text().splitlines()
+                    if " hellaswag " in l]
+    assert [l.split(" hellaswag ")[0] for l in lines[1]] == ["@ 0", "@ 2"]
+    assert lines[1] == lines[2]
+    cfg, _ = tg.parse_config(args)
+    torch.manual_seed(cfg["seed"])
+    model = GPT(tg.model_config(cfg))
+    n_norm, n_plain, n = hellaswag.evaluate(model, hellaswag.load_examples(FIXTURE), "cpu",
+                                            tokenizer.get_tokenizer("gpt2"))
+    assert n == 4
+    assert lines[1][0] == f"@ 0 hellaswag {n_norm / n:.4f}, acc: {n_plain / n:.4f}, total: {n}"

@@ -97,7 +97,10 @@ def test_log_lines_match_journal_format(char_data, tmp_path, variant):
     vl = [VAL_RE.match(l) for l in lines if VAL_RE.match(l)]
     assert [m.group(2) for m in vl] == [f"{e['loss']:.4f}" for e in vals]
     assert vals[-1]["loss"] < vals[0]["loss"]
-    assert (tmp_path / "img" / "fmt.png").exists()
+    # the trainer ends with plot.py's figures: loss, per-layer heat map, residual sizes (+ exits)
+    figs = sorted(os.listdir(tmp_path / "img"))
+    assert figs == ["fmt-exits.png", "fmt-layers.png", "fmt-residuals.png", "fmt.png"], figs
+    assert f"# plot written: {tmp_path / 'img' / 'fmt-residuals.png'}" in txt.read_text()
     assert any(l.startswith("@ 3 sample 0: ") for l in lines)
     ck = torch.load(tmp_path / "fmt" / "ckpt_000005.pt", map_location="cpu", weights_only=True)
     assert ck["step"] == 5 and ck["model_config"]["n_layer"] == 2
@@ -131,6 +134,27 @@ def test_ddp_two_procs_equals_grad_accum(char_data, tmp_path, variant):
     v2 = [e["loss"] for e in two if e["event"] == "val"]
     assert len(v1) == 2 and np.allclose(v1, v2, atol=1e-5)
     assert t1[-1]["loss"] < t1[0]["loss"]
+
+
+def test_sampled_stats_leave_training_unchanged(char_data, tmp_path):
+    """Plain GPT (no per-layer heads): per-layer stats from stats_rows sequences in a separate
+    no-grad forward give the same training (loss, norm, val: bit-identical, dropout on) as
+    stats over the whole micro batch inside the training forward; the logged stats are those
+    of the sampled sequences (self-consistent, finite, different numbers)."""
+    extra = ["--B=4", "--dropout=0.1", "--size_interval=1"]
+    _ok(run_train(tiny_args(char_data, tmp_path, "full", *extra, "--stats_rows=0")))
+    _ok(run_train(tiny_args(char_data, tmp_path, "some", *extra, "--stats_rows=1")))
+    full, some = train_events(tmp_path / "full.jsonl"), train_events(tmp_path / "some.jsonl")
+    assert [(e["loss"], e["norm"]) for e in full] == [(e["loss"], e["norm"]) for e in some]
+    vals = [[e["loss"] for e in read_jsonl(tmp_path / f"{n}.jsonl") if e["event"] == "val"]
+            for n in ("full", "some")]
+    assert vals[0] == vals[1]
+    for e in some:
+        assert e["allloss"] == pytest.approx(sum(e["layer_losses"]), rel=1e-5)
+        assert all(math.isfinite(v) and v > 0 for v in e["layer_losses"])
+    assert [e["allloss"] for e in some] != [e["allloss"] for e in full]
+    sizes = [e for e in read_jsonl(tmp_path / "some.jsonl") if e["event"] == "size"]
+    assert len(sizes) == 6 and all(len(e["residual_std"]) == 2 for e in sizes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,7 +252,7 @@ def test_dataloader_ranks_disjoint_and_match_grad_accum(tmp_path):
     one = tg.DataLoader(paths, B, T, S, 0, 1, 40, "train")
     ranks = [tg.DataLoader(paths, B, T, S, r, 2, 40, "train") for r in range(2)]
     toks = [fineweb.load_tokens(p) for p in paths]
-    n_blocks = sum((len(t) - 1) // S for t in toks)
+    n_blocks = sum(-(-(len(t) - 1) // S) for t in toks)          # ceil: the tail is covered
     assert one.total_blocks == n_blocks
     for step in range(n_blocks + 3):                        # past one epoch
         a = [one.next_batch() for _ in range(4)]
@@ -238,9 +262,11 @@ def test_dataloader_ranks_disjoint_and_match_grad_accum(tmp_path):
         for (x1, y1), (x2, y2) in zip(a, order):
             assert torch.equal(x1, x2) and torch.equal(y1, y2)
         assert torch.equal(a[0][1][0, :-1], a[0][0][0, 1:])       # y is x shifted by one
-    # never past a shard's end: every block's last target exists; the tail is skipped
-    for shard, t in zip(paths, toks):
-        assert (len(t) - 1) // S * S + 1 <= len(t)
+    # never past a shard's end, and the last block ends exactly at it (the tail is covered)
+    for i, t in enumerate(toks):
+        starts = [one.block_start(i, k) for k in range(one.nblocks[i])]
+        assert all(s + S + 1 <= len(t) for s in starts) and starts[-1] + S + 1 == len(t)
+        assert starts[:-1] == [k * S for k in range(len(starts) - 1)]
 
 
 def test_dataloader_shuffle_deterministic_and_state(tmp_path):
@@ -264,15 +290,16 @@ def test_dataloader_shuffle_deterministic_and_state(tmp_path):
     np.save(pos[0], np.arange(0, 1003, dtype=np.uint16))
     np.save(pos[1], np.arange(2000, 2501, dtype=np.uint16))
     e = tg.DataLoader([str(p) for p in pos], 2, 4, 8, 0, 1, 65536, "train", shuffle=True, seed=3)
-    assert e.total_blocks == 1002 // 8 + 500 // 8
+    assert e.total_blocks == 126 + 63             # ceil(1002 / 8), ceil(500 / 8)
     starts = [int(e.next_batch()[0][0, 0]) for _ in range(e.total_blocks)]
-    assert sorted(starts) == [k * 8 for k in range(1002 // 8)] + [2000 + k * 8 for k in range(500 // 8)]
+    assert sorted(starts) == ([k * 8 for k in range(125)] + [1003 - 9]
+                              + [2000 + k * 8 for k in range(62)] + [2000 + 501 - 9])
     assert starts != sorted(starts) and e.state_dict()["epoch"] == 1
-    # no shuffle: in order; the tail shorter than one step (+1 target) is skipped, never overrun
+    # no shuffle: in order; each shard's last block is end-aligned (covers the tail, no overrun)
     f = tg.DataLoader([str(p) for p in pos], 2, 4, 8, 0, 1, 65536, "train")
     seen = [f.next_batch() for _ in range(f.total_blocks)]
     assert [int(x[0, 0]) for x, _ in seen] == sorted(starts)
-    assert int(seen[1002 // 8 - 1][1].max()) == 1000 and int(seen[-1][1].max()) == 2496
+    assert int(seen[125][1].max()) == 1002 and int(seen[-1][1].max()) == 2500
 
 
 def test_dataloader_rejects_out_of_vocab_tokens(tmp_path):
