@@ -412,6 +412,9 @@ def loss_reward_prev_token(layers, ctx):
     return LossTerms(target + conf, conf, target)
 
 
+LAYERSKIP_CURRICULA = ("gradual", "rotational", "none")
+
+
 def layerskip_weights(n_layer, progress=0.0, scale=1.0, curriculum="gradual", step=0,
                       rotation=2):
     """(L,) normalised LayerSkip early-exit loss weights (LayerSkip, Elhoushi et al. 2024, eq.
@@ -442,7 +445,7 @@ def layerskip_weights(n_layer, progress=0.0, scale=1.0, curriculum="gradual", st
         c = torch.ones(L, dtype=torch.float64)
     else:
         raise ValueError(f"unknown layerskip curriculum {curriculum!r}; "
-                         "known: gradual, none, rotational")
+                         f"known: {', '.join(LAYERSKIP_CURRICULA)}")
     w = c * e
     return (w / w.sum()).float()
 

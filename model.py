@@ -52,6 +52,10 @@ class GPTConfig:
     confidence: str = "max-prob"    # per-layer confidence, a name in exits.CONFIDENCES
     exit_loss: str = "final"        # training loss, a name in exits.EXIT_LOSSES
     head_impl: str = "fused"        # per-layer head implementation, a name in heads.HEAD_IMPLS
+    layerskip_scale: float = 1.0    # exit_loss="layerskip": e_scale of the per-layer weights
+    layerskip_curriculum: str = "gradual"  # layerskip: gradual | rotational | none
+    layerskip_rotation: int = 2     # layerskip rotational curriculum: period R (in steps)
+    prev_token_shift: int = 1       # reward-prev-token: 1 = the journal's diagram, 0 = same position
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -79,6 +83,14 @@ class GPTConfig:
         _check_name("confidence", self.confidence, exits.CONFIDENCES)
         _check_name("exit_mode", self.exit_mode, exits.EXIT_RULES)
         _check_name("exit_loss", self.exit_loss, exits.EXIT_LOSSES)
+        _check_name("layerskip_curriculum", self.layerskip_curriculum, exits.LAYERSKIP_CURRICULA)
+        if isinstance(self.layerskip_rotation, bool) or not isinstance(self.layerskip_rotation, int) \
+                or self.layerskip_rotation < 1:
+            raise ValueError(f"layerskip_rotation must be an int >= 1, got {self.layerskip_rotation!r}")
+        if self.prev_token_shift not in (0, 1):
+            raise ValueError(f"prev_token_shift must be 0 or 1, got {self.prev_token_shift!r}")
+        if not float(self.layerskip_scale) >= 0.0:
+            raise ValueError(f"layerskip_scale must be >= 0, got {self.layerskip_scale!r}")
         # every loss but "final" is a function of all layers' heads: such a config turns the
         # per-layer heads on itself (auto-enable, so `--exit_loss=4-test` alone is a valid run)
         if self.exit_loss != "final":
@@ -457,6 +469,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.progress = 0.0          # training progress in [0, 1] (set_progress)
+        self.step = 0                # training step (set_progress)
         self.last_generate_stats = {}
         self.apply(self._init_weights)
 
@@ -479,9 +492,11 @@ class GPT(nn.Module):
         """The Block applied at depth l (0-based): the one shared block, or the l-th."""
         return self.transformer.h[0 if self.config.share_weights else l]
 
-    def set_progress(self, frac):
-        """Training progress in [0, 1], read by curriculum losses (layerskip)."""
+    def set_progress(self, frac, step=0):
+        """Training progress in [0, 1] and the optimizer step, read by curriculum losses
+        (layerskip: gradual uses the progress, rotational the step)."""
         self.progress = float(min(max(frac, 0.0), 1.0))
+        self.step = int(step)
 
     def get_num_params(self, non_embedding=True):
         """Unique parameters (tied / shared counted once); minus wpe when non_embedding."""
@@ -628,8 +643,11 @@ class GPT(nn.Module):
         loss, terms = None, None
         if targets is not None:
             if per_layer:
-                ctx = exits.LossContext(n_layer=cfg.n_layer, progress=self.progress,
-                                        targets=targets)
+                ctx = exits.LossContext(
+                    n_layer=cfg.n_layer, progress=self.progress, targets=targets, step=self.step,
+                    layerskip_scale=float(cfg.layerskip_scale),
+                    layerskip_curriculum=cfg.layerskip_curriculum,
+                    layerskip_rotation=cfg.layerskip_rotation, prev_token_shift=cfg.prev_token_shift)
                 terms = exits.EXIT_LOSSES[cfg.exit_loss](layers, ctx)
                 loss = terms.loss
             elif layers:

@@ -1334,7 +1334,7 @@ class Run:
                 loader_start = self.train_loader.state_dict()
                 batches = [self.train_loader.next_batch() for _ in range(self.grad_accum)]
             if hasattr(self.raw_model, "set_progress"):
-                self.raw_model.set_progress(step / cfg["max_steps"])
+                self.raw_model.set_progress(step / cfg["max_steps"], step)
             log_now = step % max(1, cfg["log_interval"]) == 0 or last
             size_now = bool(cfg["size_interval"]) and step % cfg["size_interval"] == 0
             r = self.train_step(batches, get_lr(step, cfg), step, want_stats=log_now or size_now)

@@ -173,14 +173,21 @@ def test_exit_propagate_freezes_exited_state(share):
             assert not same[~frozen].any()                 # running tokens keep computing
 
 
-@pytest.mark.parametrize("exit_loss", ["4-test", "5-test", "all-layers", "layerskip", "final"])
-def test_exit_loss_sees_the_exit_masks(exit_loss):
-    """The model hands exits.EXIT_LOSSES the layer records of the brute-force exit process."""
-    m = make(False, True, exit_loss=exit_loss)
+LOSS_OPTIONS = dict(layerskip_scale=0.5, layerskip_curriculum="rotational", layerskip_rotation=3,
+                    prev_token_shift=0)
+
+
+@pytest.mark.parametrize("exit_loss,opts", [
+    ("4-test", {}), ("5-test", {}), ("all-layers", {}), ("layerskip", {}), ("final", {}),
+    ("layerskip", LOSS_OPTIONS), ("reward-prev-token", LOSS_OPTIONS)])
+def test_exit_loss_sees_the_exit_masks(exit_loss, opts):
+    """The model hands exits.EXIT_LOSSES the layer records of the brute-force exit process, and
+    the loss options of its config (+ the step given to set_progress)."""
+    m = make(False, True, exit_loss=exit_loss, **opts)
     idx, y = data()
     thr = mid_threshold(m, idx)
     set_exit(m, thr)
-    m.set_progress(0.3)
+    m.set_progress(0.3, step=4)
     _, loss, st = m(idx, y, return_stats=True, return_logits=False)
     _, _, _, recs = brute_force(m, idx, y, thr, True)
     layers = [exits.LayerOut(layer=l, xe=r["xe"], confidence=r["confidence"],
@@ -189,7 +196,12 @@ def test_exit_loss_sees_the_exit_masks(exit_loss):
                              p_target=r["probs"].gather(-1, y[..., None])[..., 0],
                              mask_BT=r["mask_BT"], just_triggered=r["just_triggered"])
               for l, r in enumerate(recs)]
-    ref = exits.EXIT_LOSSES[exit_loss](layers, exits.LossContext(n_layer=L, progress=0.3, targets=y))
+    ctx = exits.LossContext(n_layer=L, progress=0.3, targets=y, step=4, **opts)
+    ref = exits.EXIT_LOSSES[exit_loss](layers, ctx)
+    if opts:   # the options matter: the defaults give another loss
+        other = exits.EXIT_LOSSES[exit_loss](layers, exits.LossContext(n_layer=L, progress=0.3,
+                                                                       targets=y, step=4))
+        assert not torch.allclose(other.loss, ref.loss)
     torch.testing.assert_close(loss.detach(), ref.loss, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(st["confloss"], ref.confloss, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(st["targetloss"], ref.targetloss, atol=1e-5, rtol=1e-5)

@@ -43,6 +43,8 @@ def test_defaults_are_gpt2_124m():
     (dict(exit_threshold=-0.1), "exit_threshold"), (dict(dropout=1.0), "dropout"),
     (dict(share_weights="no"), "share_weights must be True or False, got 'no'"),
     (dict(early_exit=1), "early_exit must be True or False, got 1"),
+    (dict(layerskip_curriculum="x"), "gradual, none, rotational"),
+    (dict(layerskip_rotation=0), "layerskip_rotation"), (dict(prev_token_shift=2), "prev_token_shift"),
 ])
 def test_config_rejects_bad_values(kw, needle):
     with pytest.raises(ValueError, match=needle):
