@@ -113,7 +113,8 @@ stop_at_step = None              # end this invocation after step N (checkpoint 
 # guards
 verify_data = True               # at start, rank 0 checks every shard's sha256 and max token id
                                  # against the manifest (~1.7 GB/s: ~12 s for FineWeb-Edu 10B)
-residual_limit = 1e6             # stop when a residual_std exceeds this (None: no limit)
+residual_limit = 1e6             # stop when a residual_std exceeds this (None: no limit); checked
+                                 #   every step with per-layer heads, on logged steps otherwise
 skip_nonfinite = False           # skip steps with a non-finite loss/grad instead of stopping
 debug_nonfinite_step = None      # testing: inject a non-finite value at this step (exercises the guards)
 debug_nonfinite_kind = "output"  #   "output": the last block outputs NaN | "grad": one gradient is inf
