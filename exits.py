@@ -240,6 +240,12 @@ def loss_all_layers(layers, ctx):
     return LossTerms(loss, _zero(layers), _zero(layers))
 
 
+def _final_ce_plus(layers, conf):
+    """LossTerms of CE_{L-1} + conf (targetloss = the last layer's mean CE, confloss = conf)."""
+    target = layers[-1].xe.float().mean()
+    return LossTerms(target + conf, conf, target)
+
+
 @register_exit_loss("1-noise")
 def loss_1_noise(layers, ctx):
     """1-noise: "for each layer, -1 * crossentropy / n_layers" added to the ordinary loss.
@@ -249,9 +255,7 @@ def loss_1_noise(layers, ctx):
       loss       = targetloss + confloss
     """
     _check(layers, ctx, "1-noise")
-    target = layers[-1].xe.float().mean()
-    conf = sum(-o.xe.float().mean() / ctx.n_layer for o in layers)
-    return LossTerms(target + conf, conf, target)
+    return _final_ce_plus(layers, sum(-o.xe.float().mean() / ctx.n_layer for o in layers))
 
 
 @register_exit_loss("2-test")
@@ -264,12 +268,11 @@ def loss_2_test(layers, ctx):
     exp(-CE_l) is the geometric-mean target probability; confidence is not used (no grad).
     """
     _check(layers, ctx, "2-test")
-    target = layers[-1].xe.float().mean()
     conf = 0.0
     for o in layers:
         ce = o.xe.float().mean()
         conf = conf + torch.log((-torch.expm1(-ce)).clamp_min(ctx.eps)) / ctx.n_layer
-    return LossTerms(target + conf, conf, target)
+    return _final_ce_plus(layers, conf)
 
 
 @register_exit_loss("3-test")
@@ -345,6 +348,11 @@ def loss_6_test(layers, ctx):
     return LossTerms(conf, conf, _zero(layers))
 
 
+def _mean_log1m_pmax(layers, ctx):
+    """sum_l mean_{b,t} log(max(1 - p_max_l, eps)) / L  (<= 0): the confidence-penalty term."""
+    return sum(_log1m(o.p_max.float(), ctx.eps).mean() / ctx.n_layer for o in layers)
+
+
 @register_exit_loss("confidence-penalty")
 def loss_confidence_penalty(layers, ctx):
     """Journal's first idea: `block_loss = -log(1 - pr[max])`, "the higher the confidence, the
@@ -359,9 +367,7 @@ def loss_confidence_penalty(layers, ctx):
     Uses p_max, not cfg.confidence (the formula names pr[max]).
     """
     _check(layers, ctx, "confidence-penalty")
-    target = layers[-1].xe.float().mean()
-    conf = sum(_log1m(o.p_max.float(), ctx.eps).mean() / ctx.n_layer for o in layers)
-    return LossTerms(target + conf, conf, target)
+    return _final_ce_plus(layers, _mean_log1m_pmax(layers, ctx))
 
 
 @register_exit_loss("confidence-penalty-literal")
@@ -374,9 +380,7 @@ def loss_confidence_penalty_literal(layers, ctx):
       loss       = targetloss + confloss
     """
     _check(layers, ctx, "confidence-penalty-literal")
-    target = layers[-1].xe.float().mean()
-    conf = -sum(_log1m(o.p_max.float(), ctx.eps).mean() / ctx.n_layer for o in layers)
-    return LossTerms(target + conf, conf, target)
+    return _final_ce_plus(layers, -_mean_log1m_pmax(layers, ctx))
 
 
 @register_exit_loss("reward-prev-token")
@@ -401,7 +405,6 @@ def loss_reward_prev_token(layers, ctx):
     """
     _check(layers, ctx, "reward-prev-token")
     s = int(ctx.prev_token_shift)
-    target = layers[-1].xe.float().mean()
     conf = _zero(layers)
     for prev, cur in zip(layers[:-1], layers[1:]):
         T = cur.argmax.shape[-1]
@@ -409,7 +412,7 @@ def loss_reward_prev_token(layers, ctx):
         if T > s:
             match[..., :T - s] = (cur.argmax[..., :T - s] == prev.argmax[..., s:]).float()
         conf = conf - (match * cur.p_max.float()).mean() / ctx.n_layer
-    return LossTerms(target + conf, conf, target)
+    return _final_ce_plus(layers, conf)
 
 
 LAYERSKIP_CURRICULA = ("gradual", "rotational", "none")
