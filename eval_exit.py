@@ -111,7 +111,8 @@ def evaluate(model, batches, threshold, device):
     tot_loss, esd = 0.0, torch.zeros(L, dtype=torch.float64)
     for x, y in batches:
         x, y = x.to(device), y.to(device)
-        logits, _, stats = model(x, y, return_stats=True)
+        out = model(x, y, return_stats=True)
+        logits, stats = out.logits, out.stats
         tot_loss += F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).item()
         if threshold is None:
             esd[-1] += 1.0

@@ -1062,7 +1062,8 @@ class Run:
             sample_stats = with_stats and not heads_on and 0 < cfg["stats_rows"] < x.size(0)
             with self.autocast:
                 if with_stats and not sample_stats:
-                    _, loss, st = model(x, y, return_stats=True, return_logits=False)
+                    out = model(x, y, return_stats=True, return_logits=False)
+                    loss, st = out.loss, out.stats
                 else:
                     _, loss = model(x, y, return_logits=False)
                 if sample_stats:
@@ -1123,7 +1124,7 @@ class Run:
         raw = self.raw_model
         raw.eval()
         try:
-            return raw(x, y, return_stats=True, return_logits=False)[2]
+            return raw(x, y, return_stats=True, return_logits=False).stats
         finally:
             raw.train()
 
@@ -1177,7 +1178,8 @@ class Run:
                 x, y = self.val_loader.next_batch()
                 x, y = x.to(self.device), y.to(self.device)
                 with self.autocast:
-                    _, loss, st = raw(x, y, return_stats=True, return_logits=False)
+                    out = raw(x, y, return_stats=True, return_logits=False)
+                    loss, st = out.loss, out.stats
                 acc += torch.cat([loss.float().view(1), st["exit_depth"].float().view(1),
                                   st["layer_losses"].float().view(-1)]) / n
         self.d.sum_(acc)
