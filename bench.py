@@ -373,12 +373,26 @@ def parse_args(argv):
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     for k in FULL_SHAPE:
         ap.add_argument(f"--{k}", type=int, default=None, help="override the shape")
+    ap.add_argument("--cheap-exits", action="store_true", help="first argument only: run the "
+                    "cheap-exit suite bench/cheap_exits.py with the remaining arguments (issue 16)")
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
+def suite(name):
+    """The benchmark suite module bench/<name>.py (bench/ is not a package: bench.py owns the name)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, "bench", name + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--cheap-exits"]:
+        return suite("cheap_exits").main(argv[1:])
+    args = parse_args(argv)
     if args._worker is not None:
         return worker_main(args._worker)
     import torch
