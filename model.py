@@ -95,11 +95,11 @@ class GPTConfig:
             raise ValueError(f"prev_token_shift must be 0 or 1, got {self.prev_token_shift!r}")
         if not float(self.layerskip_scale) >= 0.0:
             raise ValueError(f"layerskip_scale must be >= 0, got {self.layerskip_scale!r}")
-        self._check_exit_sampling()
         # every loss but "final" is a function of all layers' heads: such a config turns the
         # per-layer heads on itself (auto-enable, so `--exit_loss=4-test` alone is a valid run)
         if self.exit_loss != "final":
             self.layer_heads = True
+        self._check_exit_sampling()
 
 
     def _check_exit_sampling(self):
@@ -126,6 +126,20 @@ class GPTConfig:
                                  f"and early_exit off (exit masks need every layer); got "
                                  f"exit_loss {self.exit_loss!r}, early_exit {self.early_exit}; "
                                  f"such losses: {', '.join(known)}")
+
+    def exit_heads_mode(self):
+        """The per-layer head mode of a training step, in words (for the log header)."""
+        L = self.n_layer
+        if not (self.layer_heads or self.early_exit) or L == 1:
+            return "final head only"
+        early = f"all of layers 1..{L - 1}"
+        if self.exit_layer_frac < 1:
+            early = (f"{max(1, round(self.exit_layer_frac * (L - 1)))} random of layers 1..{L - 1}"
+                     f" per micro step (exit_layer_frac={self.exit_layer_frac:g})")
+        on = ("every token" if self.exit_token_frac >= 1 else
+              f"a random {self.exit_token_frac:g} of the tokens (exit_token_frac)")
+        return (f"exit heads of {early} on {on}, layer {L}'s on every token: "
+                f"{self.n_head_evals():.3g} head evaluations per token in training")
 
     def n_head_evals(self):
         """Full-vocabulary head evaluations per training token: 1 (the final head) plus the

@@ -1008,6 +1008,7 @@ class Run:
                  f"{self.meta['vocab_size']}; train {tr} tokens, val {va} tokens)")
         log.note(f"model: {raw.get_num_params():,} params ({raw.num_unique_block_params():,} in "
                  f"stored blocks), {raw.flops_per_token(cfg['T']):.4g} training FLOPs/token")
+        log.note(raw.config.exit_heads_mode())
         log.note(f"batch: total_batch_size {cfg['total_batch_size']} = B {cfg['B']} x T {cfg['T']} "
                  f"x grad_accum {self.grad_accum} x world_size {d.world}")
         log.note("config: " + json.dumps(resolved, sort_keys=True))
@@ -1039,6 +1040,7 @@ class Run:
         the first micro step of each rank (then averaged over ranks): on its first stats_rows
         sequences in an extra no-grad eval-mode forward (no RNG drawn), or with stats_rows=0
         on the whole micro batch inside the training forward."""
+        from model import exit_sample_seed
         cfg, d, model, raw = self.cfg, self.d, self.model, self.raw_model
         L = self.mcfg.n_layer
         model.train()
@@ -1060,12 +1062,13 @@ class Run:
                 poison = raw.block(L - 1).register_forward_hook(
                     lambda mod, inp, out: (out[0] * float("nan"),) + tuple(out[1:]))
             sample_stats = with_stats and not heads_on and 0 < cfg["stats_rows"] < x.size(0)
+            # exit sampling (exit_token/layer_frac): a function of (seed, step, global micro
+            # index), so 2 ranks draw what 1 rank accumulating draws and resume needs no state
+            seed = exit_sample_seed(cfg["seed"], step, micro * d.world + d.rank)
             with self.autocast:
-                if with_stats and not sample_stats:
-                    out = model(x, y, return_stats=True, return_logits=False)
-                    loss, st = out.loss, out.stats
-                else:
-                    _, loss = model(x, y, return_logits=False)
+                out = model(x, y, return_stats=with_stats and not sample_stats,
+                            return_logits=False, exit_sample_seed=seed)
+                loss, st = out.loss, out.stats
                 if sample_stats:
                     st = self._sample_stats(x[:cfg["stats_rows"]], y[:cfg["stats_rows"]])
             if poison is not None:
