@@ -1,15 +1,16 @@
 """Cheap exits (issue 16): training-step cost of per-layer exit heads, plain vs full vs sampled.
 
     python bench.py --cheap-exits                # same as: python bench/cheap_exits.py
-    python bench/cheap_exits.py --rounds 5 --device cuda --B 16 --T 1024   # on a GPU
+    python bench/cheap_exits.py --device cuda --B 16 --T 1024 --n_embd 768 --n_head 12 --vocab_size 50304
     python bench/cheap_exits.py --quality-report # table + plot of the CPU quality runs
 
 Speed: at a CPU proxy shape with GPT-2 124M's head-to-block FLOP ratio (C 256, V 16,384,
-12 shared layers: per layer, head FLOPs / block FLOPs ~ V / (12 C) = 5.3 vs 124M's 5.5), every
-case in a fresh process (bench.py's worker: warmup + timed training steps on the same random
-tokens), cases interleaved over rounds (A B C ... A B C ...). Reports per case the median and
-min..max over rounds of tok/s and of its ratio to plain *within the round*, the step's peak
-memory over plain's, and training FLOPs/token at the proxy and at GPT-2 124M (B 16 x T 1024).
+12 layers: per layer, head FLOPs / block FLOPs ~ V / (12 C) = 5.3 vs 124M's 5.5). tok/s: every
+case's model in ONE process, taking one training step each in turn (A B C A B C ...), so load
+changes on a shared machine hit all cases alike; per case the median and min..max over rounds
+of tok/s and of its ratio to plain within the round. Peak step memory: each case in a fresh
+process (bench.py's worker), over plain's. Training FLOPs/token (model.flops_per_token) at the
+proxy and at GPT-2 124M (T 1024), with the FLOP-bound throughput ratio to plain at 124M.
 
 Quality (`--quality-report`): reads the eval_exit.py tables and training logs of
 config/exit_pareto_cpu.py trained with full heads and with each cheap mode (commands printed
@@ -77,6 +78,51 @@ def med_range(xs, spec="{:.3f}"):
     return f"{spec.format(statistics.median(xs))} ({spec.format(min(xs))}..{spec.format(max(xs))})"
 
 
+def build_case(shape, overrides, dev):
+    """(model, AdamW, step()) of one case at this shape: step() = one training step."""
+    import torch
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=shape["T"], vocab_size=shape["vocab_size"],
+                    n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"],
+                    **overrides)
+    model = GPT(cfg).to(dev).train()
+    opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), dev)
+    g = torch.Generator().manual_seed(1234)
+    data = torch.randint(0, cfg.vocab_size, (shape["B"], shape["T"] + 1), generator=g).to(dev)
+    x, y = data[:, :-1].contiguous(), data[:, 1:].contiguous()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        model(x, y, return_logits=False).loss.backward()
+        opt.step()
+    return model, opt, step
+
+
+def interleaved_tok_per_s(shape, cases, dev, rounds, warmup):
+    """{case: [tok/s of each round]}: every case's model lives in this one process and the
+    cases take one training step each in turn (A B C A B C ...), so a load change on a shared
+    machine hits all cases alike; the ratio to plain is taken within each round."""
+    import time
+    import torch
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    steps = {name: build_case(shape, CASES[name], dev)[2] for name in cases}
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    out = {name: [] for name in cases}
+    for rnd in range(rounds):
+        for name, step in steps.items():
+            sync()
+            t0 = time.perf_counter()
+            step()
+            sync()
+            out[name].append(shape["B"] * shape["T"] / (time.perf_counter() - t0))
+        print(f"  round {rnd + 1}: " + ", ".join(f"{n} {v[-1]:,.0f}" for n, v in out.items()),
+              flush=True)
+    return out
+
+
 def run_speed(args):
     import torch
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -87,46 +133,46 @@ def run_speed(args):
     cases = [c for c in args.cases.split(",") if c]
     if not cases or any(c not in CASES for c in cases) or cases[0] != "plain":
         bench.fail(f"--cases must start with plain and name cases of: {', '.join(CASES)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = args.dtype or ("bf16" if dev == "cuda" else "fp32")
     info = bench.device_info(dev)
     print(f"device: {dev} — {info['name']}; torch {info['torch']}; threads {info['threads']}"
           + (f"; load avg {info['loadavg']}" if "loadavg" in info else ""), flush=True)
     print(f"head/block FLOP ratio per layer (V / 12C): proxy {head_block_ratio(shape):.2f}, "
           f"GPT-2 124M {head_block_ratio(GPT2_SHAPE):.2f}", flush=True)
-    rounds = {c: [] for c in cases}
-    for rnd in range(args.rounds):
-        for name in cases:
-            spec = dict(device=dev, shape=shape, overrides=CASES[name], dtype=dtype,
-                        stat="best" if dev == "cpu" else "median", compile=False,
-                        warmup=args.warmup, steps=args.steps, threads=args.threads)
-            r = bench.launch(name, spec, args.timeout)
-            rounds[name].append(r)
-            msg = (f"{r['tok_per_s']:9,.0f} tok/s  mem {bench.mem_of(r, dev):7,.0f} MiB"
-                   if r["status"] == "ok" else f"{r['status']}: {r.get('error', '')}")
-            print(f"  [{rnd + 1}] {name:22s} {msg}  ({r['wall_s']:.0f}s)", flush=True)
+    print("peak step memory: each case in a fresh process (bench.py worker)", flush=True)
+    mem = {}
+    for name in cases:
+        spec = dict(device=dev, shape=shape, overrides=CASES[name], dtype=dtype, stat="best",
+                    compile=False, warmup=1, steps=1, threads=args.threads)
+        r = bench.launch(name, spec, args.timeout)
+        mem[name] = r
+        print(f"  {name:22s} " + (f"{bench.mem_of(r, dev):7,.0f} MiB" if r["status"] == "ok"
+                                  else f"{r['status']}: {r.get('error', '')}"), flush=True)
+    print(f"tok/s: all cases in one process, one step each in turn, {args.rounds} rounds",
+          flush=True)
+    autocast = torch.autocast(dev, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}
+                              .get(dtype, torch.float32), enabled=dtype != "fp32")
+    with autocast:
+        tps = interleaved_tok_per_s(shape, cases, dev, args.rounds, args.warmup)
     rows = []
-    plain = rounds["plain"]
     p124 = model_flops(GPT2_SHAPE, CASES["plain"])
     for name in cases:
-        rs = rounds[name]
-        ok = [r for r in rs if r["status"] == "ok"]
-        tps = [r["tok_per_s"] for r in ok]
-        ratio = [r["tok_per_s"] / p["tok_per_s"] for r, p in zip(rs, plain)
-                 if r["status"] == "ok" and p["status"] == "ok"]
-        mem = [bench.ratio(bench.mem_of(r, dev), bench.mem_of(p, dev)) for r, p in zip(rs, plain)]
         f124 = model_flops(GPT2_SHAPE, CASES[name])
-        rows.append(dict(case=name, what=WHAT[name], overrides=CASES[name], tok_per_s=tps,
-                         ratio=ratio, mem_ratio=mem,
-                         flops_per_token=ok[0]["flops_per_token"] if ok else None,
-                         gpt2_flops_per_token=f124, gpt2_flop_bound_ratio=p124 / f124,
-                         status=[r["status"] for r in rs]))
+        rows.append(dict(case=name, what=WHAT[name], overrides=CASES[name], tok_per_s=tps[name],
+                         ratio=[a / b for a, b in zip(tps[name], tps["plain"])],
+                         mem_ratio=[bench.ratio(bench.mem_of(mem[name], dev),
+                                                bench.mem_of(mem["plain"], dev))],
+                         flops_per_token=model_flops(shape, CASES[name]),
+                         gpt2_flops_per_token=f124, gpt2_flop_bound_ratio=p124 / f124))
     report = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
               "command": shlex.join(["python"] + args.argv), "device": dev, "device_info": info,
               "shape": shape, "dtype": dtype, "rounds": args.rounds, "warmup": args.warmup,
-              "steps": args.steps, "git": bench.git_version(),
+              "git": bench.git_version(), "end_loadavg": bench.cpu_info()["loadavg"],
               "head_block_ratio": {"proxy": head_block_ratio(shape),
                                    "gpt2_124M": head_block_ratio(GPT2_SHAPE)},
-              "rows": rows, "raw": rounds}
+              "rows": rows, "memory_runs": mem}
     md = render_speed(report)
     base = os.path.join(args.out, f"cheap-exits-{bench.slug(dev + '-' + info['name'])}-"
                                   f"{datetime.date.today().isoformat()}")
@@ -135,6 +181,10 @@ def run_speed(args):
     print()
     print(md)
     print(f"wrote {base}.md, {base}.json")
+
+
+def fmt_mem(xs):
+    return "-" if not xs or xs[0] is None else f"{xs[0]:.2f}"
 
 
 def render_speed(rep):
@@ -146,10 +196,11 @@ def render_speed(rep):
            f"{info['threads']}" + (f", load avg at start {info['loadavg']}" if "loadavg" in info
                                    else "") + "  ",
            f"shape: n_layer {shape['n_layer']}, n_head {shape['n_head']}, n_embd {shape['n_embd']}, "
-           f"V {shape['vocab_size']}, B {shape['B']} x T {shape['T']}; {rep['dtype']}; "
-           f"{rep['warmup']} warmup + {rep['steps']} timed steps per process "
-           f"({'fastest' if rep['device'] == 'cpu' else 'median'} step), "
-           f"{rep['rounds']} interleaved rounds; git {rep['git']}  ",
+           f"V {shape['vocab_size']}, B {shape['B']} x T {shape['T']}; {rep['dtype']}; tok/s: "
+           f"every case's model in one process, {rep['warmup']} warmup step(s) each, then "
+           f"{rep['rounds']} rounds of one training step per case in turn (median, min..max; "
+           f"ratio to plain within each round); memory: each case in a fresh process, "
+           f"peak over one step; load avg at end {rep['end_loadavg']}; git {rep['git']}  ",
            f"head/block FLOP ratio per layer (V / 12C): **proxy {rep['head_block_ratio']['proxy']:.2f}**"
            f", GPT-2 124M {rep['head_block_ratio']['gpt2_124M']:.2f}", "",
            f"| case | tok/s median (min..max) | tok/s / plain (same round) | {mem} | "
@@ -158,7 +209,7 @@ def render_speed(rep):
     for r in rep["rows"]:
         fpt = "-" if r["flops_per_token"] is None else f"{r['flops_per_token'] / 1e9:.4f}"
         out.append(f"| {r['case']} | {med_range(r['tok_per_s'], '{:,.0f}')} | "
-                   f"{med_range(r['ratio'])} | {med_range(r['mem_ratio'], '{:.2f}')} | {fpt} | "
+                   f"{med_range(r['ratio'])} | {fmt_mem(r['mem_ratio'])} | {fpt} | "
                    f"{r['gpt2_flops_per_token'] / 1e9:.3f} | {r['gpt2_flop_bound_ratio']:.2f} |")
     out += ["", "Cases:"] + [f"- `{r['case']}`: {r['what']}" for r in rep["rows"]]
     return "\n".join(out) + "\n"
@@ -257,9 +308,9 @@ def _head_evals(flags, n_layer):
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default=",".join(CASES), help=f"plain first; of {','.join(CASES)}")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all cases")
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per case per round")
+    ap.add_argument("--rounds", type=int, default=7,
+                    help="timed rounds: one training step of every case in turn")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps of every case first")
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None)
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None)
     ap.add_argument("--threads", type=int, default=0, help="torch threads per case (0: default)")
@@ -279,7 +330,7 @@ def parse_args(argv):
     ap.add_argument("--quality-plot", default=os.path.join(ROOT, "img", "readme",
                                                            "cheap_exits_pareto.png"))
     args = ap.parse_args(argv)
-    for k in ("rounds", "steps", "quality_steps"):
+    for k in ("rounds", "quality_steps"):
         if getattr(args, k) < 1:
             bench.fail(f"--{k.replace('_', '-')} must be >= 1")
     if args.warmup < 0:

@@ -193,6 +193,7 @@ def test_torchrun_max_restarts_resumes_without_manual_step(char_data, tmp_path, 
     faultlog.survived(f"torchrun --max-restarts=1, rank 1 killed at step ~{k}")
 
 
+@pytest.mark.slow
 def test_kill9_with_exit_sampling_resumes_exactly(char_data, tmp_path):
     """Cheap exits on (heads on sampled tokens and layers, dropout on): kill -9 at a random step,
     --resume=auto continues with the uninterrupted run's losses, bit for bit (the exit sample is
