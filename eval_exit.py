@@ -101,8 +101,7 @@ def set_exit(model, threshold):
         cfg.early_exit = True
         cfg.exit_mode = "threshold"
         cfg.exit_threshold = float(threshold)
-        if hasattr(cfg, "exit_propagate"):
-            cfg.exit_propagate = True
+        cfg.exit_propagate = True
 
 
 @torch.no_grad()
@@ -281,7 +280,7 @@ def run(args):
     block, head, kv = layer_costs(model, T)
     L = cfg.n_layer
     saved_cfg = (cfg.early_exit, cfg.exit_mode, cfg.exit_threshold,
-                 getattr(cfg, "exit_propagate", True))
+                 cfg.exit_propagate)
 
     ref = evaluate(model, batches, None, device)
     ref["tok_s"], ref["decode_depth"] = decode(model, prompt, n_new, None) if n_new else (None, None)
