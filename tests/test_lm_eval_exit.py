@@ -32,12 +32,15 @@ MC_DOCS = [
 ]
 GEN_DOCS = [{"ctx": "Once upon a time", "answer": " there"},
             {"ctx": "Hello, my name is", "answer": " John"}]
+ROLL_DOCS = [{"ctx": "", "text": "A short document about cats and the mats they sit on."},
+             {"ctx": "", "text": "Another one, with numbers 123 and punctuation!"}]
 
 
 def write_tasks(d):
-    """tiny_mc (multiple_choice, acc/acc_norm) and tiny_gen (generate_until, exact_match)."""
+    """tiny_mc (multiple_choice, acc/acc_norm), tiny_gen (generate_until, exact_match) and
+    tiny_roll (loglikelihood_rolling, perplexities)."""
     os.makedirs(d, exist_ok=True)
-    for name, docs in (("tiny_mc", MC_DOCS), ("tiny_gen", GEN_DOCS)):
+    for name, docs in (("tiny_mc", MC_DOCS), ("tiny_gen", GEN_DOCS), ("tiny_roll", ROLL_DOCS)):
         with open(os.path.join(d, f"{name}.jsonl"), "w") as f:
             f.writelines(json.dumps(doc) + "\n" for doc in docs)
     def yaml(name, body):
@@ -52,6 +55,8 @@ def write_tasks(d):
     yaml("tiny_gen", 'output_type: generate_until\ndoc_to_target: "{{answer}}"\n'
                      'generation_kwargs:\n  until: ["\\n", "."]\n  max_gen_toks: 5\n'
                      "  do_sample: false\nmetric_list:\n  - metric: exact_match\n")
+    yaml("tiny_roll", 'output_type: loglikelihood_rolling\ndoc_to_target: "{{text}}"\n'
+                      "metric_list:\n  - metric: word_perplexity\n")
     return d
 
 
@@ -94,17 +99,19 @@ def lls(res):
 got = {{}}
 for th in (1.01, 0.0):
     res = lm_eval.simple_evaluate(model="earlyexit", model_args=f"ckpt={{ckpt}},threshold={{th}}",
-                                  tasks=["tiny_mc", "tiny_gen"], task_manager=tm,
+                                  tasks=["tiny_mc", "tiny_gen", "tiny_roll"], task_manager=tm,
                                   bootstrap_iters=0, log_samples=True, batch_size=3)
     got[str(th)] = {{"lls": lls(res), "info": res["config"],
                     "gen": [s["filtered_resps"] for s in res["samples"]["tiny_gen"]],
                     "acc": res["results"]["tiny_mc"]["acc,none"],
+                    "ppl": res["results"]["tiny_roll"]["word_perplexity,none"],
                     "request0": res["samples"]["tiny_mc"][0]["arguments"][0]}}
 res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={{hf_dir}}", device="cpu",
-                              tasks=["tiny_mc", "tiny_gen"], task_manager=tm, bootstrap_iters=0,
-                              log_samples=True, batch_size=2)
+                              tasks=["tiny_mc", "tiny_gen", "tiny_roll"], task_manager=tm,
+                              bootstrap_iters=0, log_samples=True, batch_size=2)
 got["hf"] = {{"lls": lls(res), "gen": [s["filtered_resps"] for s in res["samples"]["tiny_gen"]],
-             "acc": res["results"]["tiny_mc"]["acc,none"]}}
+             "acc": res["results"]["tiny_mc"]["acc,none"],
+             "ppl": res["results"]["tiny_roll"]["word_perplexity,none"]}}
 model, _ = __import__("export_hf").load(ckpt)
 tok = tokenizer.get_tokenizer("gpt2")
 ours = {{}}
@@ -129,9 +136,11 @@ def test_adapter_matches_our_eval_and_hf_and_exits_earlier(setup):
     assert full["request0"] == [MC_DOCS[0]["ctx"], " " + MC_DOCS[0]["endings"][0]]
     assert full["acc"] == hf["acc"]
     assert full["gen"] == hf["gen"]                    # greedy text, full depth == exported model
+    assert abs(full["ppl"] / hf["ppl"] - 1) < 1e-5      # rolling loglikelihood
+    assert early["ppl"] != full["ppl"]
     info = full["info"]
     assert (info["exit_threshold"], info["n_layer"], info["avg_exit_depth"]) == (1.01, 4, 4.0)
-    assert info["avg_exit_depth_by_task"] == {"tiny_mc": 4.0, "tiny_gen": 4.0}
+    assert info["avg_exit_depth_by_task"] == {"tiny_mc": 4.0, "tiny_gen": 4.0, "tiny_roll": 4.0}
     e = early["info"]
     assert e["avg_exit_depth"] == 1.0 and e["avg_exit_depth_by_task"]["tiny_gen"] == 1.0
     assert max(abs(early["lls"][k] - ours[k]) for k in ours) > 1e-2   # layer-1 heads differ
