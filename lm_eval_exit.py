@@ -77,7 +77,7 @@ class EarlyExitLM(TemplateLM):
     model_args: ckpt=PATH, threshold=FLOAT|none, batch_size, device; or pass model= and tok=
     objects directly (a loaded GPT and a tokenizer with encode/decode/eot)."""
 
-    def __init__(self, ckpt=None, threshold=None, batch_size=1, device="cpu", model=None,
+    def __init__(self, ckpt=None, threshold=None, batch_size=1, device=None, model=None,
                  tok=None, max_batch_size=None, **kwargs):
         super().__init__()
         if model is None:
@@ -89,11 +89,12 @@ class EarlyExitLM(TemplateLM):
             tok = tokenizers.get_tokenizer(info.get("name", "gpt2"), info.get("chars"))
         if model.config.confidence == "target-prob":
             raise ValueError("confidence 'target-prob' needs the targets: no early exit at inference")
-        self.model = model.to(device or "cpu").eval()
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(device).eval()
         self.tok = tok
         self.threshold = parse_threshold(threshold)
         self.batch_size_per_gpu = int(batch_size) if str(batch_size).isdigit() else 1
-        self._device = torch.device(device or "cpu")
+        self._device = torch.device(device)
         self.max_length = model.config.block_size
         self.depths = DepthTally()
 

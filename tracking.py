@@ -68,19 +68,25 @@ class WandbTracker:
 
     def __init__(self, project, run_name, config, id_dir, resume):
         import wandb
-        self.wandb = wandb
         id_path = os.path.join(id_dir, ID_FILE)
         run_id = None
         if resume and os.path.isfile(id_path):
             with open(id_path) as f:
                 run_id = f.read().strip() or None
-        if run_id is None:
+        fresh = run_id is None
+        if fresh:
             run_id = secrets.token_hex(4)                 # wandb ids: [a-z0-9]
+        try:
+            self.run = wandb.init(project=project, name=run_name, id=run_id, resume="allow",
+                                  config=config)
+        except Exception as e:   # no network / login: say so in one line
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise TrackingError(f"wandb.init failed ({type(e).__name__}: {first}); "
+                                "WANDB_MODE=offline logs locally") from None
+        if fresh:
             os.makedirs(id_dir, exist_ok=True)
             with open(id_path, "w") as f:
                 f.write(run_id + "\n")
-        self.run = wandb.init(project=project, name=run_name, id=run_id, resume="allow",
-                              config=config)
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
         self.id = run_id
@@ -100,5 +106,5 @@ def start(cfg, resolved, id_dir, resume, master):
     if not (cfg.get("wandb_log") and master):
         return None
     check(cfg)
-    return WandbTracker(cfg.get("wandb_project") or "nanogpt-early-exit",
+    return WandbTracker(cfg.get("wandb_project") or "early-exit-gpt2",
                         cfg.get("wandb_run_name") or cfg.get("run_name"), resolved, id_dir, resume)

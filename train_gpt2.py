@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 import fineweb
+import tracking
 
 # ----------------------------------------------------------------------------------------------
 # constants (defaults: build-nanogpt's GPT-2 124M run)
@@ -119,6 +120,10 @@ skip_nonfinite = False           # skip steps with a non-finite loss/grad instea
 debug_nonfinite_step = None      # testing: inject a non-finite value at this step (exercises the guards)
 debug_nonfinite_kind = "output"  #   "output": the last block outputs NaN | "grad": one gradient is inf
 dirty_ok = True                  # False: refuse to start with uncommitted changes to tracked files
+# experiment tracking (tracking.py; nanoGPT's names)
+wandb_log = False                # every jsonl event with a step -> Weights & Biases (rank 0)
+wandb_project = "early-exit-gpt2"
+wandb_run_name = ""              # "" = run_name
 # LR range test (seed 004)
 lr_find = False                  # --lr_find: run the LR range test instead of training
 lr_find_steps = 100
@@ -334,6 +339,10 @@ def validate_config(cfg, world_size):
     if cfg["stop_at_step"] is not None and not 0 <= cfg["stop_at_step"] < cfg["max_steps"]:
         raise ConfigError(f"stop_at_step must be in [0, max_steps) = [0, {cfg['max_steps']}), "
                           f"got {cfg['stop_at_step']}")
+    try:
+        tracking.check(cfg)
+    except tracking.TrackingError as e:
+        raise ConfigError(str(e)) from None
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", cfg["run_name"]):
         raise ConfigError(f"run_name {cfg['run_name']!r} must be a plain file name "
                           f"(letters, digits, . _ + -)")
@@ -562,6 +571,7 @@ class RunLog:
 
     def __init__(self, txt_path, jsonl_path, master, append):
         self.master = master
+        self.tracker = None      # tracking.WandbTracker or None: receives every event
         self.txt = self.jsonl = None
         self.txt_path, self.jsonl_path = txt_path, jsonl_path
         if master:
@@ -584,10 +594,16 @@ class RunLog:
         if not self.master:
             return
         data = {"event": kind, "time": round(time.time(), 3), **data}
-        self.jsonl.write(json.dumps(data, default=_json_default, allow_nan=True) + "\n")
+        line = json.dumps(data, default=_json_default, allow_nan=True)
+        self.jsonl.write(line + "\n")
         self.jsonl.flush()
+        if self.tracker is not None:
+            self.tracker.log(json.loads(line))
 
     def close(self):
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
         for f in (self.txt, self.jsonl):
             if f is not None:
                 try:
@@ -907,7 +923,13 @@ class Run:
                                   f"run: {', '.join(stale)}")
         if d.master and self.ckpt is None and not cfg["lr_find"]:
             self._backup_previous(txt, jsl)
+        try:
+            tracker = None if cfg["lr_find"] else tracking.start(
+                cfg, self.resolved_config(), self.ckpt_dir, self.ckpt is not None, d.master)
+        except tracking.TrackingError as e:
+            raise ConfigError(str(e)) from None
         self.log = RunLog(txt, jsl, d.master, append=self.ckpt is not None)
+        self.log.tracker = tracker
         self._header()
 
     @staticmethod

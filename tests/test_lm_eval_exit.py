@@ -86,32 +86,32 @@ def setup(tmp_path_factory):
 
 
 COMPARE = """
-import json, sys, torch
+import contextlib, io, json, sys, torch
 import lm_eval, lm_eval_exit, hellaswag, tokenizer
 from lm_eval.tasks import TaskManager
 ckpt, hf_dir, tasks, out = {args}
 tm = TaskManager(include_path=tasks)
+TASKS = ["tiny_mc", "tiny_gen", "tiny_roll"]
 
 def lls(res):
     return {{f"{{s['doc_id']}}/{{i}}": r[0] for s in res["samples"]["tiny_mc"]
              for i, r in enumerate(s["filtered_resps"])}}
 
+def summary(res):
+    return {{"lls": lls(res), "info": res["config"],
+             "gen": [s["filtered_resps"] for s in res["samples"]["tiny_gen"]],
+             "acc": res["results"]["tiny_mc"]["acc,none"],
+             "ppl": res["results"]["tiny_roll"]["word_perplexity,none"],
+             "request0": res["samples"]["tiny_mc"][0]["arguments"][0]}}
+
 got = {{}}
 for th in (1.01, 0.0):
-    res = lm_eval.simple_evaluate(model="earlyexit", model_args=f"ckpt={{ckpt}},threshold={{th}}",
-                                  tasks=["tiny_mc", "tiny_gen", "tiny_roll"], task_manager=tm,
-                                  bootstrap_iters=0, log_samples=True, batch_size=3)
-    got[str(th)] = {{"lls": lls(res), "info": res["config"],
-                    "gen": [s["filtered_resps"] for s in res["samples"]["tiny_gen"]],
-                    "acc": res["results"]["tiny_mc"]["acc,none"],
-                    "ppl": res["results"]["tiny_roll"]["word_perplexity,none"],
-                    "request0": res["samples"]["tiny_mc"][0]["arguments"][0]}}
-res = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={{hf_dir}}", device="cpu",
-                              tasks=["tiny_mc", "tiny_gen", "tiny_roll"], task_manager=tm,
-                              bootstrap_iters=0, log_samples=True, batch_size=2)
-got["hf"] = {{"lls": lls(res), "gen": [s["filtered_resps"] for s in res["samples"]["tiny_gen"]],
-             "acc": res["results"]["tiny_mc"]["acc,none"],
-             "ppl": res["results"]["tiny_roll"]["word_perplexity,none"]}}
+    got[str(th)] = summary(lm_eval.simple_evaluate(
+        model="earlyexit", model_args=f"ckpt={{ckpt}},threshold={{th}}", tasks=TASKS,
+        task_manager=tm, bootstrap_iters=0, log_samples=True, batch_size=3))
+got["hf"] = summary(lm_eval.simple_evaluate(
+    model="hf", model_args=f"pretrained={{hf_dir}}", device="cpu", tasks=TASKS, task_manager=tm,
+    bootstrap_iters=0, log_samples=True, batch_size=2))
 model, _ = __import__("export_hf").load(ckpt)
 tok = tokenizer.get_tokenizer("gpt2")
 ours = {{}}
@@ -119,16 +119,32 @@ for doc in {docs}:
     s, _, _ = hellaswag.score_example(model, doc, "cpu", tok)
     ours.update({{f"{{len(ours) // 4}}/{{i}}": -float(v) for i, v in enumerate(s)}})
 got["ours"] = ours
-json.dump(got, open(out, "w"))
+# the script's CLI (in this process: lm-eval is imported once)
+for key, argv in (("cli", ["--thresholds", "0,1.01", "--tasks", "tiny_mc,tiny_gen",
+                           "--include_path", tasks, "--device", "cpu", "--out", out + ".rows"]),
+                  ("cli_bad", ["--thresholds", "-1", "--tasks", "tiny_mc"])):
+    o, e = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(o), contextlib.redirect_stderr(e):
+        rc = lm_eval_exit.main(["--ckpt", ckpt] + argv)
+    got[key] = {{"rc": rc, "stdout": o.getvalue(), "stderr": e.getvalue()}}
+got["cli"]["rows"] = json.load(open(out + ".rows"))["rows"]
+json.dump(got, open(out, "w"), default=str)
 """
 
 
-def test_adapter_matches_our_eval_and_hf_and_exits_earlier(setup):
+@pytest.fixture(scope="module")
+def compare(setup):
+    """Loglikelihoods, generations and exit depths of the adapter at thresholds 1.01 and 0, of
+    `--model hf` on the export and of hellaswag.score_example; lm_eval_exit.main's output."""
     d, ckpt, hf_dir, tasks = setup
     out = str(d / "compare.json")
     run_py(COMPARE.format(args=[ckpt, hf_dir, tasks, out], docs=MC_DOCS), d)
-    got = json.load(open(out))
-    full, early, hf, ours = got["1.01"], got["0.0"], got["hf"], got["ours"]
+    with open(out) as f:
+        return json.load(f)
+
+
+def test_adapter_matches_our_eval_and_hf_and_exits_earlier(compare):
+    full, early, hf, ours = compare["1.01"], compare["0.0"], compare["hf"], compare["ours"]
     assert sorted(ours) == sorted(full["lls"]) == sorted(hf["lls"]) and len(ours) == 12
     for k in ours:
         assert abs(full["lls"][k] - ours[k]) < 1e-4, (k, full["lls"][k], ours[k])
@@ -146,7 +162,23 @@ def test_adapter_matches_our_eval_and_hf_and_exits_earlier(setup):
     assert max(abs(early["lls"][k] - ours[k]) for k in ours) > 1e-2   # layer-1 heads differ
 
 
-def test_stock_lm_eval_cli_runs_the_export(setup):
+def test_cli_table_shows_depth_beside_metrics(compare):
+    cli = compare["cli"]
+    assert cli["rc"] == 0, cli["stderr"][-2000:]
+    got = {(r["threshold"], r["task"], r["metric"]): r["avg_exit_depth"] for r in cli["rows"]}
+    assert got == {(0.0, "tiny_gen", "exact_match"): 1.0, (0.0, "tiny_mc", "acc"): 1.0,
+                   (0.0, "tiny_mc", "acc_norm"): 1.0, (1.01, "tiny_gen", "exact_match"): 4.0,
+                   (1.01, "tiny_mc", "acc"): 4.0, (1.01, "tiny_mc", "acc_norm"): 4.0}
+    acc = {r["threshold"]: r["value"] for r in cli["rows"] if r["metric"] == "acc"}
+    assert acc[1.01] == compare["1.01"]["acc"] and acc[0.0] == compare["0.0"]["acc"]
+    assert "| 0 | tiny_mc | acc |" in cli["stdout"]
+    assert "| 1.01 | tiny_gen | exact_match |" in cli["stdout"]
+    bad = compare["cli_bad"]
+    assert bad["rc"] == 2 and bad["stdout"] == ""
+    assert bad["stderr"] == "error: threshold must be a finite number >= 0 or none, got '-1'\n"
+
+
+def test_stock_lm_eval_cli_runs_the_export(setup, compare):
     """README's command, on the local task: `lm_eval --model hf --model_args pretrained=DIR`."""
     d, _, hf_dir, tasks = setup
     lm_eval_bin = os.path.join(os.path.dirname(sys.executable), "lm_eval")
@@ -159,28 +191,5 @@ def test_stock_lm_eval_cli_runs_the_export(setup):
     found = [os.path.join(dp, f) for dp, _, fs in os.walk(d / "stock") for f in fs
              if f.startswith("results") and f.endswith(".json")]
     assert len(found) == 1
-    res = json.load(open(found[0]))["results"]["tiny_mc"]
-    assert 0.0 <= res["acc,none"] <= 1.0 and 0.0 <= res["acc_norm,none"] <= 1.0
-
-
-def test_cli_table_shows_depth_beside_metrics(setup):
-    d, ckpt, _, tasks = setup
-    out = str(d / "rows.json")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "lm_eval_exit.py"), "--ckpt", ckpt,
-                        "--thresholds", "0,1.01", "--tasks", "tiny_mc,tiny_gen",
-                        "--include_path", tasks, "--device", "cpu", "--out", out],
-                       cwd=str(d), env=offline_env(str(d)), capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows = json.load(open(out))["rows"]
-    got = {(row["threshold"], row["task"], row["metric"]): row["avg_exit_depth"] for row in rows}
-    assert got == {(0.0, "tiny_gen", "exact_match"): 1.0, (0.0, "tiny_mc", "acc"): 1.0,
-                   (0.0, "tiny_mc", "acc_norm"): 1.0, (1.01, "tiny_gen", "exact_match"): 4.0,
-                   (1.01, "tiny_mc", "acc"): 4.0, (1.01, "tiny_mc", "acc_norm"): 4.0}
-    assert "| 0 | tiny_mc | acc |" in r.stdout and "| 1.01 | tiny_gen | exact_match |" in r.stdout
-    bad = subprocess.run([sys.executable, os.path.join(ROOT, "lm_eval_exit.py"), "--ckpt", ckpt,
-                          "--thresholds", "-1", "--tasks", "tiny_mc"], cwd=str(d),
-                         env=offline_env(str(d)), capture_output=True, text=True, timeout=600)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines()[-1] == \
-        "error: threshold must be a finite number >= 0 or none, got '-1'"
+    with open(found[0]) as f:
+        assert json.load(f)["results"]["tiny_mc"]["acc,none"] == compare["hf"]["acc"]

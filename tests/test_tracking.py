@@ -130,3 +130,58 @@ def test_tracker_offline_run_and_resume(tmp_path):
     assert rows == [{"step": s, "train/loss": 1.0 / (s + 1), "train.layer_losses/L1": 2.0,
                      "train.layer_losses/L2": s} for s in range(5)]
     assert [h["_step"] for run in (first, second) for h in run["history"]] == list(range(5))
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+
+@pytest.mark.slow
+def test_trainer_offline_run_resumed_into_the_same_run(tmp_path, char_data):
+    """A tiny quickstart with wandb_log=True stops after step 2 (checkpoint), a second
+    invocation resumes: both offline run directories carry one run id, and their history holds
+    the jsonl's train losses at steps 0..5, per-layer losses and exit fractions, val losses."""
+    pytest.importorskip("wandb")
+    from conftest import run_train, tiny_args, read_jsonl
+    log_dir = str(tmp_path / "log")
+    common = tiny_args(char_data, log_dir, "wb", "--wandb_log=True", "--wandb_project=proj",
+                       "--checkpoint_interval=3", "--early_exit=True", "--exit_threshold=0.05")
+    env = {k: v for k, v in wandb_env(tmp_path).items() if k.startswith("WANDB_")}
+    r1 = run_train(common + ["--stop_at_step=2"], env_extra=env)
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    r2 = run_train(common + ["--resume=auto"], env_extra=env)
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    first, second = offline_runs(tmp_path)
+    assert first["id"] == second["id"]
+    assert (first["project"], first["name"]) == ("proj", "wb")
+    assert first["config"]["n_layer"] == 2 and first["config"]["run_name"] == "wb"
+    hist = [h for run in (first, second) for h in run["history"]]
+    events = read_jsonl(os.path.join(log_dir, "wb.jsonl"))
+    train = {e["step"]: e for e in events if e["event"] == "train"}
+    assert sorted(train) == list(range(6))
+    logged = {h["step"]: h for h in hist if "train/loss" in h}
+    assert sorted(logged) == list(range(6))
+    for s, e in train.items():
+        assert logged[s]["train/loss"] == pytest.approx(e["loss"], rel=1e-12)
+        assert [logged[s][f"train.layer_losses/L{l}"] for l in (1, 2)] == \
+            pytest.approx(e["layer_losses"], rel=1e-12)
+        assert [logged[s][f"train.earlystopdict/L{l}"] for l in (1, 2)] == \
+            pytest.approx(e["earlystopdict"], rel=1e-12)
+    val = {e["step"]: e["loss"] for e in events if e["event"] == "val"}
+    assert {h["step"]: h["val/loss"] for h in hist if "val/loss" in h} == pytest.approx(val)
+    assert any("size.residual_std/L2.next" in h for h in hist)
+
+
+def test_trainer_without_wandb_is_one_error_line(tmp_path, char_data):
+    """wandb_log=True where `import wandb` fails (a shadowing package that raises ImportError,
+    as an absent one does): exit 2, one error line naming the install command, no log written."""
+    from conftest import run_train, tiny_args
+    shadow = tmp_path / "shadow" / "wandb"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError(\"No module named 'wandb'\")\n")
+    log_dir = tmp_path / "log"
+    r = run_train(tiny_args(char_data, str(log_dir), "nowb", "--wandb_log=True"),
+                  env_extra={"PYTHONPATH": str(tmp_path / "shadow")})
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: wandb_log=True needs the wandb package: pip install wandb"]
+    assert not log_dir.exists()
