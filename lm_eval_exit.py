@@ -159,9 +159,11 @@ class EarlyExitLM(TemplateLM):
         pairs = []
         for req in requests:
             context, continuation = req.args
-            if context == "":
+            if context == "":        # condition on the end-of-text token (as TemplateLM does)
                 cont = self.tok_encode(continuation)
-                pairs.append(((context, continuation), [self.prefix_token_id], cont))
+                ctx, cont = (([self.prefix_token_id], cont) if cont[:1] != [self.prefix_token_id]
+                             else (cont[:1], cont[1:]))
+                pairs.append(((context, continuation), ctx, cont))
             else:
                 pairs.append(((context, continuation), *self._encode_pair(context, continuation)))
         return self._loglikelihood_tokens(pairs, tasks=[r.task_name for r in requests])
