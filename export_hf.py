@@ -186,17 +186,13 @@ def save_gpt2_tokenizer(out_dir, model_max_length):
 # ---------------------------------------------------------------------------------------------
 
 def load(path):
-    """(GPT in eval mode, tokenizer info dict or {}) from a trainer checkpoint."""
-    from model import GPT
-    if not os.path.isfile(path):
-        raise ExportError(f"checkpoint not found: {path}")
+    """(GPT in eval mode, tokenizer info dict or {}) from a verified trainer checkpoint."""
+    import checkpoint
     try:
-        model = GPT.from_checkpoint(path)
-        tok = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("tokenizer") or {}
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ExportError(f"cannot load checkpoint {path}: {type(e).__name__}: {first}") from None
-    return model, tok
+        model, ck = checkpoint.load_model(path)
+    except checkpoint.CheckpointError as e:
+        raise ExportError(str(e)) from None
+    return model, ck.get("tokenizer") or {}
 
 
 def export(ckpt, out, depth=None):

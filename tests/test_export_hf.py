@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT
+import checkpoint
+from conftest import ROOT, flip_bit_in_largest_tensor
 import export_hf
 from model import GPT, GPTConfig
 
@@ -35,9 +37,12 @@ def save_ckpt(path, tokenizer="char", seed=0, **cfg):
             if "ln" in name or name.endswith(".bias"):
                 p.add_(0.1 * torch.randn_like(p))
     tok = {"name": tokenizer, "chars": None, "vocab_size": model.config.vocab_size, "eot": None}
-    torch.save({"model": model.state_dict(), "model_config": dataclasses.asdict(model.config),
-                "tokenizer": tok, "step": 0}, path)
-    return GPT.from_checkpoint(path)
+    obj = {"model": model.state_dict(), "model_config": dataclasses.asdict(model.config),
+           "train_config": {}, "step": 0, "optimizer": {}, "loader": {}, "rng": [],
+           "tokenizer": tok}
+    obj["digest"] = checkpoint.digest(obj)
+    torch.save(obj, path)
+    return checkpoint.load_model(path)[0]
 
 
 def ours_at_depth(model, idx, depth):
@@ -144,7 +149,15 @@ def test_bad_paths(tmp_path, capsys):
     assert "exists and is not an empty directory" in capsys.readouterr().err
     assert os.listdir(full) == ["keep.txt"]
     assert export_hf.main(["--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")]) == 2
-    assert capsys.readouterr().err == f"error: checkpoint not found: {tmp_path / 'nope.pt'}\n"
+    assert capsys.readouterr().err == \
+        f"error: checkpoint {tmp_path / 'nope.pt'} is unreadable (no such file)\n"
+    flipped = str(tmp_path / "flipped.pt")
+    shutil.copyfile(ckpt, flipped)
+    flip_bit_in_largest_tensor(flipped)
+    assert export_hf.main(["--ckpt", flipped, "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (f"error: checkpoint {flipped} is unreadable "
+                                       "(content digest mismatch (corrupted data))\n")
+    assert not (tmp_path / "o").exists()
     empty = tmp_path / "empty"
     empty.mkdir()                                   # an empty directory is filled
     assert export_hf.main(["--ckpt", ckpt, "--out", str(empty)]) == 0
