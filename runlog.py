@@ -35,6 +35,7 @@ class RunLog:
 
     def __init__(self, txt_path, jsonl_path, master, append):
         self.master = master
+        self.tracker = None      # tracking.WandbTracker or None: receives every event
         self.txt = self.jsonl = None
         self.txt_path, self.jsonl_path = txt_path, jsonl_path
         if master:
@@ -57,10 +58,16 @@ class RunLog:
         if not self.master:
             return
         data = {"event": kind, "time": round(time.time(), 3), **data}
-        self.jsonl.write(json.dumps(data, default=_json_default, allow_nan=True) + "\n")
+        line = json.dumps(data, default=_json_default, allow_nan=True)
+        self.jsonl.write(line + "\n")
         self.jsonl.flush()
+        if self.tracker is not None:
+            self.tracker.log(json.loads(line))
 
     def close(self):
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
         for f in (self.txt, self.jsonl):
             if f is not None:
                 try:

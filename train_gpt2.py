@@ -59,6 +59,7 @@ import hellaswag as hellaswag_eval     # (the names hellaswag, tokenizer are con
 import lr_finder
 import runlog
 import tokenizer as tokenizers
+import tracking
 from configurator import ConfigError
 from dataloader import DataLoader, prepare_data
 from distributed import DistContext
@@ -123,6 +124,10 @@ residual_limit = 1e6             # stop when a residual_std exceeds this (None: 
                                  #   every step with per-layer heads, on logged steps otherwise
 skip_nonfinite = False           # skip steps with a non-finite loss/grad instead of stopping
 dirty_ok = True                  # False: refuse to start with uncommitted changes to tracked files
+# experiment tracking (tracking.py; nanoGPT's names)
+wandb_log = False                # every jsonl event with a step -> Weights & Biases (rank 0)
+wandb_project = "early-exit-gpt2"
+wandb_run_name = ""              # "" = run_name
 # LR range test (seed 004)
 lr_find = False                  # --lr_find: run the LR range test instead of training
 lr_find_steps = 100
@@ -239,6 +244,10 @@ def validate_config(cfg, world_size):
     if cfg["stop_at_step"] is not None and not 0 <= cfg["stop_at_step"] < cfg["max_steps"]:
         raise ConfigError(f"stop_at_step must be in [0, max_steps) = [0, {cfg['max_steps']}), "
                           f"got {cfg['stop_at_step']}")
+    try:
+        tracking.check(cfg)
+    except tracking.TrackingError as e:
+        raise ConfigError(str(e)) from None
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", cfg["run_name"]):
         raise ConfigError(f"run_name {cfg['run_name']!r} must be a plain file name "
                           f"(letters, digits, . _ + -)")
@@ -410,10 +419,16 @@ def setup(cfg, d, argv):
         notes.append(f"samples disabled: no tokenizer ({type(e).__name__}: {e})")
     autocast = (torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
                 if dtype == "bfloat16" else nullcontext())
-    log = open_log(cfg, d, ckpt_dir, ck is not None, notes)
     s = State(cfg, mcfg, d, device, dtype, compile, autocast, raw, model, optimizer, *loaders,
-              grad_accum, meta, tok, None, log, ckpt_dir)
+              grad_accum, meta, tok, None, None, ckpt_dir)
     resolved = resolved_config(s)
+    try:                                 # wandb (tracking.py), before any log file is written
+        tracker = None if cfg["lr_find"] else tracking.start(cfg, resolved, ckpt_dir,
+                                                             ck is not None, d.master)
+    except tracking.TrackingError as e:
+        raise ConfigError(str(e)) from None
+    log = s.log = open_log(cfg, d, ckpt_dir, ck is not None, notes)
+    log.tracker = tracker
     runlog.write_header(log, cfg=cfg, resolved=resolved, argv=argv, resumed_from=ck_path,
                         device=device, device_type=s.device_type, world=d.world, dtype=dtype,
                         compile=compile, meta=meta, model=raw, grad_accum=grad_accum,
