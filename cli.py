@@ -159,3 +159,86 @@ def check_device(name, flag="--device"):
     elif dev.type != "cpu":
         raise UsageError(f"{flag} {name}: device type {dev.type!r} is not supported (cpu, cuda, mps)")
     return dev
+
+
+# ----------------------------------------------------------------------------- constants --help
+
+def constants_help(path, defaults, usage, description="", fields_path=None, fields_title="other"):
+    """--help for a script configured by module constants (nanoGPT style), generated from its
+    source: every constant in `defaults` as `--name=default` with its trailing comment (and the
+    indented comment lines under it), grouped under the section comments above them. Keys of
+    `defaults` that are not constants there are listed under `fields_title`, with the comments
+    of the dataclass fields of that name in `fields_path`."""
+    import io
+    import tokenize
+    with open(path, encoding="utf-8") as f:
+        src = f.read()
+    rows, section, last = [], None, None      # rows: (section, name, [comment parts])
+    pending_name = None
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        kind, text, (line, col) = tok.type, tok.string, tok.start
+        if kind == tokenize.NAME and col == 0:
+            pending_name = text if text in defaults else None
+        elif kind == tokenize.OP and text == "=" and pending_name:
+            rows.append((section, pending_name, []))
+            last, pending_name = rows[-1], None
+        elif kind == tokenize.COMMENT:
+            body = text.lstrip("#").strip()
+            if last is not None and last[2] is not None and tok.line.strip() != text:
+                last[2].append(body)                          # trailing comment of a constant
+            elif last is not None and col > 0 and tok.line.strip() == text:
+                last[2].append(body)                          # indented continuation line
+            elif col == 0:
+                section, last = body, None                    # a section heading
+        elif kind == tokenize.NEWLINE:
+            pending_name = None
+        elif kind == tokenize.NL and last is not None and tok.line.strip() == "":
+            last = None                                       # a blank line ends a comment
+    seen, out = set(), [usage, ""]
+    if description:
+        out.append(description)
+    current = object()
+    width = min(max([len(_opt(n, defaults[n])) for _, n, _ in rows] + [0]), 36)
+    for sec, name, comment in rows:
+        if name in seen:
+            continue
+        seen.add(name)
+        if sec != current:
+            out += ["", f"{sec}:" if sec else "constants:"]
+            current = sec
+        opt = _opt(name, defaults[name])
+        text = " ".join(comment)
+        out.append(f"  {opt:<{width}}  {text}".rstrip() if len(opt) <= width
+                   else f"  {opt}\n  {'':<{width}}  {text}".rstrip())
+    missing = [n for n in defaults if n not in seen]
+    if missing:
+        notes = _field_comments(fields_path) if fields_path else {}
+        out += ["", fields_title + ":"]
+        for n in missing:
+            opt = _opt(n, defaults[n])
+            out.append(f"  {opt:<{width}}  {notes.get(n, '')}".rstrip())
+    return "\n".join(out) + "\n"
+
+
+def _opt(name, value):
+    return f"--{name}={value}" if isinstance(value, str) else f"--{name}={value!r}"
+
+
+def _field_comments(path):
+    """{field: comment} of the annotated class fields (`    name: type = value  # comment`,
+    indented comment lines under it appended) in a source file."""
+    import re
+    out, last = {}, None
+    field = re.compile(r"^\s+(\w+)\s*:\s*[^=#]+=[^#]*#\s*(.*)$")
+    more = re.compile(r"^\s+#\s*(.*)$")
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = field.match(line)
+            if m:
+                last = m.group(1)
+                out[last] = m.group(2).strip()
+            elif last and more.match(line):
+                out[last] += " " + more.match(line).group(1).strip()
+            else:
+                last = None
+    return out
