@@ -155,6 +155,27 @@ def read_manifest(data_dir, check_sha=False):
     return meta
 
 
+def vocabulary_mismatch(meta, tokenizer):
+    """Why data with manifest `meta` cannot feed a model trained with `tokenizer` (a checkpoint's
+    {"name", "chars", "vocab_size"}), or None: another tokenizer, other characters behind the
+    ids of a char vocabulary, or another vocabulary size."""
+    if not tokenizer:
+        return None
+    name = tokenizer.get("name")
+    if name is not None and name != meta["tokenizer"]:
+        return f"tokenizer {meta['tokenizer']!r}, the checkpoint's is {name!r}"
+    chars = tokenizer.get("chars")
+    if meta["tokenizer"] == "char" and chars is not None and chars != meta.get("chars"):
+        diff = next((i for i, (a, b) in enumerate(zip(chars, meta.get("chars") or "")) if a != b),
+                    min(len(chars), len(meta.get("chars") or "")))
+        return (f"another char vocabulary ({len(meta.get('chars') or '')} characters, the "
+                f"checkpoint's {len(chars)}; they differ from id {diff} on)")
+    size = tokenizer.get("vocab_size")
+    if size is not None and int(size) != int(meta["vocab_size"]):
+        return f"vocab_size {meta['vocab_size']}, the checkpoint's data had {size}"
+    return None
+
+
 def shard_paths(meta, split):
     """Absolute paths of a read_manifest() result's shards of one split, in order."""
     return [os.path.join(meta["data_dir"], s["file"]) for s in meta["shards"] if s["split"] == split]
