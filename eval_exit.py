@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import checkpoint
 import cli
 
 
@@ -268,13 +269,11 @@ def plot_pareto(rows, ref, L, path, title):
 def run(args):
     """Evaluate; returns (rows, ref, markdown). Raises EvalError / fineweb.DataError on bad input."""
     thresholds = args.threshold_list
-    from model import GPT
     device = args.device
     try:
-        model = GPT.from_checkpoint(args.ckpt)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise EvalError(f"cannot load checkpoint {args.ckpt}: {type(e).__name__}: {first}") from None
+        model, ck = checkpoint.load_model(args.ckpt)
+    except checkpoint.CheckpointError as e:
+        raise EvalError(str(e)) from None
     model.to(device).eval()
     cfg = model.config
     if cfg.confidence == "target-prob":
@@ -282,9 +281,7 @@ def run(args):
                         "early exit at inference is undefined for it")
     T = args.seq_len
     if T is None:
-        ckpt_T = torch.load(args.ckpt, map_location="cpu", weights_only=True,
-                            mmap=True).get("train_config", {}).get("T")
-        T = int(ckpt_T) if ckpt_T else cfg.block_size
+        T = int(ck["train_config"].get("T") or cfg.block_size)
     T = min(T, cfg.block_size)
     B = args.batch_size
     tokens, meta = load_val_tokens(args.data, args.batches * B * T + 1)

@@ -138,16 +138,12 @@ def evaluate(model, examples, device, tokenizer, rank=0, world_size=1, max_len="
 
 def _load_model(args):
     """(model, tokenizer) from --ckpt (this project's checkpoint) or --model (HF GPT-2 name/dir)."""
+    import checkpoint
     import tokenizer as tok
     from model import GPT
     if args.ckpt:
-        try:
-            ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
-            t = ckpt.get("tokenizer") or {"name": "gpt2"}
-            model = GPT.from_checkpoint(args.ckpt)
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise ValueError(f"cannot load checkpoint {args.ckpt}: {type(e).__name__}: {first}") from None
+        model, ckpt = checkpoint.load_model(args.ckpt)      # CheckpointError is a ValueError
+        t = ckpt.get("tokenizer") or {"name": "gpt2"}
         return model, tok.get_tokenizer(t.get("name", "gpt2"), t.get("chars"))
     try:
         return GPT.from_pretrained(args.model), tok.get_tokenizer("gpt2")

@@ -16,8 +16,8 @@ import time
 import pytest
 
 import faultlog
-from conftest import (ROOT, TRAIN, make_char_dataset, read_jsonl, run_train, tiny_args,
-                      train_events)
+from conftest import (ROOT, TRAIN, flip_bit_in_largest_tensor, make_char_dataset, read_jsonl,
+                      run_train, tiny_args, train_events)
 
 pytestmark = pytest.mark.slow     # every test here runs the trainer in subprocesses
 
@@ -299,11 +299,10 @@ def _main_error(fn, argv, capsys):
 def test_eval_tools_refuse_a_bit_flipped_checkpoint(char_data, char_ckpt, tmp_path, capsys):
     import eval_exit
     import hellaswag
-    from test_faults import _flip_byte_in_largest_tensor
     bad = tmp_path / "run" / "ckpt_000001.pt"
     bad.parent.mkdir()
     shutil.copy(char_ckpt, bad)
-    _flip_byte_in_largest_tensor(bad)
+    flip_bit_in_largest_tensor(bad)
     faultlog.inject("bit flip in a checkpoint given to eval_exit.py and hellaswag.py")
     before = _snapshot(tmp_path)
     line = _main_error(eval_exit.main, ["--ckpt", bad, "--data", char_data, "--img-dir",
