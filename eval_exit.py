@@ -13,7 +13,6 @@ is >= threshold; > 1 never exits):
 Writes the markdown table to log/<run>/exit_eval.md (next to the checkpoint) and the
 val-loss-vs-depth Pareto plot to img/<run>_pareto.png.
 """
-import argparse
 import math
 import os
 import sys
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
+import cli
 
 
 class EvalError(ValueError):
@@ -31,6 +31,7 @@ class EvalError(ValueError):
 
 
 def parse_thresholds(text):
+    """'0.5,0.9' -> [0.5, 0.9]; EvalError unless every item is a finite number >= 0."""
     try:
         ths = [float(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -41,21 +42,34 @@ def parse_thresholds(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """Parsed arguments; bad values and paths exit 2 with one error line, before any work."""
+    p = cli.Parser(prog="eval_exit.py", description=cli.doc_head(__doc__))
     p.add_argument("--ckpt", required=True, help="checkpoint log/<run>/ckpt_XXXXXX.pt")
     p.add_argument("--data", required=True, help="data directory with meta.json (fineweb.py)")
     p.add_argument("--thresholds", default="0.5,0.7,0.9,1.01",
-                   help="comma-separated exit thresholds")
-    p.add_argument("--batches", type=int, default=8, help="val batches per threshold")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=None,
-                   help="tokens per row (default: the run's T, capped at block_size)")
-    p.add_argument("--decode-tokens", type=int, default=64,
+                   help="comma-separated exit thresholds (>= 0; > 1 never exits)")
+    p.add_argument("--batches", type=cli.int_arg(1, 1 << 20), default=8, help="val batches per threshold")
+    p.add_argument("--batch-size", type=cli.int_arg(1, 1 << 16), default=4, help="rows per val batch")
+    p.add_argument("--seq-len", type=cli.int_arg(1), default=None,
+                   help="tokens per row (None: the run's T, capped at block_size)")
+    p.add_argument("--decode-tokens", type=cli.int_arg(0), default=64,
                    help="new tokens generated per threshold for tokens/s (0 = skip)")
-    p.add_argument("--out", default=None, help="markdown output (default log/<run>/exit_eval.md)")
+    p.add_argument("--out", default=None, help="markdown output (None: log/<run>/exit_eval.md)")
     p.add_argument("--img-dir", default="img", help="where <run>_pareto.png goes")
-    p.add_argument("--device", default="auto")
-    return p.parse_args(argv)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
+    args = p.parse_args(argv)
+    try:
+        args.threshold_list = parse_thresholds(args.thresholds)
+        cli.check_input_file(args.ckpt, "--ckpt")
+        if not os.path.isdir(args.data):
+            raise EvalError(f"--data {args.data}: data directory does not exist")
+        args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "exit_eval.md")
+        cli.check_output(args.out, "--out")
+        cli.check_output(args.img_dir, "--img-dir", is_dir=True)
+        args.device = str(cli.check_device(args.device))
+    except ValueError as e:
+        cli.fail(e)
+    return args
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,9 +251,15 @@ def plot_pareto(rows, ref, L, path, title):
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,12 +267,8 @@ def plot_pareto(rows, ref, L, path, title):
 
 def run(args):
     """Evaluate; returns (rows, ref, markdown). Raises EvalError / fineweb.DataError on bad input."""
-    thresholds = parse_thresholds(args.thresholds)
-    if args.batches < 1 or args.batch_size < 1 or args.decode_tokens < 0:
-        raise EvalError("--batches and --batch-size must be >= 1, --decode-tokens >= 0")
-    if not os.path.isfile(args.ckpt):
-        raise EvalError(f"checkpoint not found: {args.ckpt}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    thresholds = args.threshold_list
+    device = args.device
     try:
         model, ck = checkpoint.load_model(args.ckpt)
     except checkpoint.CheckpointError as e:
@@ -321,23 +337,20 @@ def run(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        import fineweb
-        data_errors = (EvalError, fineweb.DataError)
-    except ImportError:
-        data_errors = (EvalError,)
+    import fineweb
     try:
         rows, ref, md, run_name = run(args)
-    except data_errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "exit_eval.md")
-    img = os.path.join(args.img_dir, f"{run_name}_pareto.png")
-    plot_pareto(rows, ref, len(ref["earlystopdict"]), img,
-                f"{run_name}: val loss vs exit depth")
-    fineweb.write_text_atomic(out, md)
+        img = os.path.join(args.img_dir, f"{run_name}_pareto.png")
+        plot_pareto(rows, ref, len(ref["earlystopdict"]), img, f"{run_name}: val loss vs exit depth")
+        fineweb.write_text_atomic(args.out, md)
+    except (EvalError, fineweb.DataError) as e:
+        cli.fail(e)
+    except MemoryError:
+        cli.fail(f"out of memory for --batch-size {args.batch_size} x --seq-len; lower them")
+    except OSError as e:
+        cli.fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
     print(md)
-    print(f"wrote {out} and {img}")
+    print(f"wrote {args.out} and {img}")
 
 
 if __name__ == "__main__":
