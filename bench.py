@@ -24,6 +24,9 @@ Ratios (targets): FLOP-bound tok/s = tok/s_plain * FLOPs_plain / FLOPs_all; shar
 over it (>= 0.9), shared-fused peak memory over plain (<= 1.2), fused / naive memory. The plain
 reference is reported both with the naive head (nanoGPT) and with the fused head.
 Writes <out>/<device-slug>-<date>[-quick].md and .json and copies the table to <out>/LATEST.md.
+
+    python bench.py --memory [--validate]        # predicted CUDA peak memory (bench/memory_model.py)
+    python bench.py --gpu-check [--dry-run]      # the one-command GPU check (bench/gpu_check.py)
 """
 import argparse
 import datetime
@@ -41,6 +44,7 @@ import time
 import fineweb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SUBCOMMANDS = {"--memory": "memory_model", "--gpu-check": "gpu_check"}   # flag -> bench/ module
 
 CASES = {   # name -> GPTConfig overrides on top of the shape
     "plain": dict(share_weights=False, layer_heads=False, head_impl="naive"),
@@ -373,12 +377,21 @@ def parse_args(argv):
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     for k in FULL_SHAPE:
         ap.add_argument(f"--{k}", type=int, default=None, help="override the shape")
+    ap.add_argument("--memory", action="store_true", help="predicted peak memory of one training "
+                    "step instead (bench/memory_model.py; its options: bench.py --memory --help)")
+    ap.add_argument("--gpu-check", action="store_true", help="the GPU check instead "
+                    "(bench/gpu_check.py; its options: bench.py --gpu-check --help)")
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for flag, name in SUBCOMMANDS.items():
+        if flag in argv:      # a bench/ module with its own options
+            sys.path.insert(0, os.path.join(HERE, "bench"))
+            return __import__(name).main([a for a in argv if a != flag])
+    args = parse_args(argv)
     if args._worker is not None:
         return worker_main(args._worker)
     import torch
@@ -466,4 +479,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
