@@ -110,7 +110,7 @@ def run_case(spec):
     model.train()
     opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), dev)
     if spec["compile"]:
-        model.compile_blocks()                 # regional compile, as train_gpt2.py does
+        model.compile_blocks(backend=spec.get("backend", "inductor"))   # as train_gpt2.py does
     B, T = shape["B"], shape["T"]
     g = torch.Generator().manual_seed(1234)
     data = torch.randint(0, cfg.vocab_size, (B, T + 1), generator=g).to(dev)
@@ -145,6 +145,7 @@ def run_case(spec):
     dt = min(times) if spec["stat"] == "best" else statistics.median(times)
     res = {"step_s_stat": dt, "step_s": times, "tok_per_s": B * T / dt,
            "flops_per_token": fpt, "tflops": B * T / dt * fpt / 1e12, "loss": losses[-1],
+           "losses": losses,
            "params": model.get_num_params(), "base_rss_mb": base_rss,
            "peak_rss_mb": _maxrss_mb()}
     res["delta_rss_mb"] = res["peak_rss_mb"] - base_rss

@@ -284,19 +284,32 @@ def main(argv=None):
                     help="also measure the small validation shapes on CPU (bf16 autocast)")
     ap.add_argument("--B", type=int, default=GPT2_124M["B"], help="micro batch (default 64)")
     ap.add_argument("--T", type=int, default=GPT2_124M["T"], help="sequence length (default 1024)")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"),
+                    help="with --validate: write memory-model-<date>.md here")
     args = ap.parse_args(argv)
     if args.B < 1 or args.T < 1:
         print("error: --B and --T must be >= 1", file=sys.stderr)
         return 2
-    print(table(dict(GPT2_124M, B=args.B, T=args.T)))
+    text = table(dict(GPT2_124M, B=args.B, T=args.T))
+    print(text)
     if args.validate:
+        import datetime
+        import bench
+        import fineweb
         rows = validate()
-        print()
-        print("Validation on CPU (bf16 autocast; measured = peak live torch CPU allocations, "
-              "profiler allocation events):")
-        print(validation_table(rows))
+        cpu = bench.cpu_info()
         worst = max(abs(r[4] - 1) for r in rows)
-        print(f"worst |model / measured - 1| = {worst:.3f}")
+        val = (f"Validation on CPU ({cpu['cpu']}, load average {cpu['loadavg']}), bf16 autocast; "
+               f"measured = peak live torch CPU allocations of one steady-state step (profiler "
+               f"allocation events):\n\n{validation_table(rows)}\n\n"
+               f"worst |model / measured - 1| = {worst:.3f} (git {bench.git_version()})")
+        print()
+        print(val)
+        path = os.path.join(args.out, f"memory-model-{datetime.date.today().isoformat()}.md")
+        os.makedirs(args.out, exist_ok=True)
+        fineweb.write_text_atomic(path, f"# Memory model\n\n`python bench.py --memory --validate`\n\n"
+                                  f"{text}\n\n{val}\n")
+        print(f"wrote {os.path.relpath(path)}")
     return 0
 
 
