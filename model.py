@@ -726,6 +726,21 @@ class GPT(nn.Module):
         }
         return idx
 
+    # -- torch.compile -------------------------------------------------------------------------
+
+    def compile_blocks(self, on_fallback=print, **compile_kwargs):
+        """Regional torch.compile: each stored Block's forward without KV caches (training,
+        evaluation, losses) is compiled with fullgraph=True, once per block (a shared block once
+        for all depths); state_dict keys, hooks and the heads are unchanged. KV-cached decoding
+        (generate) stays eager: its query length and cache length change every token, each a
+        recompile. A block whose forward cannot be captured as one graph (a graph break) or that
+        exhausts the recompile limit runs eager from then on, with one on_fallback(message).
+        Returns the number of blocks set up."""
+        blocks = list(self.transformer.h)
+        for blk in blocks:
+            blk.forward = _CompiledBlockForward(blk, on_fallback, compile_kwargs)
+        return len(blocks)
+
     # -- loading / optimiser -------------------------------------------------------------------
 
     @classmethod
@@ -775,6 +790,28 @@ class GPT(nn.Module):
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
         extra = {"fused": True} if fused else {}
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+
+
+class _CompiledBlockForward:
+    """Replaces blk.forward: the compiled forward without caches, the eager one with caches or
+    after a fallback (see GPT.compile_blocks)."""
+
+    def __init__(self, blk, on_fallback, compile_kwargs):
+        self.eager = blk.forward
+        self.compiled = torch.compile(self.eager, fullgraph=True, **compile_kwargs)
+        self.name, self.on_fallback = type(blk).name, on_fallback
+
+    def __call__(self, x, rope=None, caches=None):
+        if caches is not None or self.compiled is None:
+            return self.eager(x, rope, caches)
+        import torch._dynamo.exc as dexc
+        try:
+            return self.compiled(x, rope)
+        except (dexc.Unsupported, dexc.UserError, dexc.FailOnRecompileLimitHit) as e:
+            self.compiled = None
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.on_fallback(f"compile: block {self.name!r} runs eager ({type(e).__name__}: {why})")
+            return self.eager(x, rope)
 
 
 def _token_std(t):
