@@ -154,6 +154,7 @@ def test_bad_numbers(ckpt, capsys):
     assert "--exit_threshold must be >= 0" in one_error(capsys, "--ckpt", ckpt, "--exit_threshold", "-1")
 
 
+@pytest.mark.slow
 def test_init_from_unknown_and_offline(tmp_path):
     """Unknown names fail before any download; a real name with the hub offline and no cache is
     one line too (subprocess: HF_HUB_OFFLINE must be set before transformers is imported)."""
@@ -167,3 +168,21 @@ def test_init_from_unknown_and_offline(tmp_path):
         assert r.returncode == 2 and r.stdout == ""
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(want), r.stderr
+
+
+@pytest.mark.slow
+def test_init_from_saved_transformers_dir(capsys, tmp_path):
+    """--init_from a directory saved by transformers (a tiny random GPT-2 with GPT-2's 50257
+    vocabulary): the sample is model.generate's greedy output, decoded by the GPT-2 tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hc = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=50257, n_positions=64)
+    transformers.GPT2LMHeadModel(hc).save_pretrained(tmp_path / "hf")
+    rc, out, err = run_main(capsys, "--init_from", str(tmp_path / "hf"), "--prompt", "Hello",
+                            "--temperature", "0", "--num_samples", "1", "--max_new_tokens", "6")
+    assert rc == 0, err
+    from tokenizer import GPT2Tokenizer
+    tok = GPT2Tokenizer()
+    model = GPT.from_pretrained(str(tmp_path / "hf")).eval()
+    want = model.generate(torch.tensor([tok.encode("Hello")]), 6, temperature=0)[0].tolist()
+    assert out == tok.decode(want) + "\n---------------\n"
