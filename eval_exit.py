@@ -54,6 +54,7 @@ def parse_args(argv=None):
                    help="interleaved timing rounds over all thresholds; tok/s is the median")
     p.add_argument("--out", default=None, help="markdown output (default log/<run>/exit_eval.md)")
     p.add_argument("--img-dir", default="img", help="where <run>_pareto.png goes")
+    p.add_argument("--img", default=None, help="Pareto plot path (default <img-dir>/<run>_pareto.png)")
     p.add_argument("--device", default="auto")
     return p.parse_args(argv)
 
@@ -355,23 +356,28 @@ def run(args):
     return rows, ref, md, run_name
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        import fineweb
-        data_errors = (EvalError, fineweb.DataError)
-    except ImportError:
-        data_errors = (EvalError,)
-    try:
-        rows, ref, md, run_name = run(args)
-    except data_errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+def evaluate_and_write(args):
+    """run(args), then the markdown table (--out, default log/<run>/exit_eval.md) and the Pareto
+    plot (--img, default <img-dir>/<run>_pareto.png) -> (rows, ref, md, out path, img path).
+    Raises EvalError / fineweb.DataError on bad input, before writing anything."""
+    import fineweb
+    rows, ref, md, run_name = run(args)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "exit_eval.md")
-    img = os.path.join(args.img_dir, f"{run_name}_pareto.png")
+    img = args.img or os.path.join(args.img_dir, f"{run_name}_pareto.png")
     plot_pareto(rows, ref, len(ref["earlystopdict"]), img,
                 f"{run_name}: val loss vs exit depth")
     fineweb.write_text_atomic(out, md)
+    return rows, ref, md, out, img
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import fineweb
+    try:
+        rows, ref, md, out, img = evaluate_and_write(args)
+    except (EvalError, fineweb.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
     print(md)
     print(f"wrote {out} and {img}")
 

@@ -35,7 +35,9 @@ def parse_args(argv=None):
     src.add_argument("--init_from", help=f"OpenAI GPT-2 weights through transformers: "
                                          f"{', '.join(GPT2_NAMES)}, or a saved transformers directory")
     p.add_argument("--log_dir", default="log", help="where run names are looked up")
-    p.add_argument("--prompt", default="\n", help="prompt text, or FILE:path")
+    p.add_argument("--prompt", default=None,
+                   help="prompt text, or FILE:path (default: a newline; symbol 0 of a char "
+                        "vocabulary without one)")
     p.add_argument("--num_samples", type=int, default=3)
     p.add_argument("--max_new_tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
@@ -112,8 +114,8 @@ def load_from_pretrained(name):
 
 
 def read_prompt(spec):
-    """--prompt text, or the contents of FILE:path."""
-    if not spec.startswith("FILE:"):
+    """--prompt text, or the contents of FILE:path (None: the default)."""
+    if spec is None or not spec.startswith("FILE:"):
         return spec
     path = spec[len("FILE:"):]
     try:
@@ -125,7 +127,13 @@ def read_prompt(spec):
 
 
 def encode_prompt(tok, text, block_size):
-    """Prompt ids (1, T) int64; the last block_size tokens when longer."""
+    """Prompt ids (1, T) int64; the last block_size tokens when longer. text None: a newline,
+    or id 0 when the tokenizer has no newline."""
+    if text is None:
+        try:
+            text = tok.encode("\n") and "\n"
+        except ValueError:
+            text = tok.decode([0])
     try:
         ids = tok.encode(text)
     except ValueError as e:       # a character outside a char vocabulary
