@@ -199,7 +199,7 @@ def peak_flops(dev, info, dtype):
     """(FLOP/s, how it was obtained). CUDA: the data-sheet dense peak for the dtype (bf16/fp16)
     when the GPU is known; otherwise (and on CPU) the best measured GEMM rate."""
     if dev == "cuda" and dtype in ("bf16", "fp16"):
-        from train_gpt2 import peak_bf16_flops
+        from runlog import peak_bf16_flops
         known = peak_bf16_flops(info["name"])
         if known:
             return known[1], f"{known[0]} dense {dtype} data sheet"

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import checkpoint
+
 
 class EvalError(ValueError):
     """Bad input: reported as one `error:` line."""
@@ -282,13 +284,11 @@ def run(args):
                         "--decode-tokens >= 0")
     if not os.path.isfile(args.ckpt):
         raise EvalError(f"checkpoint not found: {args.ckpt}")
-    from model import GPT
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        model = GPT.from_checkpoint(args.ckpt)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise EvalError(f"cannot load checkpoint {args.ckpt}: {type(e).__name__}: {first}") from None
+        model, ck = checkpoint.load_model(args.ckpt)
+    except checkpoint.CheckpointError as e:
+        raise EvalError(str(e)) from None
     model.to(device).eval()
     cfg = model.config
     if cfg.confidence == "target-prob":
@@ -296,9 +296,7 @@ def run(args):
                         "early exit at inference is undefined for it")
     T = args.seq_len
     if T is None:
-        ckpt_T = torch.load(args.ckpt, map_location="cpu", weights_only=True,
-                            mmap=True).get("train_config", {}).get("T")
-        T = int(ckpt_T) if ckpt_T else cfg.block_size
+        T = int(ck["train_config"].get("T") or cfg.block_size)
     T = min(T, cfg.block_size)
     B = args.batch_size
     tokens, meta = load_val_tokens(args.data, args.batches * B * T + 1)

@@ -142,14 +142,14 @@ def _device(name):
 
 def _load_model(args):
     """(model, tokenizer) from --ckpt (this project's checkpoint) or --model (HF GPT-2 name/dir)."""
+    import checkpoint
     import tokenizer as tok
     from model import GPT
     if args.ckpt:
         if not os.path.isfile(args.ckpt):
             raise ValueError(f"no such checkpoint: {args.ckpt}")
-        ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
+        model, ckpt = checkpoint.load_model(args.ckpt)      # CheckpointError is a ValueError
         t = ckpt.get("tokenizer") or {"name": "gpt2"}
-        model = GPT.from_checkpoint(args.ckpt)
         return model, tok.get_tokenizer(t.get("name", "gpt2"), t.get("chars"))
     return GPT.from_pretrained(args.model), tok.get_tokenizer("gpt2")
 

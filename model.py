@@ -767,19 +767,6 @@ class GPT(nn.Module):
                 sd[k].copy_(v)
         return model
 
-    @classmethod
-    def from_checkpoint(cls, path, map_location="cpu"):
-        """Rebuild a model from a trainer checkpoint (contract format) in eval mode."""
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        model = cls(GPTConfig(**ckpt["model_config"]))
-        sd = {}
-        for k, v in ckpt["model"].items():
-            for pre in ("_orig_mod.", "module."):
-                k = k[len(pre):] if k.startswith(pre) else k
-            sd[k] = v
-        model.load_state_dict(sd)
-        return model.eval()
-
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on >= 2-D tensors (matmuls, embeddings) only. Tied and shared
         parameters appear once (named_parameters de-duplicates). Fused kernel on CUDA."""

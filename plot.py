@@ -415,6 +415,23 @@ def _step_ticks(ax, steps):
     ax.set_xlabel("step")
 
 
+def plot_lr_find(lrs, losses, smooth, suggested, out_png):
+    """train_gpt2.py --lr_find: loss and smoothed loss over the learning rate (log x), the
+    suggested LR as a dashed line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(lrs, losses, alpha=0.3, label="loss")
+    ax.plot(lrs, smooth, label="smoothed")
+    ax.axvline(suggested, color="r", ls="--", label=f"suggested {suggested:.2e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, out_png)
+    plt.close(fig)
+
+
 KINDS = {"layers": (plot_layer_heatmap, "-layers"), "exits": (plot_exit_hist, "-exits"),
          "residuals": (plot_residuals, "-residuals")}
 
@@ -442,6 +459,16 @@ def plot_all(paths, out_dir="img", kind="all", smooth=0.9, name=None):
             except ValueError as e:
                 skipped.append(f"{k}: {e}")
     return written, skipped
+
+
+def plot_run(txt_path, out_dir):
+    """The trainer's end of run: plot_all on its log -> notes ("plot written: ...", "plot
+    skipped: ..."); never raises."""
+    try:
+        written, skipped = plot_all([txt_path], out_dir)
+    except Exception as e:
+        return [f"plot skipped ({type(e).__name__}: {e})"]
+    return [f"plot written: {w}" for w in written] + [f"plot skipped: {w}" for w in skipped]
 
 
 def main(argv=None):

@@ -22,7 +22,8 @@ then per grid key the runs grouped by the other keys (groups separated by a `|--
 sorted by val and by train. Final/val_loss is the last val line; Final/train_loss the mean of
 the last `--train-window` logged train losses (seed 002 estimated it on train batches).
 
-Also here: `scale_preset(cfg, scale)`, the shrink rule behind the trainer's --preset_scale.
+`--preset_scale` is forwarded to the trainer, which shrinks each run with
+configurator.scale_preset.
 """
 import argparse
 import itertools
@@ -36,92 +37,6 @@ import time
 import fineweb
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-
-# ----------------------------------------------------------------------------- preset scaling
-
-# GPT-2 124M defaults, used when cfg lacks a key (the trainer passes its full resolved config)
-_DEFAULTS = dict(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_embd=768, B=64, T=1024,
-                 total_batch_size=524288, max_steps=19073, warmup_steps=715, eval_interval=250,
-                 eval_iters=20, size_interval=250, sample_interval=250, checkpoint_interval=5000,
-                 dataset="data/edu_fineweb10B")
-
-SCALES = {
-    # a laptop CPU, minutes (train_gpt2.py --preset_scale=cpu): width 64, 4 heads,
-    # context 128, 8 x 128 tokens per step, <= 200 steps. The depth is kept: the journal's
-    # observations (SIZE COMPARISON growing layer over layer) are about depth. FineWeb-Edu
-    # presets switch to the builtin corpus (fineweb.py --source builtin); char-level and other
-    # local datasets are kept.
-    "cpu": dict(max_layer=None, n_embd=64, max_head=4, block_size=128, T=128, B=8, max_steps=200,
-                warmup_steps=20, eval_interval=50, eval_iters=4, size_interval=50,
-                sample_interval=100, checkpoint_interval=100, vocab_cap=None),
-    # unit tests: one step in well under a second
-    "tiny": dict(max_layer=3, n_embd=32, max_head=2, block_size=32, T=16, B=2, max_steps=4,
-                 warmup_steps=1, eval_interval=2, eval_iters=1, size_interval=2, sample_interval=0,
-                 checkpoint_interval=4, vocab_cap=256),
-}
-
-
-def _fit_heads(n_embd, want):
-    """Largest head count <= want dividing n_embd with an even head size (RoPE needs one)."""
-    for h in range(max(1, want), 0, -1):
-        if n_embd % h == 0 and (n_embd // h) % 2 == 0:
-            return h
-    return 1
-
-
-def _shrink(v, cap):
-    """min(v, cap), but an interval of 0 (off) stays 0 and cap 0 turns it off."""
-    return 0 if (v == 0 or cap == 0) else min(v, cap)
-
-
-def scale_preset(cfg, scale, keep=()):
-    """Shrink a resolved run config (dict of trainer constants + GPTConfig fields) to `scale`.
-
-    scale: None/"none" (unchanged), "cpu" or "tiny" (see SCALES). Values only shrink (a preset
-    already smaller keeps its value). Keys in `keep` (those given as --key=value on the command
-    line, e.g. a sweep's grid values) are never changed. What the preset is about
-    (share_weights, block_type, ln_learnable, pos_encoding, exit_*, confidence, learning rates,
-    dropout, depth at "cpu") is kept; sizes, step counts and intervals shrink, the batch becomes
-    one micro-batch (total_batch_size = B * T), HellaSwag and compile go off, device cpu.
-    Trainer-only keys (dataset_source, tokenizer, device, keep_checkpoints, num_samples) are
-    set only when cfg has them. Returns a new dict.
-    """
-    if scale in (None, "", "none"):
-        return dict(cfg)
-    if scale not in SCALES:
-        raise ValueError(f"unknown preset_scale {scale!r}; known: none, {', '.join(SCALES)}")
-    s = SCALES[scale]
-    get = lambda k: cfg.get(k, _DEFAULTS.get(k))  # noqa: E731
-    final = lambda k: cfg[k] if k in keep else new[k]  # noqa: E731
-    new = {}
-    new["n_layer"] = get("n_layer") if s["max_layer"] is None else min(get("n_layer"), s["max_layer"])
-    new["n_embd"] = min(get("n_embd"), s["n_embd"])
-    new["n_head"] = _fit_heads(final("n_embd"), min(get("n_head"), s["max_head"]))
-    new["block_size"] = min(get("block_size"), s["block_size"])
-    new["T"] = min(get("T"), s["T"], final("block_size"))
-    new["B"] = min(get("B"), s["B"])
-    new["total_batch_size"] = final("B") * final("T")
-    new["max_steps"] = min(get("max_steps"), s["max_steps"])
-    new["warmup_steps"] = min(get("warmup_steps"), s["warmup_steps"], max(0, final("max_steps") - 1))
-    for k in ("eval_interval", "size_interval", "sample_interval", "checkpoint_interval"):
-        new[k] = _shrink(get(k), s[k])
-    new["eval_iters"] = min(get("eval_iters"), s["eval_iters"])
-    if s["vocab_cap"] is not None and get("vocab_size") is not None:   # None: the data's
-        new["vocab_size"] = min(get("vocab_size"), s["vocab_cap"])
-    trainer_only = {"hellaswag": None, "compile": False, "device": "cpu", "keep_checkpoints": 1,
-                    "num_samples": 1}
-    if scale == "cpu" and "fineweb" in str(get("dataset")).lower():
-        new["dataset"] = "data/builtin"
-        trainer_only.update(dataset_source="builtin", tokenizer="gpt2")
-    for k, v in trainer_only.items():
-        if k in cfg or k in ("hellaswag", "compile"):
-            new[k] = v
-    out = dict(cfg)
-    for k, v in new.items():
-        if k not in keep:
-            out[k] = v
-    return out
-
 
 # ----------------------------------------------------------------------------- sweep definition
 

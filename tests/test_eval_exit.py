@@ -120,7 +120,7 @@ def test_pareto_front():
     (["--ckpt", "nope.pt"], "checkpoint not found"),
     (["--data", "no/such/dir"], "does not exist"),
     (["--seq-len", "16", "--batch-size", "500"], "lower --batch-size"),
-    (["--ckpt", "CORRUPT"], "cannot load checkpoint"),
+    (["--ckpt", "CORRUPT"], "is unreadable (UnpicklingError"),
 ])
 def test_bad_input_is_one_error_line(setup, capsys, bad, msg, tmp_path):
     tmp, ckpt, data = setup
