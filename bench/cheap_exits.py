@@ -16,7 +16,6 @@ Quality (`--quality-report`): reads the eval_exit.py tables and training logs of
 config/exit_pareto_cpu.py trained with full heads and with each cheap mode (commands printed
 by `--quality-commands`), writes one table and one plot with every Pareto curve.
 """
-import argparse
 import datetime
 import json
 import os
@@ -30,6 +29,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 import bench  # noqa: E402  (bench.py: worker launch, device info)
+import cli  # noqa: E402
 import fineweb  # noqa: E402
 
 SHARED = dict(share_weights=True, layer_heads=True, exit_loss="all-layers", head_impl="fused")
@@ -132,7 +132,7 @@ def run_speed(args):
             shape[k] = getattr(args, k)
     cases = [c for c in args.cases.split(",") if c]
     if not cases or any(c not in CASES for c in cases) or cases[0] != "plain":
-        bench.fail(f"--cases must start with plain and name cases of: {', '.join(CASES)}")
+        cli.fail(f"--cases must start with plain and name cases of: {', '.join(CASES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = args.dtype or ("bf16" if dev == "cuda" else "fp32")
@@ -258,7 +258,7 @@ def quality_report(args):
     d = args.quality_dir
     runs = sorted(f[:-len("_eval.md")] for f in os.listdir(d) if f.endswith("_eval.md"))
     if not runs:
-        bench.fail(f"no *_eval.md in {d}; run the commands of --quality-commands first")
+        cli.fail(f"no *_eval.md in {d}; run the commands of --quality-commands first")
     n_layer = 6
     table = ["| run | seed | head evals / token | final-layer val loss | Δ vs full | "
              "depth at ≤ 2 % loss | Δ depth vs full (× n_layer) | depth at ≤ 1 % |",
@@ -306,35 +306,43 @@ def _head_evals(flags, n_layer):
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.Parser(prog="bench/cheap_exits.py", description=cli.doc_head(__doc__))
     ap.add_argument("--cases", default=",".join(CASES), help=f"plain first; of {','.join(CASES)}")
-    ap.add_argument("--rounds", type=int, default=7,
+    ap.add_argument("--rounds", type=cli.int_arg(1), default=7,
                     help="timed rounds: one training step of every case in turn")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps of every case first")
+    ap.add_argument("--warmup", type=cli.int_arg(0), default=1,
+                    help="untimed steps of every case first")
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None)
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads per case (0: default)")
-    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per case")
+    ap.add_argument("--threads", type=cli.int_arg(0, 4096), default=0,
+                    help="torch threads (0: default)")
+    ap.add_argument("--timeout", type=cli.float_arg(1), default=900.0,
+                    help="seconds per memory-measuring process")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
     for k in PROXY_SHAPE:
-        ap.add_argument(f"--{k}", type=int, default=None, help="override the proxy shape")
+        ap.add_argument(f"--{k}", type=cli.int_arg(1, 1 << 20), default=None,
+                        help="override the proxy shape")
     ap.add_argument("--quality-commands", action="store_true",
                     help="print the quality runs' commands (train + eval_exit per mode and seed)")
     ap.add_argument("--quality-report", action="store_true",
                     help="table + plot from the quality runs' eval_exit.py tables")
     ap.add_argument("--seeds", default="1337", help="quality runs: comma-separated seeds")
-    ap.add_argument("--quality-steps", type=int, default=600, help="quality runs: max_steps")
+    ap.add_argument("--quality-steps", type=cli.int_arg(1), default=600,
+                    help="quality runs: max_steps")
     ap.add_argument("--quality-dir", default=os.path.join(ROOT, "log", "examples", "cheap"))
     ap.add_argument("--quality-out", default=os.path.join(ROOT, "bench", "results",
                                                           "cheap-exits-quality-cpu.md"))
     ap.add_argument("--quality-plot", default=os.path.join(ROOT, "img", "readme",
                                                            "cheap_exits_pareto.png"))
     args = ap.parse_args(argv)
-    for k in ("rounds", "quality_steps"):
-        if getattr(args, k) < 1:
-            bench.fail(f"--{k.replace('_', '-')} must be >= 1")
-    if args.warmup < 0:
-        bench.fail("--warmup must be >= 0")
+    try:
+        cli.check_output(args.out, "--out", is_dir=True)
+        cli.check_output(args.quality_out, "--quality-out")
+        cli.check_output(args.quality_plot, "--quality-plot")
+    except cli.UsageError as e:
+        cli.fail(e)
+    if not all(x.strip().isdigit() for x in args.seeds.split(",")):
+        cli.fail(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     args.argv = ["bench/cheap_exits.py"] + list(argv)
     return args
 
