@@ -151,16 +151,6 @@ def test_block_matches_journal_equations(block_type):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_res_block_equals_pre_ln():
-    torch.manual_seed(0)
-    a = GPT(tiny(block_type="pre-ln")).eval()
-    b = GPT(tiny(block_type="res")).eval()
-    b.load_state_dict(a.state_dict())
-    idx, _ = batch()
-    with torch.no_grad():
-        assert torch.equal(a(idx)[0], b(idx)[0])
-
-
 # ----------------------------------------------------------------------------------------------
 # shared weights, parameter counts, flops, optimiser
 
