@@ -61,9 +61,9 @@ import runlog
 import tokenizer as tokenizers
 import tracking
 from configurator import ConfigError
-from dataloader import DataLoader, prepare_data
+from dataloader import DataLoader, prepare_data, to_device
 from distributed import DistContext
-from model import GPT, Block, GPTConfig, exit_sample_seed
+from model import GPT, GPTConfig, exit_sample_seed
 from runlog import RunLog
 
 # ----------------------------------------------------------------------------------------------
@@ -331,9 +331,8 @@ def find_resume(cfg, ckpt_dir, mcfg, master, notes):
     return ck, path
 
 
-def build_model(cfg, mcfg, device, compile, ck):
-    """GPT (seeded init, or the checkpoint's weights) on device; regional compile: each stored
-    Block compiled in place, so state_dict keys, eval and generate are unchanged."""
+def build_model(cfg, mcfg, device, ck):
+    """GPT (seeded init, or the checkpoint's weights) on device."""
     torch.manual_seed(cfg["seed"])
     if device.startswith("cuda"):
         torch.cuda.manual_seed(cfg["seed"])
@@ -344,10 +343,6 @@ def build_model(cfg, mcfg, device, compile, ck):
     if ck is not None:
         model.load_state_dict(checkpoint.strip_prefixes(ck["model"]))
     model.to(device)
-    if compile:
-        for m in model.modules():
-            if isinstance(m, Block):
-                m.compile()
     return model
 
 
@@ -403,7 +398,7 @@ def setup(cfg, d, argv):
     ckpt_dir = os.path.join(cfg["log_dir"], cfg["run_name"])
     notes = []
     ck, ck_path = find_resume(cfg, ckpt_dir, mcfg, d.master, notes)
-    raw = build_model(cfg, mcfg, device, compile, ck)
+    raw = build_model(cfg, mcfg, device, ck)
     optimizer = raw.configure_optimizers(cfg["weight_decay"], cfg["max_lr"],
                                          (cfg["beta1"], cfg["beta2"]), device.split(":")[0])
     model = raw
@@ -429,6 +424,8 @@ def setup(cfg, d, argv):
         raise ConfigError(str(e)) from None
     log = s.log = open_log(cfg, d, ckpt_dir, ck is not None, notes)
     log.tracker = tracker
+    if compile:   # regional: each stored block's forward; a block that cannot be one graph
+        raw.compile_blocks(on_fallback=log.note)   # runs eager, with one log line
     runlog.write_header(log, cfg=cfg, resolved=resolved, argv=argv, resumed_from=ck_path,
                         device=device, device_type=s.device_type, world=d.world, dtype=dtype,
                         compile=compile, meta=meta, model=raw, grad_accum=grad_accum,
@@ -477,7 +474,7 @@ def train_step(s, batches, lr, step, guard=True, want_stats=True):
     rows = s.cfg["stats_rows"]
     sums = {"loss": torch.zeros((), device=s.device)}
     for micro, (x, y) in enumerate(batches):
-        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+        x, y = to_device(x, y, s.device)
         if s.dist.initialized:
             s.model.require_backward_grad_sync = micro == n - 1
         sampled = micro < n_stats and not heads_on and 0 < rows < x.size(0)
@@ -592,7 +589,7 @@ def evaluate(s, step):
         for _ in range(n):
             x, y = s.val_loader.next_batch()
             with s.autocast:
-                out = s.raw(x.to(s.device), y.to(s.device), return_stats=True,
+                out = s.raw(*to_device(x, y, s.device), return_stats=True,
                             return_logits=False)
                 loss, st = out.loss, out.stats
             for k, v in (("loss", loss), ("exit_depth", st["exit_depth"]),
@@ -716,8 +713,8 @@ def restore(s, ck):
     return start, loader_start, [s.train_loader.next_batch() for _ in range(s.grad_accum)]
 
 
-def log_train(s, step, r, peak):
-    """The train line and its jsonl event (peak: the GPU's bf16 FLOP/s for MFU, or None)."""
+def log_train(s, step, r):
+    """The train line and its jsonl event."""
     cfg, k = s.cfg, s.cfg["batch_reuse"]
     s.log.line(runlog.format_train_line(step, r, k, s.skipped if cfg["skip_nonfinite"] else None))
     mem = runlog.peak_memory(s.device)
@@ -725,8 +722,7 @@ def log_train(s, step, r, peak):
                 targetloss=r["targetloss"], earlystop=r["earlystop"],
                 earlystopdict=r["earlystopdict"], layer_losses=r["layer_losses"],
                 exit_depth=r["exit_depth"], lr=r["lr"], norm=r["norm"], dt_ms=r["dt"] * 1000,
-                tok_sec=r["tok_sec"], flops=r["tflops"],
-                mfu=(r["tflops"] * 1e12 / peak) if peak else None, peak_mem_bytes=mem,
+                tok_sec=r["tok_sec"], flops=r["tflops"], mfu=r["mfu"], peak_mem_bytes=mem,
                 batch_reuse=k, skipped=s.skipped, skipped_step=r["skip"])
 
 
@@ -757,10 +753,9 @@ def train(s, ck, stop):
         if s.device_type == "cuda":
             torch.cuda.synchronize()
         r["dt"] = time.time() - t0
-        r["tok_sec"] = cfg["total_batch_size"] / r["dt"]
-        r["tflops"] = flops_tok * cfg["total_batch_size"] / s.dist.world / r["dt"] / 1e12
+        r.update(runlog.throughput(flops_tok, cfg["total_batch_size"], s.dist.world, r["dt"], peak))
         if log_now:
-            log_train(s, step, r, peak)
+            log_train(s, step, r)
         if size_now:
             for line in runlog.format_size_lines(r["residual_std"]):
                 log.line(line)
