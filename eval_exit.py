@@ -58,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--img-dir", default="img", help="where <run>_pareto.png goes")
     p.add_argument("--img", default=None, help="Pareto plot path (default <img-dir>/<run>_pareto.png)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--summary", action="store_true",
+                   help="print the short table and a suggested threshold instead of the full one")
     return p.parse_args(argv)
 
 
@@ -232,6 +234,13 @@ def format_summary(rows, ref, L):
     return "\n".join(out)
 
 
+def suggest_threshold(rows, ref, tol=0.02):
+    """The row with the shallowest average exit whose val CE is within tol of full depth's
+    (None when no threshold is)."""
+    ok = [r for r in rows if r["val_loss"] <= (1 + tol) * ref["val_loss"]]
+    return min(ok, key=lambda r: r["exit_depth"]) if ok else None
+
+
 def pareto_front(points):
     """Indices of non-dominated (depth, loss) points (lower is better in both), by depth."""
     idx = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
@@ -376,7 +385,16 @@ def main(argv=None):
     except (EvalError, fineweb.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    print(md)
+    if args.summary:
+        L = len(ref["earlystopdict"])
+        print(format_summary(rows, ref, L))
+        best = suggest_threshold(rows, ref)
+        if best is not None:
+            print(f"suggested: --exit_threshold {best['threshold']:g} (average exit depth "
+                  f"{best['exit_depth']:.2f} of {L} at {100 * (best['val_loss'] / ref['val_loss'] - 1):+.1f}% "
+                  "val CE: the shallowest within 2 % of full depth)")
+    else:
+        print(md)
     print(f"wrote {out} and {img}")
 
 
