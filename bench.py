@@ -24,6 +24,10 @@ Ratios (targets): FLOP-bound tok/s = tok/s_plain * FLOPs_plain / FLOPs_all; shar
 over it (>= 0.9), shared-fused peak memory over plain (<= 1.2), fused / naive memory. The plain
 reference is reported both with the naive head (nanoGPT) and with the fused head.
 Writes <out>/<device-slug>-<date>[-quick].md and .json and copies the table to <out>/LATEST.md.
+
+    python bench.py --memory [--validate]        # predicted CUDA peak memory (bench/memory_model.py)
+    python bench.py --gpu-check [--dry-run]      # the one-command GPU check (bench/gpu_check.py)
+    python bench.py --cheap-exits                # sampled exit heads vs all heads vs plain (bench/cheap_exits.py)
 """
 import argparse
 import datetime
@@ -42,6 +46,8 @@ import cli
 import fineweb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SUBCOMMANDS = {"--memory": "memory_model", "--gpu-check": "gpu_check",     # flag -> bench/ module
+               "--cheap-exits": "cheap_exits"}
 
 CASES = {   # name -> GPTConfig overrides on top of the shape
     "plain": dict(share_weights=False, layer_heads=False, head_impl="naive"),
@@ -102,8 +108,7 @@ def run_case(spec):
     model.train()
     opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), dev)
     if spec["compile"]:
-        for m in model.transformer.h:          # regional compile, as train_gpt2.py does
-            m.compile()
+        model.compile_blocks(backend=spec.get("backend", "inductor"))   # as train_gpt2.py does
     B, T = shape["B"], shape["T"]
     g = torch.Generator().manual_seed(1234)
     data = torch.randint(0, cfg.vocab_size, (B, T + 1), generator=g).to(dev)
@@ -138,6 +143,7 @@ def run_case(spec):
     dt = min(times) if spec["stat"] == "best" else statistics.median(times)
     res = {"step_s_stat": dt, "step_s": times, "tok_per_s": B * T / dt,
            "flops_per_token": fpt, "tflops": B * T / dt * fpt / 1e12, "loss": losses[-1],
+           "losses": losses,
            "params": model.get_num_params(), "base_rss_mb": base_rss,
            "peak_rss_mb": _maxrss_mb()}
     res["delta_rss_mb"] = res["peak_rss_mb"] - base_rss
@@ -372,6 +378,12 @@ def parse_args(argv):
     for k in FULL_SHAPE:
         ap.add_argument(f"--{k}", type=cli.int_arg(1, 1 << 20), default=None,
                         help="override the shape (None: the --quick or full shape)")
+    ap.add_argument("--memory", action="store_true", help="predicted peak memory of one training "
+                    "step instead (bench/memory_model.py; its options: bench.py --memory --help)")
+    ap.add_argument("--gpu-check", action="store_true", help="the GPU check instead "
+                    "(bench/gpu_check.py; its options: bench.py --gpu-check --help)")
+    ap.add_argument("--cheap-exits", action="store_true", help="the cheap-exit suite instead "
+                    "(bench/cheap_exits.py; its options: bench.py --cheap-exits --help)")
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._worker is None:
@@ -383,7 +395,12 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for flag, name in SUBCOMMANDS.items():
+        if flag in argv:      # a bench/ module with its own options
+            sys.path.insert(0, os.path.join(HERE, "bench"))
+            return __import__(name).main([a for a in argv if a != flag])
+    args = parse_args(argv)
     if args._worker is not None:
         return worker_main(args._worker)
     import torch
@@ -467,4 +484,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

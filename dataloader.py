@@ -13,6 +13,16 @@ import fineweb
 from configurator import ConfigError
 
 
+def to_device(x, y, device):
+    """A CPU batch (x, y) on device. CUDA: through pinned (page-locked) memory with non_blocking
+    copies, so the host-to-device copy runs asynchronously on the stream instead of the host
+    staging it synchronously; elsewhere a plain copy (no-op on CPU)."""
+    if str(device).startswith("cuda"):
+        return (x.pin_memory().to(device, non_blocking=True),
+                y.pin_memory().to(device, non_blocking=True))
+    return x.to(device), y.to(device)
+
+
 class DataLoader:
     """Memory-mapped uint16 shards -> (x, y) int64 micro batches (B, T).
 
@@ -159,6 +169,8 @@ def prepare_data(cfg, dist_ctx):
     if cfg["tokenizer"] is not None and cfg["tokenizer"] != meta["tokenizer"]:
         raise ConfigError(f"tokenizer {cfg['tokenizer']!r} does not match the data's "
                           f"{meta['tokenizer']!r} ({meta_path})")
+    if cfg["vocab_size"] is None:                  # unset: the data's
+        cfg["vocab_size"] = fineweb.model_vocab_size(meta)
     if int(meta["vocab_size"]) > cfg["vocab_size"]:
         raise ConfigError(f"data vocab_size {meta['vocab_size']} > model vocab_size "
                           f"{cfg['vocab_size']} ({meta_path})")

@@ -54,9 +54,14 @@ def parse_args(argv=None):
                    help="tokens per row (None: the run's T, capped at block_size)")
     p.add_argument("--decode-tokens", type=cli.int_arg(0), default=64,
                    help="new tokens generated per threshold for tokens/s (0 = skip)")
+    p.add_argument("--decode-rounds", type=cli.int_arg(1, 1000), default=3,
+                   help="interleaved timing rounds over all thresholds; tok/s is the median")
     p.add_argument("--out", default=None, help="markdown output (None: log/<run>/exit_eval.md)")
     p.add_argument("--img-dir", default="img", help="where <run>_pareto.png goes")
+    p.add_argument("--img", default=None, help="Pareto plot path (None: <img-dir>/<run>_pareto.png)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--summary", action="store_true",
+                   help="print the short table and a suggested threshold instead of the full one")
     args = p.parse_args(argv)
     try:
         args.threshold_list = parse_thresholds(args.thresholds)
@@ -66,6 +71,8 @@ def parse_args(argv=None):
         args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "exit_eval.md")
         cli.check_output(args.out, "--out")
         cli.check_output(args.img_dir, "--img-dir", is_dir=True)
+        if args.img:
+            cli.check_output(args.img, "--img")
         args.device = str(cli.check_device(args.device))
     except ValueError as e:
         cli.fail(e)
@@ -115,8 +122,7 @@ def set_exit(model, threshold):
         cfg.early_exit = True
         cfg.exit_mode = "threshold"
         cfg.exit_threshold = float(threshold)
-        if hasattr(cfg, "exit_propagate"):
-            cfg.exit_propagate = True
+        cfg.exit_propagate = True
 
 
 @torch.no_grad()
@@ -127,7 +133,8 @@ def evaluate(model, batches, threshold, device):
     tot_loss, esd = 0.0, torch.zeros(L, dtype=torch.float64)
     for x, y in batches:
         x, y = x.to(device), y.to(device)
-        logits, _, stats = model(x, y, return_stats=True)
+        out = model(x, y, return_stats=True)
+        logits, stats = out.logits, out.stats
         tot_loss += F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).item()
         if threshold is None:
             esd[-1] += 1.0
@@ -177,7 +184,6 @@ def decode(model, prompt, n_new, threshold):
     threshold None = early exit off (full depth, one head)."""
     set_exit(model, threshold)
     kw = {} if threshold is None else {"exit_threshold": float(threshold)}
-    model.generate(prompt, 2, temperature=0, **kw)                  # warm-up
     if prompt.is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -189,6 +195,19 @@ def decode(model, prompt, n_new, threshold):
     if threshold is None:
         depth = float(model.config.n_layer)
     return tok_s, depth
+
+
+def decode_speeds(model, prompt, n_new, thresholds, rounds):
+    """decode() of every threshold (None = full depth), interleaved over rounds (A B C A B C
+    ...) after one warm-up pass, so steady background load hits all alike -> [(median tok/s,
+    exit depth)] in the order of `thresholds`."""
+    for th in thresholds:                                           # warm-up
+        decode(model, prompt, 2, th)
+    runs = [[] for _ in thresholds]
+    for _ in range(rounds):
+        for i, th in enumerate(thresholds):
+            runs[i].append(decode(model, prompt, n_new, th))
+    return [(float(np.median([r[0] for r in rs])), rs[-1][1]) for rs in runs]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +233,28 @@ def format_table(rows, ref, L):
                          r["exit_depth"] / L, 100 * r["flops_saved"], 100 * r["flops_saved_plain"],
                          fmt_num(r["tok_s"], ".1f"), speedup, fmt_num(r["decode_depth"], ".2f")))
     return "\n".join(lines)
+
+
+def format_summary(rows, ref, L):
+    """The short table for a screen: threshold -> val CE, its change, average exit depth, decode
+    speedup; first row full depth (early exit off). Plain text, aligned columns."""
+    def speedup(r):
+        return "n/a" if r["tok_s"] is None or not ref["tok_s"] else f"{r['tok_s'] / ref['tok_s']:.2f}x"
+    out = [f"{'threshold':>9}  {'val CE':>6}  {'vs full':>7}  {'avg exit depth':>14}  "
+           f"{'decode speedup':>14}",
+           f"{'off':>9}  {ref['val_loss']:6.3f}  {'':>7}  {L:>9.2f} / {L:<2d}  {speedup(ref):>14}"]
+    for r in rows:
+        out.append(f"{format(r['threshold'], 'g'):>9}  {r['val_loss']:6.3f}  "
+                   f"{100 * (r['val_loss'] / ref['val_loss'] - 1):+6.1f}%  "
+                   f"{r['exit_depth']:>9.2f} / {L:<2d}  {speedup(r):>14}")
+    return "\n".join(out)
+
+
+def suggest_threshold(rows, ref, tol=0.02):
+    """The row with the shallowest average exit whose val CE is within tol of full depth's
+    (None when no threshold is)."""
+    ok = [r for r in rows if r["val_loss"] <= (1 + tol) * ref["val_loss"]]
+    return min(ok, key=lambda r: r["exit_depth"]) if ok else None
 
 
 def pareto_front(points):
@@ -302,10 +343,9 @@ def run(args):
     block, head, kv = layer_costs(model, T)
     L = cfg.n_layer
     saved_cfg = (cfg.early_exit, cfg.exit_mode, cfg.exit_threshold,
-                 getattr(cfg, "exit_propagate", True))
+                 cfg.exit_propagate)
 
     ref = evaluate(model, batches, None, device)
-    ref["tok_s"], ref["decode_depth"] = decode(model, prompt, n_new, None) if n_new else (None, None)
     rows = []
     for th in thresholds:
         r = evaluate(model, batches, th, device)
@@ -313,8 +353,11 @@ def run(args):
                                                  block, head, kv)
         r.update(threshold=th, flops_per_token=flops, flops_saved=1 - flops / full_heads,
                  flops_saved_plain=1 - flops / plain)
-        r["tok_s"], r["decode_depth"] = decode(model, prompt, n_new, th) if n_new else (None, None)
         rows.append(r)
+    speeds = (decode_speeds(model, prompt, n_new, [None] + thresholds, args.decode_rounds)
+              if n_new else [(None, None)] * (1 + len(rows)))
+    for r, (tok_s, depth) in zip([ref] + rows, speeds):
+        r["tok_s"], r["decode_depth"] = tok_s, depth
     cfg.early_exit, cfg.exit_mode, cfg.exit_threshold, cfg.exit_propagate = saved_cfg
 
     run_name = os.path.basename(os.path.dirname(os.path.abspath(args.ckpt)))
@@ -329,7 +372,8 @@ def run(args):
         "propagated to deeper layers (CALM).",
         "",
         f"Full depth (early exit off): val loss {ref['val_loss']:.4f}, decode "
-        f"{fmt_num(ref['tok_s'], '.1f')} tok/s ({n_new} greedy tokens, batch 1).",
+        f"{fmt_num(ref['tok_s'], '.1f')} tok/s ({n_new} greedy tokens, batch 1; tok/s: median "
+        f"of {args.decode_rounds} rounds interleaved over the thresholds).",
         "",
         format_table(rows, ref, L),
         "",
@@ -341,22 +385,41 @@ def run(args):
     return rows, ref, md, run_name
 
 
+def evaluate_and_write(args):
+    """run(args), then the markdown table (args.out) and the Pareto plot (--img, default
+    <img-dir>/<run>_pareto.png) -> (rows, ref, md, out path, img path).
+    Raises EvalError / fineweb.DataError on bad input, before writing anything."""
+    import fineweb
+    rows, ref, md, run_name = run(args)
+    img = args.img or os.path.join(args.img_dir, f"{run_name}_pareto.png")
+    plot_pareto(rows, ref, len(ref["earlystopdict"]), img,
+                f"{run_name}: val loss vs exit depth")
+    fineweb.write_text_atomic(args.out, md)
+    return rows, ref, md, args.out, img
+
+
 def main(argv=None):
     args = parse_args(argv)
     import fineweb
     try:
-        rows, ref, md, run_name = run(args)
-        img = os.path.join(args.img_dir, f"{run_name}_pareto.png")
-        plot_pareto(rows, ref, len(ref["earlystopdict"]), img, f"{run_name}: val loss vs exit depth")
-        fineweb.write_text_atomic(args.out, md)
+        rows, ref, md, out, img = evaluate_and_write(args)
     except (EvalError, fineweb.DataError) as e:
         cli.fail(e)
     except MemoryError:
         cli.fail(f"out of memory for --batch-size {args.batch_size} x --seq-len; lower them")
     except OSError as e:
         cli.fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
-    print(md)
-    print(f"wrote {args.out} and {img}")
+    if args.summary:
+        L = len(ref["earlystopdict"])
+        print(format_summary(rows, ref, L))
+        best = suggest_threshold(rows, ref)
+        if best is not None:
+            print(f"suggested: --exit_threshold {best['threshold']:g} (average exit depth "
+                  f"{best['exit_depth']:.2f} of {L} at {100 * (best['val_loss'] / ref['val_loss'] - 1):+.1f}% "
+                  "val CE: the shallowest within 2 % of full depth)")
+    else:
+        print(md)
+    print(f"wrote {out} and {img}")
 
 
 if __name__ == "__main__":

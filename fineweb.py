@@ -104,6 +104,16 @@ def _load_meta(path):
     return meta
 
 
+def model_vocab_size(meta):
+    """vocab_size a model for this data gets when none is set. GPT-2 BPE: 50257 padded up to a
+    multiple of 64 (50304, nanoGPT's faster embedding/head matmuls; the padded rows are never
+    targets). Char: the manifest's size exactly, as nanoGPT's meta.pkl: the head is a negligible
+    share of the FLOPs at that size, and every row is a real symbol, so the initial loss is ln V
+    and no probability goes to ids the tokenizer cannot decode."""
+    n = int(meta["vocab_size"])
+    return -(-n // 64) * 64 if meta["tokenizer"] == "gpt2" else n
+
+
 def read_manifest(data_dir, check_sha=False):
     """Validated manifest of a finished data directory (dict as in meta.json, plus "data_dir").
 

@@ -21,11 +21,21 @@ import eval_exit
 import fineweb
 import hellaswag
 import plot
+import export_hf
+import sample
 import sweep
 import train_gpt2
 
+try:
+    import lm_eval_exit                   # needs lm-eval (requirements-dev.txt)
+except ImportError:
+    lm_eval_exit = None
+
 SCRIPTS = {"fineweb": fineweb.main, "eval_exit": eval_exit.main, "hellaswag": hellaswag.main,
-           "plot": plot.main, "sweep": sweep.main, "bench": bench.main, "train_gpt2": train_gpt2.main}
+           "plot": plot.main, "sweep": sweep.main, "bench": bench.main, "train_gpt2": train_gpt2.main,
+           "sample": sample.main, "export_hf": export_hf.main}
+if lm_eval_exit is not None:
+    SCRIPTS["lm_eval_exit"] = lm_eval_exit.main
 
 # {name} in an argument is replaced by the workspace path of that fixture file:
 #   src.txt (text source), data/ (a dataset), ck.pt (a checkpoint stand-in), run.txt (a log),
@@ -93,6 +103,11 @@ EVAL_CASES = [
     (EV, ["--device", "tpu"], "--device 'tpu' is not a device"),
     (EV, ["--device", "cuda:99"], "--device cuda:99: "),
     (EV, ["--device", "meta"], "--device meta: device type 'meta' is not supported"),
+    (EV, ["--decode-rounds", "0"], "argument --decode-rounds: must be in [1, 1000], got 0"),
+    (EV, ["--decode-rounds", "x"], "argument --decode-rounds: expected an integer, got 'x'"),
+    (EV, ["--img", UNDER_FILE], "--img {afile}/sub: {afile} is a file, not a directory"),
+    (EV, ["--img", READ_ONLY], "--img {ro}/sub: cannot create it, {ro} is not writable"),
+    (EV, ["--summary=yes"], "argument --summary: ignored explicit argument 'yes'"),
 ]
 
 HS = ["--ckpt", "{ck.pt}", "--data", "{hs.jsonl}"]
@@ -150,6 +165,9 @@ SWEEP_CASES = [
 BE = ["--quick", "--device", "cpu", "--out", "res"]
 BENCH_CASES = [
     (BE, ["--quick=1"], "argument --quick: ignored explicit argument '1'"),
+    (BE, ["--memory=1"], "argument --memory: ignored explicit argument '1'"),
+    (BE, ["--gpu-check=yes"], "argument --gpu-check: ignored explicit argument 'yes'"),
+    (BE, ["--cheap-exits=no"], "argument --cheap-exits: ignored explicit argument 'no'"),
     (BE, ["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
     (BE, ["--out", UNDER_FILE], "--out {afile}/sub: {afile} is a file, not a directory"),
     (BE, ["--out", READ_ONLY], "--out {ro}/sub: cannot create it, {ro} is not writable"),
@@ -170,6 +188,49 @@ BENCH_CASES = [
 ] + [(BE, [f"--{k}", v], f"argument --{k}: " + ("must be in [1, 1048576]" if v != "x" else
                                                  "expected an integer, got 'x'"))
      for k in bench.FULL_SHAPE for v in ("0", "x", str(1 << 30))]
+
+SA = ["--ckpt", "{ck.pt}"]
+SAMPLE_CASES = [
+    ([], ["--prompt", "hi"], "one of the arguments --ckpt --init_from is required"),
+    ([], ["--ckpt", "{ck.pt}", "--init_from", "gpt2"], "argument --init_from: not allowed with argument --ckpt"),
+    ([], ["--ckpt", "norun", "--log_dir", "{afile}x"], "checkpoint not found: norun (neither a file nor a run under {afile}x/)"),
+    ([], ["--ckpt", "{ro}"], "no checkpoint ckpt_*.pt in {ro}"),
+    (SA, ["--prompt", "FILE:{afile}x"], "cannot read prompt file '{afile}x'"),
+    (SA, ["--num_samples", "0"], "argument --num_samples: must be in [1, 10000], got 0"),
+    (SA, ["--max_new_tokens", "x"], "argument --max_new_tokens: expected an integer, got 'x'"),
+    (SA, ["--temperature", "-1"], "argument --temperature: must be a finite number >= 0, got -1"),
+    (SA, ["--temperature", "nan"], "argument --temperature: must be a finite number >= 0, got nan"),
+    (SA, ["--top_k", "-1"], "argument --top_k: must be >= 0, got -1"),
+    (SA, ["--seed", "-1"], "argument --seed: must be in [0, 9223372036854775807], got -1"),
+    (SA, ["--device", "tpu"], "--device 'tpu' is not a device"),
+    (SA, ["--exit_threshold", "-0.5"], "argument --exit_threshold: must be a finite number >= 0"),
+    (SA, ["--show_depth=1"], "argument --show_depth: ignored explicit argument '1'"),
+]
+
+EXPORT_CASES = [
+    ([], ["--ckpt", "{ck.pt}"], "the following arguments are required: --out"),
+    ([], ["--out", "o"], "the following arguments are required: --ckpt"),
+    ([], ["--ckpt", "{ck.pt}x", "--out", "o"], "--ckpt {ck.pt}x: no such file"),
+    ([], ["--ckpt", "{ck.pt}", "--out", UNDER_FILE], "--out {afile}/sub: {afile} is a file, not a directory"),
+    ([], ["--ckpt", "{ck.pt}", "--out", READ_ONLY], "--out {ro}/sub: cannot create it, {ro} is not writable"),
+    ([], ["--ckpt", "{ck.pt}", "--out", "o", "--depth", "0"], "argument --depth: must be >= 1, got 0"),
+    ([], ["--ckpt", "{ck.pt}", "--out", "o", "--depth", "x"], "argument --depth: expected an integer"),
+]
+
+LE = ["--ckpt", "{ck.pt}", "--tasks", "t"]
+LM_EVAL_CASES = [
+    ([], ["--tasks", "t"], "the following arguments are required: --ckpt"),
+    ([], ["--ckpt", "{ck.pt}x", "--tasks", "t"], "--ckpt {ck.pt}x: no such file"),
+    ([], ["--ckpt", "{ck.pt}", "--tasks", ","], "--tasks names no task"),
+    (LE, ["--thresholds", "high"], "high"),
+    (LE, ["--include_path", "{afile}x"], "--include_path {afile}x: no such directory"),
+    (LE, ["--limit", "0"], "--limit must be > 0"),
+    (LE, ["--limit", "-1"], "argument --limit: must be a finite number >= 0, got -1"),
+    (LE, ["--num_fewshot", "-1"], "argument --num_fewshot: must be >= 0, got -1"),
+    (LE, ["--batch_size", "0"], "argument --batch_size: must be in [1, 65536], got 0"),
+    (LE, ["--device", "tpu"], "--device 'tpu' is not a device"),
+    (LE, ["--out", UNDER_FILE], "--out {afile}/sub: {afile} is a file, not a directory"),
+]
 
 # the trainer: every constant gets a value of the wrong type; then ranges, consistency, paths
 TR = TINY + ["--dataset={data}", "--log_dir=logs", "--img_dir=logs/img", "--run_name=bad"]
@@ -202,7 +263,7 @@ TRAIN_CASES = [_wrong_type(k, v) for k, v in train_gpt2.all_defaults().items()] 
     (TR, ["--checkpoint_interval=-1"], "checkpoint_interval must be >= 0, got -1"),
     (TR, ["--sample_tokens=-1"], "sample_tokens must be >= 0, got -1"),
     (TR, ["--stats_rows=-1"], "stats_rows must be >= 0, got -1"),
-    (TR, ["--warmup_steps=7"], "warmup_steps (7) must not exceed max_steps (6)"),
+    (TR, ["--warmup_steps=-1"], "warmup_steps must be >= 0, got -1"),
     (TR, ["--max_lr=0"], "max_lr must be > 0"),
     (TR, ["--min_lr=-0.1"], "min_lr >= 0"),
     (TR, ["--min_lr=0.1"], "min_lr (0.1) must not exceed max_lr (0.01)"),
@@ -264,7 +325,10 @@ TRAIN_CASES = [_wrong_type(k, v) for k, v in train_gpt2.all_defaults().items()] 
                "layerskip_curriculum")]
 
 MATRIX = {"train_gpt2": TRAIN_CASES, "fineweb": FINEWEB_CASES, "eval_exit": EVAL_CASES, "hellaswag": HELLASWAG_CASES,
-          "plot": PLOT_CASES, "sweep": SWEEP_CASES, "bench": BENCH_CASES}
+          "plot": PLOT_CASES, "sweep": SWEEP_CASES, "bench": BENCH_CASES, "sample": SAMPLE_CASES,
+          "export_hf": EXPORT_CASES}
+if lm_eval_exit is not None:
+    MATRIX["lm_eval_exit"] = LM_EVAL_CASES
 
 
 def _immutable(path, on):
