@@ -136,3 +136,7 @@ def char_text_file(d, n_chars=300_000):
     with open(path, "w") as f:
         f.write(text[:n_chars])
     return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~5 s (deselect with -m 'not slow')")
