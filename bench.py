@@ -24,6 +24,8 @@ Ratios (targets): FLOP-bound tok/s = tok/s_plain * FLOPs_plain / FLOPs_all; shar
 over it (>= 0.9), shared-fused peak memory over plain (<= 1.2), fused / naive memory. The plain
 reference is reported both with the naive head (nanoGPT) and with the fused head.
 Writes <out>/<device-slug>-<date>[-quick].md and .json and copies the table to <out>/LATEST.md.
+
+    python bench.py --decode [options]           # decode speed: bench/decode_bench.py --help
 """
 import argparse
 import datetime
@@ -373,12 +375,19 @@ def parse_args(argv):
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
     for k in FULL_SHAPE:
         ap.add_argument(f"--{k}", type=int, default=None, help="override the shape")
+    ap.add_argument("--decode", action="store_true", help="run the decode-speed benchmark "
+                    "instead (bench/decode_bench.py; its options follow)")
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--decode" in argv:
+        sys.path.insert(0, os.path.join(HERE, "bench"))
+        import decode_bench
+        return decode_bench.main([a for a in argv if a != "--decode"])
+    args = parse_args(argv)
     if args._worker is not None:
         return worker_main(args._worker)
     import torch

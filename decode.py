@@ -61,23 +61,22 @@ class DecodeCache:
         return [KVSlot(self.k[l, i], self.v[l, i], start, end, rows, pos)
                 for i in range(self.n_attn)]
 
-    def put_frozen(self, lo, i, rows, pos, k, v):
-        """Write k, v (N, nh, 1, hd) of N exited tokens (row rows[j], position pos[j]) into
-        attention i at depths lo..L-1 (the same K/V at every depth: one shared-block projection)."""
+    def put_frozen(self, lo, hi, i, rows, pos, k, v):
+        """Write k, v (N, nh, 1, hd) of N exited tokens into attention i at depths lo..hi-1 (the
+        same K/V at each: a shared block's one projection). Token j is (rows[j], pos[j]), or,
+        with rows None, row j at the one position pos (a decode step where all rows exit)."""
         for store, t in ((self.k, k), (self.v, v)):
-            store[lo:, i].permute(1, 3, 0, 2, 4)[rows, pos] = t[:, :, 0].unsqueeze(1)
-
-    def put_frozen_at(self, l, i, rows, pos, k, v):
-        """As put_frozen, for depth l only (unshared blocks: each depth projects its own)."""
-        for store, t in ((self.k, k), (self.v, v)):
-            store[l, i].permute(0, 2, 1, 3)[rows, pos] = t[:, :, 0]
+            if rows is None:
+                store[lo:hi, i, :, :, pos] = t[:, :, 0]
+            else:
+                store[lo:hi, i].permute(1, 3, 0, 2, 4)[rows, pos] = t[:, :, 0].unsqueeze(1)
 
 
 class KVSlot:
     """What CausalSelfAttention sees as `cache`: one attention module at one depth.
 
-    Contiguous (pos None): the T new keys of `rows` (all rows if None) go to positions
-    start..start+T-1; the queries see keys 0..end-1 causally. Packed (rows, pos (N,)): the
+    Contiguous (pos None): the T new keys of `rows` (all rows if None; a subset only with T = 1)
+    go to positions start..start+T-1; the queries see keys 0..end-1 causally. Packed (rows, pos (N,)): the
     queries are N tokens of one sequence (1, N), token j being row rows[j] at position pos[j];
     it sees the keys of its own row at positions <= pos[j] (every row's keys 0..end-1 laid out
     as one sequence of B * end, masked)."""
@@ -87,34 +86,37 @@ class KVSlot:
         self.k, self.v, self.start, self.end = k, v, start, end
         self.rows, self.pos = rows, pos
 
-    def append(self, k, v):
-        """k, v (R, nh, T, hd) of the new queries' tokens -> the keys/values they attend over."""
-        if self.pos is not None:                    # packed: k, v (1, nh, N, hd)
+    def attend(self, q, k, v):
+        """Store k, v (R, nh, T, hd) of the new tokens; attend with q (R, nh, T, hd) over all
+        keys they see -> (R, nh, T, hd)."""
+        sdpa = F.scaled_dot_product_attention
+        end = self.end
+        if self.pos is not None:                    # packed: q, k, v (1, nh, N, hd)
             self.k[self.rows, :, self.pos] = k[0].transpose(0, 1)
             self.v[self.rows, :, self.pos] = v[0].transpose(0, 1)
             B, nh, _, hd = self.k.shape
-            flat = [t[:, :, :self.end].transpose(0, 1).reshape(1, nh, B * self.end, hd)
-                    for t in (self.k, self.v)]
-            return flat[0], flat[1]
-        s, e = self.start, self.start + k.size(2)
+            K, V = (t[:, :, :end].transpose(0, 1).reshape(1, nh, B * end, hd)
+                    for t in (self.k, self.v))
+            key = torch.arange(B * end, device=q.device)
+            mask = (((key // end)[None] == self.rows[:, None])
+                    & ((key % end)[None] <= self.pos[:, None]))                # (N, B * end)
+            return sdpa(q, K, V, attn_mask=mask[None, None])
+        T, s = q.size(2), self.start
         if self.rows is None:
-            self.k[:, :, s:e], self.v[:, :, s:e] = k, v
-            return self.k[:, :, :self.end], self.v[:, :, :self.end]
-        self.k[self.rows, :, s:e], self.v[self.rows, :, s:e] = k, v
-        return self.k[self.rows, :, :self.end], self.v[self.rows, :, :self.end]
-
-    def attn_mask(self, T, Tk, device):
-        """(attn_mask, is_causal) for T queries over Tk keys."""
-        if self.pos is not None:
-            key = torch.arange(Tk, device=device)
-            key_row, key_pos = key // self.end, key % self.end
-            mask = (key_row[None] == self.rows[:, None]) & (key_pos[None] <= self.pos[:, None])
-            return mask[None, None], False                                  # (1, 1, N, Tk)
-        if T == 1:
-            return None, False
-        if T == Tk:
-            return None, True
-        return torch.ones(T, Tk, dtype=torch.bool, device=device).tril(Tk - T), False
+            self.k[:, :, s:s + T], self.v[:, :, s:s + T] = k, v
+            K, V = self.k[:, :, :end], self.v[:, :, :end]
+            if T == 1:
+                return sdpa(q, K, V)
+            if T == end:
+                return sdpa(q, K, V, is_causal=True)
+            mask = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(end - T)
+            return sdpa(q, K, V, attn_mask=mask)
+        # a decode step (T = 1) of the rows still running: their queries go into a batch of
+        # every row, which attends over the whole cache in place (no copy of the rows' K/V)
+        self.k[self.rows, :, s:s + 1], self.v[self.rows, :, s:s + 1] = k, v
+        qb = q.new_zeros((self.k.size(0),) + q.shape[1:])
+        qb[self.rows] = q
+        return sdpa(qb, self.k[:, :, :end], self.v[:, :, :end])[self.rows]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,26 +152,43 @@ def _run_layers(model, cache, x, p0, lo, hi):
 
 
 def _fill_frozen(model, cache, lo, x, rows, pos):
-    """N tokens exited before depth lo with frozen states x (N, C) at (rows, pos) (N,): write
-    the K/V deeper layers keep for them, one projection for all depths with shared weights."""
+    """N tokens exited before depth lo with frozen states x (N, C) at (rows, pos) (N,) each, or
+    rows None: every row at position pos (int). Writes the K/V deeper layers keep for them: one
+    projection for all depths with shared weights, one per depth without."""
     L = model.config.n_layer
     if lo >= L:
         return
-    rope = _rope_at(model, pos[:, None])
-    if model.config.share_weights:
-        for i, (k, v) in enumerate(model.block(lo).frozen_kv(x[:, None], rope)):
-            cache.put_frozen(lo, i, rows, pos, k, v)
-        return
-    for l in range(lo, L):
+    rope = _rope_range(model, pos, 1) if rows is None else _rope_at(model, pos[:, None])
+    shared = model.config.share_weights
+    for l in range(lo, L if not shared else lo + 1):
         for i, (k, v) in enumerate(model.block(l).frozen_kv(x[:, None], rope)):
-            cache.put_frozen_at(l, i, rows, pos, k, v)
+            cache.put_frozen(l, L if shared else l + 1, i, rows, pos, k, v)
+
+
+class _HeadStats:
+    """The heads.HeadOut fields a confidence reads, from probs (N, V), each computed on first
+    use: max-prob costs one amax, not a top-2."""
+    ce = p_target = None
+
+    def __init__(self, probs):
+        self.probs = probs
+
+    @property
+    def p_max(self):
+        return self.probs.amax(dim=-1)
+
+    @property
+    def p_second(self):
+        return self.probs.topk(2, dim=-1).values[:, 1]
+
+    @property
+    def argmax(self):
+        return self.probs.argmax(dim=-1)
 
 
 def _exit_trigger(confidence, logits, rule, threshold):
     """Exit rule on the confidence (exits.CONFIDENCES entry) of logits (N, V) -> bool (N,)."""
-    top2, idx2 = F.softmax(logits, dim=-1).topk(2, dim=-1)
-    out = heads.HeadOut(None, top2[:, 0], top2[:, 1], idx2[:, 0], None)
-    return rule(confidence(out), threshold)
+    return rule(confidence(_HeadStats(F.softmax(logits, dim=-1))), threshold)
 
 
 def _run_exit_step(model, cache, x, p0, rule, threshold):
@@ -188,8 +207,14 @@ def _run_exit_step(model, cache, x, p0, rule, threshold):
         if l == L - 1:
             break
         trig = _exit_trigger(confidence, lg, rule, threshold)               # (R,)
-        if not bool(trig.any() if trig.numel() > 1 else trig):
+        if trig.numel() == 1:                       # one row: one host sync per layer
+            if not bool(trig):
+                continue
+        elif not bool(trig.any()):
             continue
+        if rows is None and (B == 1 or bool(trig.all())):    # every row exits here
+            _fill_frozen(model, cache, l + 1, x[:, 0], None, p0)
+            return lg, depth.fill_(float(l + 1))
         if rows is None:
             rows = torch.arange(B, device=x.device)
         ex = trig.nonzero(as_tuple=True)[0]

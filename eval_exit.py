@@ -9,7 +9,9 @@ is >= threshold; > 1 never exits):
 - average exit depth (1-based; n_layer = full depth) and its share of n_layer,
 - FLOPs saved (forward, per token; see `forward_flops`) versus running every layer with its
   head, and versus a plain model (all blocks, one head) — the latter can be negative,
-- decode tokens/s of `model.generate(..., exit_threshold=thr)` and its ratio to full depth.
+- decode wall clock (bench/decode_bench.py's interleaved measurement): full depth and every
+  threshold run in turn for --decode-rounds rounds (greedy, batch 1, --decode-tokens tokens);
+  tok/s median and min..max, speedup = ratio of medians to full depth, decode exit depth.
 Writes the markdown table to log/<run>/exit_eval.md (next to the checkpoint) and the
 val-loss-vs-depth Pareto plot to img/<run>_pareto.png.
 """
@@ -17,7 +19,6 @@ import argparse
 import math
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -50,6 +51,8 @@ def parse_args(argv=None):
                    help="tokens per row (default: the run's T, capped at block_size)")
     p.add_argument("--decode-tokens", type=int, default=64,
                    help="new tokens generated per threshold for tokens/s (0 = skip)")
+    p.add_argument("--decode-rounds", type=int, default=5,
+                   help="interleaved timing rounds (full depth and every threshold in turn)")
     p.add_argument("--out", default=None, help="markdown output (default log/<run>/exit_eval.md)")
     p.add_argument("--img-dir", default="img", help="where <run>_pareto.png goes")
     p.add_argument("--device", default="auto")
@@ -155,24 +158,19 @@ def forward_flops(esd, share_weights, block, head, kv):
     return cost, L * (block + head), L * block + head
 
 
-@torch.no_grad()
-def decode(model, prompt, n_new, threshold):
-    """Greedy KV-cache decode (batch 1) -> (tokens/s, average exit depth of the new tokens);
-    threshold None = early exit off (full depth, one head)."""
-    set_exit(model, threshold)
-    kw = {} if threshold is None else {"exit_threshold": float(threshold)}
-    model.generate(prompt, 2, temperature=0, **kw)                  # warm-up
-    if prompt.is_cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    model.generate(prompt, n_new, temperature=0, **kw)
-    if prompt.is_cuda:
-        torch.cuda.synchronize()
-    tok_s = n_new / (time.perf_counter() - t0)
-    depth = getattr(model, "last_generate_stats", {}).get("avg_exit_depth")
-    if threshold is None:
-        depth = float(model.config.n_layer)
-    return tok_s, depth
+def decode_timings(model, prompt, n_new, thresholds, rounds):
+    """Interleaved greedy decode timings (bench/decode_bench.py): {None (full depth) or
+    threshold: {"median", "min", "max" tok/s, "speedup" (ratio of medians), "depth"}}."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench"))
+    import decode_bench
+    set_exit(model, None)
+    cases = {"full": {}}
+    cases.update({f"exit@{t!r}": {"exit_threshold": float(t)} for t in thresholds})
+    res = decode_bench.summarize(decode_bench.measure_interleaved(model, prompt, n_new, cases,
+                                                                  rounds), model.config.n_layer)
+    out = {None: res["full"]}
+    out.update({t: res[f"exit@{t!r}"] for t in thresholds})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,17 +184,20 @@ def fmt_num(x, spec):
 def format_table(rows, ref, L):
     """Markdown table, one row per threshold."""
     lines = ["| threshold | val loss | Δ loss vs full | avg exit depth | depth / n_layer "
-             "| FLOPs saved | FLOPs saved vs no-exit model | decode tok/s | decode speedup "
-             "| decode exit depth |", "|" + "---|" * 10]
+             "| FLOPs saved | FLOPs saved vs no-exit model | decode tok/s (median) "
+             "| tok/s min..max | decode speedup (median ratio) | decode exit depth |",
+             "|" + "---|" * 11]
     for r in rows:
-        speedup = ("n/a" if r["tok_s"] is None or not ref["tok_s"]
-                   else f"{r['tok_s'] / ref['tok_s']:.2f}x")
+        t = r.get("timing")
         lines.append("| {} | {:.4f} | {:+.2f} % | {:.3f} | {:.3f} | {:.1f} % | {:.1f} % "
-                     "| {} | {} | {} |".format(
+                     "| {} | {} | {} | {} |".format(
                          format(r["threshold"], "g"), r["val_loss"],
                          100 * (r["val_loss"] / ref["val_loss"] - 1), r["exit_depth"],
                          r["exit_depth"] / L, 100 * r["flops_saved"], 100 * r["flops_saved_plain"],
-                         fmt_num(r["tok_s"], ".1f"), speedup, fmt_num(r["decode_depth"], ".2f")))
+                         "n/a" if t is None else f"{t['median']:.1f}",
+                         "n/a" if t is None else f"{t['min']:.1f}..{t['max']:.1f}",
+                         "n/a" if t is None else f"{t['speedup']:.2f}x",
+                         "n/a" if t is None else f"{t['depth']:.2f}"))
     return "\n".join(lines)
 
 
@@ -219,8 +220,10 @@ def plot_pareto(rows, ref, L, path, title):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="C0", zorder=3, label="threshold")
     labels = {}                                   # thresholds landing on the same point
-    for r, p in zip(rows, pts):
-        labels.setdefault((round(p[0], 6), round(p[1], 6)), []).append(format(r["threshold"], "g"))
+    for r, p in zip(rows, pts):                   # threshold (measured decode speedup)
+        t = r.get("timing")
+        name = format(r["threshold"], "g") + ("" if t is None else f" ({t['speedup']:.2f}x)")
+        labels.setdefault((round(p[0], 6), round(p[1], 6)), []).append(name)
     for (x, y), names in labels.items():
         ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 4),
                     fontsize=8)
@@ -247,8 +250,9 @@ def plot_pareto(rows, ref, L, path, title):
 def run(args):
     """Evaluate; returns (rows, ref, markdown). Raises EvalError / fineweb.DataError on bad input."""
     thresholds = parse_thresholds(args.thresholds)
-    if args.batches < 1 or args.batch_size < 1 or args.decode_tokens < 0:
-        raise EvalError("--batches and --batch-size must be >= 1, --decode-tokens >= 0")
+    if args.batches < 1 or args.batch_size < 1 or args.decode_tokens < 0 or args.decode_rounds < 1:
+        raise EvalError("--batches, --batch-size and --decode-rounds must be >= 1, "
+                        "--decode-tokens >= 0")
     if not os.path.isfile(args.ckpt):
         raise EvalError(f"checkpoint not found: {args.ckpt}")
     from model import GPT
@@ -286,7 +290,6 @@ def run(args):
                  getattr(cfg, "exit_propagate", True))
 
     ref = evaluate(model, batches, None, device)
-    ref["tok_s"], ref["decode_depth"] = decode(model, prompt, n_new, None) if n_new else (None, None)
     rows = []
     for th in thresholds:
         r = evaluate(model, batches, th, device)
@@ -294,8 +297,11 @@ def run(args):
                                                  block, head, kv)
         r.update(threshold=th, flops_per_token=flops, flops_saved=1 - flops / full_heads,
                  flops_saved_plain=1 - flops / plain)
-        r["tok_s"], r["decode_depth"] = decode(model, prompt, n_new, th) if n_new else (None, None)
         rows.append(r)
+    timings = decode_timings(model, prompt, n_new, thresholds, args.decode_rounds) if n_new else {}
+    ref["timing"] = timings.get(None)
+    for r in rows:
+        r["timing"] = timings.get(r["threshold"])
     cfg.early_exit, cfg.exit_mode, cfg.exit_threshold, cfg.exit_propagate = saved_cfg
 
     run_name = os.path.basename(os.path.dirname(os.path.abspath(args.ckpt)))
@@ -310,7 +316,9 @@ def run(args):
         "propagated to deeper layers (CALM).",
         "",
         f"Full depth (early exit off): val loss {ref['val_loss']:.4f}, decode "
-        f"{fmt_num(ref['tok_s'], '.1f')} tok/s ({n_new} greedy tokens, batch 1).",
+        f"{fmt_num(ref['timing'] and ref['timing']['median'], '.1f')} tok/s (median of "
+        f"{args.decode_rounds} rounds interleaved with the thresholds', {n_new} greedy tokens, "
+        "batch 1).",
         "",
         format_table(rows, ref, L),
         "",

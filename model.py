@@ -146,19 +146,17 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, rope=None, cache=None):
         """x (B, T, C); rope (cos, sin) (T, hd/2) for these positions (or broadcastable to
-        (B, nh, T, hd/2)) or None; cache None or a decode.KVSlot: `cache.append(k, v)` stores
-        the new keys/values and returns every key/value the queries see, `cache.attn_mask(T,
-        Tk, device)` gives (attn_mask, is_causal) for them."""
+        (B, nh, T, hd/2)) or None; cache None (causal over these T tokens) or a decode.KVSlot:
+        `cache.attend(q, k, v)` stores the new keys/values and attends over all cached ones."""
         B, T, C = x.shape
         q, k, v = (self._heads(t) for t in self.c_attn(x).split(C, dim=2))
         if rope is not None:
             q, k = rope_rotate(q, *rope), rope_rotate(k, *rope)
-        mask, causal = None, True
-        if cache is not None:
-            k, v = cache.append(k, v)
-            mask, causal = cache.attn_mask(T, k.size(2), x.device)
-        drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal)
+        if cache is None:
+            drop = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+        else:
+            y = cache.attend(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
