@@ -54,7 +54,7 @@ class DecodeCache:
         shape = (cfg.n_layer, self.n_attn, B, cfg.n_head, cfg.block_size, hd)
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
-        self.capacity, self.len = cfg.block_size, 0
+        self.len = 0
 
     def slots(self, l, start, end, rows=None, pos=None):
         """One KVSlot per attention module of depth l (the `caches` a Block takes)."""
@@ -138,8 +138,11 @@ def _rope_range(model, p0, n):
 
 
 def _logits(model, x):
-    """Head on states x (..., C): ln_f then the tied lm_head -> (..., V) fp32."""
-    return heads.head_logits(model.transformer.ln_f(x), model.lm_head.weight).float()
+    """Head on states x (..., C): ln_f then the tied lm_head -> (..., V) fp32. (F.layer_norm on
+    ln_f's parameters: the module call costs as much as the op on one decode row.)"""
+    ln = model.transformer.ln_f
+    h = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    return heads.head_logits(h, model.lm_head.weight).float()
 
 
 def _run_layers(model, cache, x, p0, lo, hi):
@@ -166,8 +169,8 @@ def _fill_frozen(model, cache, lo, x, rows, pos):
 
 
 class _HeadStats:
-    """The heads.HeadOut fields a confidence reads, from probs (N, V), each computed on first
-    use: max-prob costs one amax, not a top-2."""
+    """The heads.HeadOut fields a confidence reads, from probs (N, V), each computed only when
+    read: max-prob costs one amax, not a top-2."""
     ce = p_target = None
 
     def __init__(self, probs):
