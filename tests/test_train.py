@@ -13,9 +13,13 @@ import torch
 from conftest import (SAMPLE_RE, SIZE_RE, TRAIN_RE, VAL_LAYERS_RE, VAL_RE, make_char_dataset,
                       parse_train_lines, read_jsonl, run_train, tiny_args, train_events)
 import train_gpt2 as tg
+from dataloader import DataLoader
 
 EARLY = ["--share_weights=True", "--layer_heads=True", "--early_exit=True",
          "--exit_threshold=0.05", "--exit_loss=all-layers"]
+# cheap exits: layers 1..2 of 3 sample one head per micro step, each on half of the tokens
+SAMPLED = ["--share_weights=True", "--n_layer=3", "--exit_loss=all-layers",
+           "--exit_token_frac=0.5", "--exit_layer_frac=0.5"]
 
 
 def _ok(p):
@@ -110,10 +114,10 @@ def test_log_lines_match_journal_format(char_data, tmp_path, variant):
 # ---------------------------------------------------------------------------------------------
 # 2. DDP (gloo, 2 processes) == 1 process with gradient accumulation
 
-@pytest.mark.parametrize("variant", ["vanilla", "shared+early-exit"])
+@pytest.mark.parametrize("variant", ["vanilla", "shared+early-exit", "sampled-exits"])
 def test_ddp_two_procs_equals_grad_accum(char_data, tmp_path, variant):
-    extra = (EARLY if variant != "vanilla" else []) + ["--max_steps=4", "--sample_interval=0",
-                                                        "--size_interval=0"]
+    mode = {"vanilla": [], "shared+early-exit": EARLY, "sampled-exits": SAMPLED}[variant]
+    extra = mode + ["--max_steps=4", "--sample_interval=0", "--size_interval=0"]
     p1 = run_train(tiny_args(char_data, tmp_path / "one", "r", *extra))
     _ok(p1)
     p2 = run_train(tiny_args(char_data, tmp_path / "two", "r", *extra), nproc=2)
@@ -130,6 +134,13 @@ def test_ddp_two_procs_equals_grad_accum(char_data, tmp_path, variant):
         assert abs(a["norm"] - b["norm"]) < 1e-4
         if variant != "vanilla":   # stats over every micro step: equal too
             assert np.allclose(a["earlystopdict"], b["earlystopdict"], atol=1e-5)
+            assert abs(a["allloss"] - b["allloss"]) < 1e-4   # the same exit samples drawn
+    if variant == "sampled-exits":   # header names the mode; train lines keep their format
+        txt = tmp_path / "one" / "r.txt"
+        assert ("# exit heads of 1 random of layers 1..2 per micro step (exit_layer_frac=0.5) "
+                "on a random 0.5 of the tokens (exit_token_frac), layer 3's on every token: "
+                "1.5 head evaluations per token in training") in txt.read_text()
+        assert [s for s, _, _ in parse_train_lines(txt)] == [0, 1, 2, 3]
     v1 = [e["loss"] for e in one if e["event"] == "val"]
     v2 = [e["loss"] for e in two if e["event"] == "val"]
     assert len(v1) == 2 and np.allclose(v1, v2, atol=1e-5)
@@ -249,8 +260,8 @@ def test_dataloader_ranks_disjoint_and_match_grad_accum(tmp_path):
     meta = fineweb.read_manifest(d)
     paths = fineweb.shard_paths(meta, "train")
     B, T, S = 2, 4, 32                                      # step = 32 tokens = 4 micro batches
-    one = tg.DataLoader(paths, B, T, S, 0, 1, 40, "train")
-    ranks = [tg.DataLoader(paths, B, T, S, r, 2, 40, "train") for r in range(2)]
+    one = DataLoader(paths, B, T, S, 0, 1, 40, "train")
+    ranks = [DataLoader(paths, B, T, S, r, 2, 40, "train") for r in range(2)]
     toks = [fineweb.load_tokens(p) for p in paths]
     n_blocks = sum(-(-(len(t) - 1) // S) for t in toks)          # ceil: the tail is covered
     assert one.total_blocks == n_blocks
@@ -273,7 +284,7 @@ def test_dataloader_shuffle_deterministic_and_state(tmp_path):
     d = make_char_dataset(str(tmp_path / "d"), n_train=3000, n_val=400)
     import fineweb
     paths = fineweb.shard_paths(fineweb.read_manifest(d), "train")
-    mk = lambda seed: tg.DataLoader(paths, 2, 4, 8, 0, 1, 40, "train", shuffle=True, seed=seed)  # noqa
+    mk = lambda seed: DataLoader(paths, 2, 4, 8, 0, 1, 40, "train", shuffle=True, seed=seed)  # noqa
     a, b, c = mk(1), mk(1), mk(2)
     xa = [a.next_batch()[0] for _ in range(50)]
     xb = [b.next_batch()[0] for _ in range(50)]
@@ -289,14 +300,14 @@ def test_dataloader_shuffle_deterministic_and_state(tmp_path):
     pos = [tmp_path / "p0.npy", tmp_path / "p1.npy"]
     np.save(pos[0], np.arange(0, 1003, dtype=np.uint16))
     np.save(pos[1], np.arange(2000, 2501, dtype=np.uint16))
-    e = tg.DataLoader([str(p) for p in pos], 2, 4, 8, 0, 1, 65536, "train", shuffle=True, seed=3)
+    e = DataLoader([str(p) for p in pos], 2, 4, 8, 0, 1, 65536, "train", shuffle=True, seed=3)
     assert e.total_blocks == 126 + 63             # ceil(1002 / 8), ceil(500 / 8)
     starts = [int(e.next_batch()[0][0, 0]) for _ in range(e.total_blocks)]
     assert sorted(starts) == ([k * 8 for k in range(125)] + [1003 - 9]
                               + [2000 + k * 8 for k in range(62)] + [2000 + 501 - 9])
     assert starts != sorted(starts) and e.state_dict()["epoch"] == 1
     # no shuffle: in order; each shard's last block is end-aligned (covers the tail, no overrun)
-    f = tg.DataLoader([str(p) for p in pos], 2, 4, 8, 0, 1, 65536, "train")
+    f = DataLoader([str(p) for p in pos], 2, 4, 8, 0, 1, 65536, "train")
     seen = [f.next_batch() for _ in range(f.total_blocks)]
     assert [int(x[0, 0]) for x, _ in seen] == sorted(starts)
     assert int(seen[125][1].max()) == 1002 and int(seen[-1][1].max()) == 2500
@@ -307,7 +318,7 @@ def test_dataloader_rejects_out_of_vocab_tokens(tmp_path):
     import fineweb
     paths = fineweb.shard_paths(fineweb.read_manifest(d), "train")
     with pytest.raises(fineweb.DataError, match="token id 39 >= vocab_size 30"):
-        tg.DataLoader(paths, 2, 4, 8, 0, 1, 30, "train")
+        DataLoader(paths, 2, 4, 8, 0, 1, 30, "train")
 
 
 def test_lr_schedules():
