@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 
 import exits
-import heads
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,7 +141,7 @@ def _logits(model, x):
     ln_f's parameters: the module call costs as much as the op on one decode row.)"""
     ln = model.transformer.ln_f
     h = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-    return heads.head_logits(h, model.lm_head.weight).float()
+    return F.linear(h, model.lm_head.weight).float()
 
 
 def _run_layers(model, cache, x, p0, lo, hi):

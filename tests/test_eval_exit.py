@@ -56,7 +56,7 @@ def setup(tmp_path_factory):
 def argv(tmp, ckpt, data, *extra):
     return ["--ckpt", str(ckpt), "--data", str(data),
             "--thresholds", ",".join(map(str, THRESHOLDS)), "--batches", "3",
-            "--batch-size", "2", "--decode-tokens", "4", "--decode-rounds", "2", "--img-dir", str(tmp / "img"), *extra]
+            "--batch-size", "2", "--decode-tokens", "4", "--img-dir", str(tmp / "img"), *extra]
 
 
 def test_eval_exit_table(setup, capsys):
@@ -74,10 +74,7 @@ def test_eval_exit_table(setup, capsys):
     assert any(1.0 < d < L for d in depths), depths        # the test exercises partial exits
     for r in rows:
         assert sum(r["earlystopdict"]) == pytest.approx(1.0)
-        t = r["timing"]                    # interleaved rounds: median within min..max
-        assert 0 < t["min"] <= t["median"] <= t["max"] and len(t["tok_s"]) == 2
-        assert t["speedup"] == pytest.approx(t["median"] / ref["timing"]["median"])
-    assert rows[0]["timing"]["depth"] == L and rows[-1]["timing"]["depth"] == 1.0
+        assert r["tok_s"] is not None and r["tok_s"] > 0
     saved = [r["flops_saved"] for r in rows]
     assert all(a <= b + 1e-12 for a, b in zip(saved, saved[1:]))
     # main writes the same table, and the plot
@@ -87,7 +84,6 @@ def test_eval_exit_table(setup, capsys):
     assert len(table) == len(THRESHOLDS)
     first = [c.strip() for c in table[0].strip("|").split("|")]
     assert first[0] == "1.01" and first[3] == "3.000" and first[5] == "0.0 %"
-    assert first[9].endswith("x") and first[10] == "3.00"        # measured speedup, decode depth
     assert (tmp / "img" / "tinyrun_pareto.png").stat().st_size > 1000
     assert "| threshold |" in capsys.readouterr().out
 
