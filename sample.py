@@ -68,7 +68,7 @@ def check_args(args):
 
 def resolve_ckpt(spec, log_dir):
     """A checkpoint file, a run directory (latest checkpoint) or a run name -> checkpoint path."""
-    from train_gpt2 import list_checkpoints
+    from checkpoint import list_checkpoints
     if os.path.isfile(spec):
         return spec
     run_dir = spec if os.path.isdir(spec) else os.path.join(log_dir, spec)
@@ -81,17 +81,16 @@ def resolve_ckpt(spec, log_dir):
 
 
 def load_from_ckpt(path):
-    """(model in eval mode, tokenizer) from a trainer checkpoint, content digest checked."""
-    from model import GPT, GPTConfig
+    """(model in eval mode, tokenizer) from a trainer checkpoint (checkpoint.load_model: the
+    trainer's loader, content digest checked)."""
+    import checkpoint
     from tokenizer import get_tokenizer
-    from train_gpt2 import Run, load_checkpoint
-    ck, why = load_checkpoint(path)
-    if ck is None:
-        raise SampleError(f"cannot load checkpoint {path}: {why}")
-    model = GPT(GPTConfig(**ck["model_config"]))
-    model.load_state_dict(Run._strip(ck["model"]))
+    try:
+        model, ck = checkpoint.load_model(path)
+    except checkpoint.CheckpointError as e:
+        raise SampleError(str(e)) from None
     tok = ck.get("tokenizer") or {"name": "gpt2"}
-    return model.eval(), get_tokenizer(tok["name"], tok.get("chars"))
+    return model, get_tokenizer(tok["name"], tok.get("chars"))
 
 
 def load_from_pretrained(name):

@@ -105,7 +105,9 @@ def test_threshold_above_one_equals_full_depth(share, propagate):
     with torch.no_grad():
         full, _ = m(idx)
         set_exit(m, 1.01)
-        ee, _, st = m(idx, y, return_stats=True)
+        out = m(idx, y, return_stats=True)
+        ee, _ = out
+        st = out.stats
     assert torch.equal(ee, full)
     assert torch.equal(st["earlystopdict"], torch.tensor([0.0, 0.0, 0.0, 1.0]))
     assert float(st["earlystop"]) == 0.0 and float(st["exit_depth"]) == L
@@ -133,7 +135,9 @@ def test_exit_stats_and_logits_match_brute_force(share, propagate, confidence):
         thr = 0.1
     set_exit(m, thr)
     with torch.no_grad():
-        logits, _, st = m(idx, y, return_stats=True)
+        out = m(idx, y, return_stats=True)
+        logits, _ = out
+        st = out.stats
     exit_layer, ref_logits, _, _ = brute_force(m, idx, y, thr, propagate, confidence)
     esd = torch.stack([(exit_layer == l).float().mean() for l in range(L)])
     torch.testing.assert_close(st["earlystopdict"], esd)
@@ -188,7 +192,9 @@ def test_exit_loss_sees_the_exit_masks(exit_loss, opts):
     thr = mid_threshold(m, idx)
     set_exit(m, thr)
     m.set_progress(0.3, step=4)
-    _, loss, st = m(idx, y, return_stats=True, return_logits=False)
+    out = m(idx, y, return_stats=True, return_logits=False)
+    _, loss = out
+    st = out.stats
     _, _, _, recs = brute_force(m, idx, y, thr, True)
     layers = [exits.LayerOut(layer=l, xe=r["xe"], confidence=r["confidence"],
                              p_max=r["confidence"], p_second=r["probs"].topk(2, -1).values[..., 1],
@@ -196,11 +202,11 @@ def test_exit_loss_sees_the_exit_masks(exit_loss, opts):
                              p_target=r["probs"].gather(-1, y[..., None])[..., 0],
                              mask_BT=r["mask_BT"], just_triggered=r["just_triggered"])
               for l, r in enumerate(recs)]
-    ctx = exits.LossContext(n_layer=L, progress=0.3, targets=y, step=4, **opts)
+    ctx = exits.LossContext(GPTConfig(n_layer=L, **opts), progress=0.3, targets=y, step=4)
     ref = exits.EXIT_LOSSES[exit_loss](layers, ctx)
     if opts:   # the options matter: the defaults give another loss
-        other = exits.EXIT_LOSSES[exit_loss](layers, exits.LossContext(n_layer=L, progress=0.3,
-                                                                       targets=y, step=4))
+        other = exits.EXIT_LOSSES[exit_loss](layers, exits.LossContext(GPTConfig(n_layer=L),
+                                                                       progress=0.3, targets=y, step=4))
         assert not torch.allclose(other.loss, ref.loss)
     torch.testing.assert_close(loss.detach(), ref.loss, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(st["confloss"], ref.confloss, atol=1e-5, rtol=1e-5)
@@ -213,7 +219,8 @@ def test_sample_mode_exits_sum_to_one():
     set_exit(m, 0.5, mode="sample")
     idx, y = data()
     torch.manual_seed(1)
-    _, _, st = m(idx, y, return_stats=True)
+    out = m(idx, y, return_stats=True)
+    st = out.stats
     torch.testing.assert_close(st["earlystopdict"].sum(), torch.tensor(1.0))
     assert st["earlystopdict"][0] > 0
 

@@ -99,7 +99,7 @@ def test_round_trip_logits(tmp_path, case):
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
     # independent of the reference above: the model's own per-layer loss at layer L
     with torch.no_grad():
-        _, _, stats = model(idx[:, :-1], idx[:, 1:], return_stats=True)
+        stats = model(idx[:, :-1], idx[:, 1:], return_stats=True).stats
     ce = F.cross_entropy(theirs[:, :-1].flatten(0, 1), idx[:, 1:].flatten())
     assert abs(float(ce) - float(stats["layer_losses"][L - 1])) < 1e-4
 

@@ -194,6 +194,26 @@ def test_torchrun_max_restarts_resumes_without_manual_step(char_data, tmp_path, 
     faultlog.survived(f"torchrun --max-restarts=1, rank 1 killed at step ~{k}")
 
 
+@pytest.mark.slow
+def test_kill9_with_exit_sampling_resumes_exactly(char_data, tmp_path):
+    """Cheap exits on (heads on sampled tokens and layers, dropout on): kill -9 at a random step,
+    --resume=auto continues with the uninterrupted run's losses, bit for bit (the exit sample is
+    a function of seed, step and micro step, so nothing about it is saved)."""
+    sampled = ["--share_weights=True", "--n_layer=3", "--exit_loss=all-layers",
+               "--exit_token_frac=0.25", "--exit_layer_frac=0.5", "--max_steps=40"]
+    _ok(run_train(tiny_args(char_data, tmp_path / "ref", "full", *LONG, *sampled)))
+    k = random.Random(time.time_ns()).randrange(6, 30)
+    args = tiny_args(char_data, tmp_path, "run", *LONG, *sampled)
+    proc = _popen(args)
+    _wait_for_step(proc, tmp_path / "run.jsonl", k)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    _ok(run_train(args + ["--resume=auto"]))
+    assert "# resumed from " in (tmp_path / "run.txt").read_text()
+    _assert_continues_exactly(tmp_path / "ref" / "full.jsonl", tmp_path / "run.jsonl", 40)
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoint writes and corrupted checkpoints
 
