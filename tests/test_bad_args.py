@@ -18,13 +18,21 @@ from conftest import make_char_dataset
 
 import bench
 import eval_exit
+import export_hf
 import fineweb
 import hellaswag
 import plot
 import sweep
 
+
+def _lm_eval_exit(argv):             # imports lm-eval (seconds) only when its cases run
+    import lm_eval_exit
+    return lm_eval_exit.main(argv)
+
+
 SCRIPTS = {"fineweb": fineweb.main, "eval_exit": eval_exit.main, "hellaswag": hellaswag.main,
-           "plot": plot.main, "sweep": sweep.main, "bench": bench.main}
+           "plot": plot.main, "sweep": sweep.main, "bench": bench.main,
+           "export_hf": export_hf.main, "lm_eval_exit": _lm_eval_exit}
 
 # {name} in an argument is replaced by the workspace path of that fixture file:
 #   src.txt (text source), data/ (a dataset), ck.pt (a checkpoint stand-in), run.txt (a log),
@@ -170,8 +178,42 @@ BENCH_CASES = [
                                                  "expected an integer, got 'x'"))
      for k in bench.FULL_SHAPE for v in ("0", "x", str(1 << 30))]
 
+EX = ["--ckpt", "{ck.pt}", "--out", "hfout"]
+EXPORT_CASES = [
+    ([], [], "the following arguments are required: --ckpt, --out"),
+    (EX, ["--bogus"], "unrecognized arguments: --bogus"),
+    (EX, ["--depth", "0"], "argument --depth: must be >= 1, got 0"),
+    (EX, ["--depth", "x"], "argument --depth: expected an integer, got 'x'"),
+    (["--out", "hfout"], ["--ckpt", "{ck.pt}.nope"], "--ckpt {ck.pt}.nope: no such file"),
+    (["--out", "hfout"], ["--ckpt", "{ro}"], "--ckpt {ro}: not a regular file"),
+    (["--ckpt", "{ck.pt}"], ["--out", UNDER_FILE], "--out {afile}/sub: {afile} is a file, not a directory"),
+    (["--ckpt", "{ck.pt}"], ["--out", READ_ONLY], "--out {ro}/sub: cannot create it, {ro} is not writable"),
+    (["--ckpt", "{ck.pt}"], ["--out", "{afile}"], "--out {afile}: exists and is not a directory"),
+    (["--ckpt", "{ck.pt}"], ["--out", NUL], "contains a NUL byte"),
+    (["--out", "hfout"], ["--ckpt", "{ck.pt}"], "checkpoint {ck.pt} is unreadable"),
+]
+
+LE = ["--ckpt", "{ck.pt}", "--tasks", "t"]
+LM_EVAL_CASES = [
+    ([], [], "the following arguments are required: --ckpt, --tasks"),
+    (LE, ["--thresholds", "-1"],
+     "argument --thresholds: threshold must be a finite number >= 0 or none, got '-1'"),
+    (LE, ["--thresholds", ","], "argument --thresholds: no thresholds in ','"),
+    (LE, ["--thresholds", "x"], "argument --thresholds: could not convert string to float: 'x'"),
+    (LE, ["--limit", "-1"], "argument --limit: must be a finite number >= 0, got -1"),
+    (LE, ["--num_fewshot", "x"], "argument --num_fewshot: expected an integer, got 'x'"),
+    (LE, ["--batch_size", "0"], "argument --batch_size: must be in [1, 65536], got 0"),
+    (LE, ["--device", "tpu"], "--device 'tpu' is not a device"),
+    (LE, ["--include_path", "{afile}"], "--include_path {afile}: not a directory"),
+    (LE, ["--out", READ_ONLY], "--out {ro}/sub: cannot create it, {ro} is not writable"),
+    (["--ckpt", "{ck.pt}"], ["--tasks", ","], "--tasks ',': no task names"),
+    (["--tasks", "t"], ["--ckpt", "{ck.pt}.nope"], "--ckpt {ck.pt}.nope: no such file"),
+    (LE, ["--thresholds", "0.5"], "checkpoint {ck.pt} is unreadable"),
+]
+
 MATRIX = {"fineweb": FINEWEB_CASES, "eval_exit": EVAL_CASES, "hellaswag": HELLASWAG_CASES,
-          "plot": PLOT_CASES, "sweep": SWEEP_CASES, "bench": BENCH_CASES}
+          "plot": PLOT_CASES, "sweep": SWEEP_CASES, "bench": BENCH_CASES,
+          "export_hf": EXPORT_CASES, "lm_eval_exit": LM_EVAL_CASES}
 
 
 def _immutable(path, on):
