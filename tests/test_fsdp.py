@@ -108,6 +108,7 @@ def test_resume_across_modes_and_world_sizes(char_data, tmp_path):
         b = torch.load(tmp_path / "legs" / "r" / f"ckpt_{step:06d}.pt", weights_only=True)
         assert a["loader"] == b["loader"], step
         assert a["model"].keys() == b["model"].keys()
+        assert torch.equal(b["model"]["lm_head.weight"], b["model"]["transformer.wte.weight"])
         for k in a["model"]:   # summation order differs between world sizes; Adam
             # normalises near-zero gradients, so weights agree to ~lr * 1e-2, not to 1e-5
             torch.testing.assert_close(a["model"][k], b["model"][k], atol=1e-3, rtol=1e-3)
