@@ -276,8 +276,11 @@ def plot_pareto(rows, ref, L, path, title):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="C0", zorder=3, label="threshold")
     labels = {}                                   # thresholds landing on the same point
-    for r, p in zip(rows, pts):
-        labels.setdefault((round(p[0], 6), round(p[1], 6)), []).append(format(r["threshold"], "g"))
+    for r, p in zip(rows, pts):                   # threshold (measured decode speedup)
+        name = format(r["threshold"], "g")
+        if r.get("tok_s") and ref.get("tok_s"):
+            name += f" ({r['tok_s'] / ref['tok_s']:.2f}x)"
+        labels.setdefault((round(p[0], 6), round(p[1], 6)), []).append(name)
     for (x, y), names in labels.items():
         ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 4),
                     fontsize=8)

@@ -23,8 +23,6 @@ import sys
 
 import torch
 
-import cli
-
 
 class ExportError(ValueError):
     """Bad input or a variant transformers cannot represent: one `error:` line, exit 2."""
@@ -234,7 +232,8 @@ def export(ckpt, out, depth=None):
 
 
 def main(argv=None):
-    p = cli.Parser(prog="export_hf.py", description=__doc__.split("\n")[0])
+    import cli
+    p = cli.Parser(prog="export_hf.py", description=cli.doc_head(__doc__))
     p.add_argument("--ckpt", required=True, help="trainer checkpoint log/<run>/ckpt_XXXXXX.pt")
     p.add_argument("--out", required=True, help="output directory (absent or empty)")
     p.add_argument("--depth", type=cli.int_arg(1), default=None,
@@ -243,13 +242,9 @@ def main(argv=None):
     try:
         cli.check_input_file(args.ckpt, "--ckpt")
         cli.check_output(args.out, "--out", is_dir=True)
-    except cli.UsageError as e:
-        cli.fail(e)
-    try:
         notes = export(args.ckpt, args.out, args.depth)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:             # cli.UsageError, ExportError
+        cli.fail(e)
     print(f"wrote {args.out}: " + "; ".join(notes))
     return 0
 

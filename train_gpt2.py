@@ -57,6 +57,7 @@ import torch
 import checkpoint
 import cli
 import configurator
+import distributed
 import fineweb
 import hellaswag as hellaswag_eval     # (the names hellaswag, tokenizer are constants)
 import lr_finder
@@ -144,6 +145,8 @@ lr_find_end = 1.0
 device = "auto"                  # auto | cpu | cuda | cuda:N | mps
 dtype = "auto"                   # auto (bfloat16 on CUDA, float32 elsewhere) | float32 | bfloat16
 compile = None                   # None: on with CUDA; True compiles each Block (regional compile)
+parallel = "ddp"                 # under torchrun: ddp (replicas) | fsdp (FSDP2: params, grads and
+                                 #   AdamW state sharded over the ranks; distributed.wrap)
 seed = 1337
 preset_scale = None              # None | "cpu" | "tiny": shrink the config (configurator.scale_preset)
 # model: every GPTConfig field (model.py says more about each)
@@ -238,7 +241,8 @@ def validate_config(cfg, world_size):
     if cfg["total_batch_size"] % per:
         raise ConfigError(f"total_batch_size ({cfg['total_batch_size']}) is not divisible by "
                           f"B*T*world_size = {cfg['B']}*{cfg['T']}*{world_size} = {per}")
-    for key, known in (("lr_schedule", LR_SCHEDULES), ("dtype", DTYPES)):
+    for key, known in (("lr_schedule", LR_SCHEDULES), ("dtype", DTYPES),
+                       ("parallel", distributed.PARALLEL)):
         if cfg[key] not in known:
             raise ConfigError(f"unknown {key} {cfg[key]!r}; known: {', '.join(known)}")
     if cfg["tokenizer"] is not None and cfg["tokenizer"] not in ("gpt2", "char"):
@@ -254,6 +258,9 @@ def validate_config(cfg, world_size):
     if cfg["stop_at_step"] is not None and not 0 <= cfg["stop_at_step"] < cfg["max_steps"]:
         raise ConfigError(f"stop_at_step must be in [0, max_steps) = [0, {cfg['max_steps']}), "
                           f"got {cfg['stop_at_step']}")
+    if cfg["parallel"] == "fsdp" and "WORLD_SIZE" not in os.environ:
+        raise ConfigError("parallel='fsdp' needs torchrun (e.g. torchrun --standalone "
+                          "--nproc_per_node=8 train_gpt2.py ...); one process: parallel='ddp'")
     try:
         tracking.check(cfg)
     except tracking.TrackingError as e:
@@ -499,14 +506,11 @@ def setup(cfg, d, argv):
         first = (str(e).strip().splitlines() or [""])[0][:160]
         raise ConfigError(f"cannot build the model on {device} ({type(e).__name__}: {first}); "
                           f"smaller n_embd / n_layer / vocab_size?") from None
+    model = distributed.wrap(raw, cfg["parallel"], d, device, dtype)   # FSDP shards raw in place
     optimizer = raw.configure_optimizers(cfg["weight_decay"], cfg["max_lr"],
                                          (cfg["beta1"], cfg["beta2"]), device.split(":")[0])
-    model = raw
-    if d.initialized:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(raw, device_ids=[d.local_rank] if device.startswith("cuda") else None)
     if ck is not None:
-        optimizer.load_state_dict(ck["optimizer"])
+        distributed.load_optimizer_state(optimizer, ck["optimizer"])
     try:
         tok = tokenizers.get_tokenizer(meta["tokenizer"], meta.get("chars"))
     except Exception as e:
@@ -581,8 +585,7 @@ def train_step(s, batches, lr, step, guard=True, want_stats=True):
     sums = {"loss": torch.zeros((), device=s.device)}
     for micro, (x, y) in enumerate(batches):
         x, y = to_device(x, y, s.device)
-        if s.dist.initialized:
-            s.model.require_backward_grad_sync = micro == n - 1
+        distributed.set_grad_sync(s.model, micro == n - 1)
         sampled = micro < n_stats and not heads_on and 0 < rows < x.size(0)
         # exit sampling (exit_token/layer_frac) is a function of (seed, step, global micro index):
         # 2 ranks draw what 1 rank accumulating their micro steps draws; resume saves nothing
@@ -601,7 +604,7 @@ def train_step(s, batches, lr, step, guard=True, want_stats=True):
     r = reduce_mean(s.dist, sums)
     r["stats"] = n_stats > 0
     clip = s.cfg["grad_clip"] if s.cfg["grad_clip"] and s.cfg["grad_clip"] > 0 else float("inf")
-    r["norm"] = float(torch.nn.utils.clip_grad_norm_(s.raw.parameters(), clip))
+    r["norm"] = float(distributed.full(torch.nn.utils.clip_grad_norm_(s.raw.parameters(), clip)))
     r["lr"], r["skip"] = lr, False
     problem = check_guards(s, r, step) if guard else None
     if problem is not None:
@@ -659,7 +662,7 @@ def check_guards(s, r, step):
         return True, f"step {step}: non-finite loss ({r['loss']}){where}"
     if not math.isfinite(r["norm"]):
         name = next((pn for pn, p in s.raw.named_parameters()
-                     if p.grad is not None and not torch.isfinite(p.grad).all()), "?")
+                     if p.grad is not None and not torch.isfinite(distributed.local(p.grad)).all()), "?")
         return True, f"step {step}: non-finite grad norm ({r['norm']}); first non-finite grad: {name}"
     lim = s.cfg["residual_limit"]
     for l, row in enumerate(r.get("residual_std") or []):
@@ -773,11 +776,12 @@ def decode(s, ids):
 def save_checkpoint(s, step, loader_start, why):
     """All ranks call this (RNG states are gathered); rank 0 writes atomically and prunes."""
     rngs = s.dist.gather_object(checkpoint.rng_state(s.device_type))
+    msd, osd = distributed.full_state(s.raw, s.optimizer)    # whole tensors, whatever the mode
     path, err = checkpoint.path_for(s.ckpt_dir, step), None
     if s.dist.master:
-        obj = {"model": {k: v.detach().cpu() for k, v in checkpoint.strip_prefixes(s.raw.state_dict()).items()},
+        obj = {"model": checkpoint.strip_prefixes(msd),
                "model_config": dataclasses.asdict(s.mcfg), "train_config": resolved_config(s),
-               "step": step, "optimizer": s.optimizer.state_dict(),
+               "step": step, "optimizer": osd,
                "loader": s.train_loader.state_dict(), "loader_batch_start": loader_start,
                "rng": rngs, "world_size": s.dist.world, "skipped": s.skipped,
                "tokenizer": {"name": s.meta["tokenizer"], "chars": s.meta.get("chars"),
@@ -845,9 +849,11 @@ def train(s, ck, stop):
     for step in range(start, steps):
         last = step == steps - 1
         if (cfg["eval_interval"] and step % cfg["eval_interval"] == 0) or last:
-            last_val = evaluate(s, step)
+            with distributed.gathered(s.raw):
+                last_val = evaluate(s, step)
         if cfg["sample_interval"] and ((step > 0 and step % cfg["sample_interval"] == 0) or last):
-            sample(s, step)
+            with distributed.gathered(s.raw):
+                sample(s, step)
         t0 = time.time()
         if batches is None or step % k == 0:
             loader_start = s.train_loader.state_dict()

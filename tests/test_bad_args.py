@@ -18,24 +18,23 @@ from conftest import TINY, make_char_dataset
 
 import bench
 import eval_exit
+import export_hf
 import fineweb
 import hellaswag
 import plot
-import export_hf
 import sample
 import sweep
 import train_gpt2
 
-try:
-    import lm_eval_exit                   # needs lm-eval (requirements-dev.txt)
-except ImportError:
-    lm_eval_exit = None
+
+def _lm_eval_exit(argv):             # imports lm-eval (seconds) only when its cases run
+    import lm_eval_exit
+    return lm_eval_exit.main(argv)
+
 
 SCRIPTS = {"fineweb": fineweb.main, "eval_exit": eval_exit.main, "hellaswag": hellaswag.main,
            "plot": plot.main, "sweep": sweep.main, "bench": bench.main, "train_gpt2": train_gpt2.main,
-           "sample": sample.main, "export_hf": export_hf.main}
-if lm_eval_exit is not None:
-    SCRIPTS["lm_eval_exit"] = lm_eval_exit.main
+           "sample": sample.main, "export_hf": export_hf.main, "lm_eval_exit": _lm_eval_exit}
 
 # {name} in an argument is replaced by the workspace path of that fixture file:
 #   src.txt (text source), data/ (a dataset), ck.pt (a checkpoint stand-in), run.txt (a log),
@@ -166,6 +165,7 @@ BE = ["--quick", "--device", "cpu", "--out", "res"]
 BENCH_CASES = [
     (BE, ["--quick=1"], "argument --quick: ignored explicit argument '1'"),
     (BE, ["--memory=1"], "argument --memory: ignored explicit argument '1'"),
+    (BE, ["--decode=1"], "argument --decode: ignored explicit argument '1'"),
     (BE, ["--gpu-check=yes"], "argument --gpu-check: ignored explicit argument 'yes'"),
     (BE, ["--cheap-exits=no"], "argument --cheap-exits: ignored explicit argument 'no'"),
     (BE, ["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
@@ -207,29 +207,37 @@ SAMPLE_CASES = [
     (SA, ["--show_depth=1"], "argument --show_depth: ignored explicit argument '1'"),
 ]
 
+EX = ["--ckpt", "{ck.pt}", "--out", "hfout"]
 EXPORT_CASES = [
-    ([], ["--ckpt", "{ck.pt}"], "the following arguments are required: --out"),
-    ([], ["--out", "o"], "the following arguments are required: --ckpt"),
-    ([], ["--ckpt", "{ck.pt}x", "--out", "o"], "--ckpt {ck.pt}x: no such file"),
-    ([], ["--ckpt", "{ck.pt}", "--out", UNDER_FILE], "--out {afile}/sub: {afile} is a file, not a directory"),
-    ([], ["--ckpt", "{ck.pt}", "--out", READ_ONLY], "--out {ro}/sub: cannot create it, {ro} is not writable"),
-    ([], ["--ckpt", "{ck.pt}", "--out", "o", "--depth", "0"], "argument --depth: must be >= 1, got 0"),
-    ([], ["--ckpt", "{ck.pt}", "--out", "o", "--depth", "x"], "argument --depth: expected an integer"),
+    ([], [], "the following arguments are required: --ckpt, --out"),
+    (EX, ["--bogus"], "unrecognized arguments: --bogus"),
+    (EX, ["--depth", "0"], "argument --depth: must be >= 1, got 0"),
+    (EX, ["--depth", "x"], "argument --depth: expected an integer, got 'x'"),
+    (["--out", "hfout"], ["--ckpt", "{ck.pt}.nope"], "--ckpt {ck.pt}.nope: no such file"),
+    (["--out", "hfout"], ["--ckpt", "{ro}"], "--ckpt {ro}: not a regular file"),
+    (["--ckpt", "{ck.pt}"], ["--out", UNDER_FILE], "--out {afile}/sub: {afile} is a file, not a directory"),
+    (["--ckpt", "{ck.pt}"], ["--out", READ_ONLY], "--out {ro}/sub: cannot create it, {ro} is not writable"),
+    (["--ckpt", "{ck.pt}"], ["--out", "{afile}"], "--out {afile}: exists and is not a directory"),
+    (["--ckpt", "{ck.pt}"], ["--out", NUL], "contains a NUL byte"),
+    (["--out", "hfout"], ["--ckpt", "{ck.pt}"], "checkpoint {ck.pt} is unreadable"),
 ]
 
 LE = ["--ckpt", "{ck.pt}", "--tasks", "t"]
 LM_EVAL_CASES = [
-    ([], ["--tasks", "t"], "the following arguments are required: --ckpt"),
-    ([], ["--ckpt", "{ck.pt}x", "--tasks", "t"], "--ckpt {ck.pt}x: no such file"),
-    ([], ["--ckpt", "{ck.pt}", "--tasks", ","], "--tasks names no task"),
-    (LE, ["--thresholds", "high"], "high"),
-    (LE, ["--include_path", "{afile}x"], "--include_path {afile}x: no such directory"),
-    (LE, ["--limit", "0"], "--limit must be > 0"),
+    ([], [], "the following arguments are required: --ckpt, --tasks"),
+    (LE, ["--thresholds", "-1"],
+     "argument --thresholds: threshold must be a finite number >= 0 or none, got '-1'"),
+    (LE, ["--thresholds", ","], "argument --thresholds: no thresholds in ','"),
+    (LE, ["--thresholds", "x"], "argument --thresholds: could not convert string to float: 'x'"),
     (LE, ["--limit", "-1"], "argument --limit: must be a finite number >= 0, got -1"),
-    (LE, ["--num_fewshot", "-1"], "argument --num_fewshot: must be >= 0, got -1"),
+    (LE, ["--num_fewshot", "x"], "argument --num_fewshot: expected an integer, got 'x'"),
     (LE, ["--batch_size", "0"], "argument --batch_size: must be in [1, 65536], got 0"),
     (LE, ["--device", "tpu"], "--device 'tpu' is not a device"),
-    (LE, ["--out", UNDER_FILE], "--out {afile}/sub: {afile} is a file, not a directory"),
+    (LE, ["--include_path", "{afile}"], "--include_path {afile}: not a directory"),
+    (LE, ["--out", READ_ONLY], "--out {ro}/sub: cannot create it, {ro} is not writable"),
+    (["--ckpt", "{ck.pt}"], ["--tasks", ","], "--tasks ',': no task names"),
+    (["--tasks", "t"], ["--ckpt", "{ck.pt}.nope"], "--ckpt {ck.pt}.nope: no such file"),
+    (LE, ["--thresholds", "0.5"], "checkpoint {ck.pt} is unreadable"),
 ]
 
 # the trainer: every constant gets a value of the wrong type; then ranges, consistency, paths
@@ -306,6 +314,7 @@ TRAIN_CASES = [_wrong_type(k, v) for k, v in train_gpt2.all_defaults().items()] 
     (TR, ["--device=tpu"], "device 'tpu' is not a device"),
     (TR, ["--device=cuda:99"], "device cuda:99: "),
     (TR, ["--device=meta"], "device meta: device type 'meta' is not supported"),
+    (TR, ["--parallel=zero3"], "unknown parallel 'zero3'; known: "),
     (TR, ["--dtype=float16"], "unknown dtype 'float16'; known: auto, float32, bfloat16"),
     (TR, ["--preset_scale=huge"], "unknown preset_scale 'huge'"),
     (TR, ["--compile=1"], "compile expects bool"),
@@ -326,9 +335,7 @@ TRAIN_CASES = [_wrong_type(k, v) for k, v in train_gpt2.all_defaults().items()] 
 
 MATRIX = {"train_gpt2": TRAIN_CASES, "fineweb": FINEWEB_CASES, "eval_exit": EVAL_CASES, "hellaswag": HELLASWAG_CASES,
           "plot": PLOT_CASES, "sweep": SWEEP_CASES, "bench": BENCH_CASES, "sample": SAMPLE_CASES,
-          "export_hf": EXPORT_CASES}
-if lm_eval_exit is not None:
-    MATRIX["lm_eval_exit"] = LM_EVAL_CASES
+          "export_hf": EXPORT_CASES, "lm_eval_exit": LM_EVAL_CASES}
 
 
 def _immutable(path, on):
