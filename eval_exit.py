@@ -13,7 +13,6 @@ is >= threshold; > 1 never exits):
 Writes the markdown table to log/<run>/exit_eval.md (next to the checkpoint) and the
 val-loss-vs-depth Pareto plot to img/<run>_pareto.png.
 """
-import argparse
 import math
 import os
 import sys
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
+import cli
 
 
 class EvalError(ValueError):
@@ -31,6 +31,7 @@ class EvalError(ValueError):
 
 
 def parse_thresholds(text):
+    """'0.5,0.9' -> [0.5, 0.9]; EvalError unless every item is a finite number >= 0."""
     try:
         ths = [float(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -41,26 +42,41 @@ def parse_thresholds(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """Parsed arguments; bad values and paths exit 2 with one error line, before any work."""
+    p = cli.Parser(prog="eval_exit.py", description=cli.doc_head(__doc__))
     p.add_argument("--ckpt", required=True, help="checkpoint log/<run>/ckpt_XXXXXX.pt")
     p.add_argument("--data", required=True, help="data directory with meta.json (fineweb.py)")
     p.add_argument("--thresholds", default="0.5,0.7,0.9,1.01",
-                   help="comma-separated exit thresholds")
-    p.add_argument("--batches", type=int, default=8, help="val batches per threshold")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=None,
-                   help="tokens per row (default: the run's T, capped at block_size)")
-    p.add_argument("--decode-tokens", type=int, default=64,
+                   help="comma-separated exit thresholds (>= 0; > 1 never exits)")
+    p.add_argument("--batches", type=cli.int_arg(1, 1 << 20), default=8, help="val batches per threshold")
+    p.add_argument("--batch-size", type=cli.int_arg(1, 1 << 16), default=4, help="rows per val batch")
+    p.add_argument("--seq-len", type=cli.int_arg(1), default=None,
+                   help="tokens per row (None: the run's T, capped at block_size)")
+    p.add_argument("--decode-tokens", type=cli.int_arg(0), default=64,
                    help="new tokens generated per threshold for tokens/s (0 = skip)")
-    p.add_argument("--decode-rounds", type=int, default=3,
+    p.add_argument("--decode-rounds", type=cli.int_arg(1, 1000), default=3,
                    help="interleaved timing rounds over all thresholds; tok/s is the median")
-    p.add_argument("--out", default=None, help="markdown output (default log/<run>/exit_eval.md)")
+    p.add_argument("--out", default=None, help="markdown output (None: log/<run>/exit_eval.md)")
     p.add_argument("--img-dir", default="img", help="where <run>_pareto.png goes")
-    p.add_argument("--img", default=None, help="Pareto plot path (default <img-dir>/<run>_pareto.png)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--img", default=None, help="Pareto plot path (None: <img-dir>/<run>_pareto.png)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--summary", action="store_true",
                    help="print the short table and a suggested threshold instead of the full one")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.threshold_list = parse_thresholds(args.thresholds)
+        cli.check_input_file(args.ckpt, "--ckpt")
+        if not os.path.isdir(args.data):
+            raise EvalError(f"--data {args.data}: data directory does not exist")
+        args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "exit_eval.md")
+        cli.check_output(args.out, "--out")
+        cli.check_output(args.img_dir, "--img-dir", is_dir=True)
+        if args.img:
+            cli.check_output(args.img, "--img")
+        args.device = str(cli.check_device(args.device))
+    except ValueError as e:
+        cli.fail(e)
+    return args
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,8 +122,7 @@ def set_exit(model, threshold):
         cfg.early_exit = True
         cfg.exit_mode = "threshold"
         cfg.exit_threshold = float(threshold)
-        if hasattr(cfg, "exit_propagate"):
-            cfg.exit_propagate = True
+        cfg.exit_propagate = True
 
 
 @torch.no_grad()
@@ -118,7 +133,8 @@ def evaluate(model, batches, threshold, device):
     tot_loss, esd = 0.0, torch.zeros(L, dtype=torch.float64)
     for x, y in batches:
         x, y = x.to(device), y.to(device)
-        logits, _, stats = model(x, y, return_stats=True)
+        out = model(x, y, return_stats=True)
+        logits, stats = out.logits, out.stats
         tot_loss += F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).item()
         if threshold is None:
             esd[-1] += 1.0
@@ -260,8 +276,11 @@ def plot_pareto(rows, ref, L, path, title):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="C0", zorder=3, label="threshold")
     labels = {}                                   # thresholds landing on the same point
-    for r, p in zip(rows, pts):
-        labels.setdefault((round(p[0], 6), round(p[1], 6)), []).append(format(r["threshold"], "g"))
+    for r, p in zip(rows, pts):                   # threshold (measured decode speedup)
+        name = format(r["threshold"], "g")
+        if r.get("tok_s") and ref.get("tok_s"):
+            name += f" ({r['tok_s'] / ref['tok_s']:.2f}x)"
+        labels.setdefault((round(p[0], 6), round(p[1], 6)), []).append(name)
     for (x, y), names in labels.items():
         ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 4),
                     fontsize=8)
@@ -277,9 +296,15 @@ def plot_pareto(rows, ref, L, path, title):
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,13 +312,8 @@ def plot_pareto(rows, ref, L, path, title):
 
 def run(args):
     """Evaluate; returns (rows, ref, markdown). Raises EvalError / fineweb.DataError on bad input."""
-    thresholds = parse_thresholds(args.thresholds)
-    if args.batches < 1 or args.batch_size < 1 or args.decode_tokens < 0 or args.decode_rounds < 1:
-        raise EvalError("--batches, --batch-size and --decode-rounds must be >= 1, "
-                        "--decode-tokens >= 0")
-    if not os.path.isfile(args.ckpt):
-        raise EvalError(f"checkpoint not found: {args.ckpt}")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    thresholds = args.threshold_list
+    device = args.device
     try:
         model, ck = checkpoint.load_model(args.ckpt)
     except checkpoint.CheckpointError as e:
@@ -321,7 +341,7 @@ def run(args):
     block, head, kv = layer_costs(model, T)
     L = cfg.n_layer
     saved_cfg = (cfg.early_exit, cfg.exit_mode, cfg.exit_threshold,
-                 getattr(cfg, "exit_propagate", True))
+                 cfg.exit_propagate)
 
     ref = evaluate(model, batches, None, device)
     rows = []
@@ -364,17 +384,16 @@ def run(args):
 
 
 def evaluate_and_write(args):
-    """run(args), then the markdown table (--out, default log/<run>/exit_eval.md) and the Pareto
-    plot (--img, default <img-dir>/<run>_pareto.png) -> (rows, ref, md, out path, img path).
+    """run(args), then the markdown table (args.out) and the Pareto plot (--img, default
+    <img-dir>/<run>_pareto.png) -> (rows, ref, md, out path, img path).
     Raises EvalError / fineweb.DataError on bad input, before writing anything."""
     import fineweb
     rows, ref, md, run_name = run(args)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "exit_eval.md")
     img = args.img or os.path.join(args.img_dir, f"{run_name}_pareto.png")
     plot_pareto(rows, ref, len(ref["earlystopdict"]), img,
                 f"{run_name}: val loss vs exit depth")
-    fineweb.write_text_atomic(out, md)
-    return rows, ref, md, out, img
+    fineweb.write_text_atomic(args.out, md)
+    return rows, ref, md, args.out, img
 
 
 def main(argv=None):
@@ -383,8 +402,11 @@ def main(argv=None):
     try:
         rows, ref, md, out, img = evaluate_and_write(args)
     except (EvalError, fineweb.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        cli.fail(e)
+    except MemoryError:
+        cli.fail(f"out of memory for --batch-size {args.batch_size} x --seq-len; lower them")
+    except OSError as e:
+        cli.fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
     if args.summary:
         L = len(ref["earlystopdict"])
         print(format_summary(rows, ref, L))

@@ -117,7 +117,7 @@ def test_pareto_front():
 @pytest.mark.parametrize("bad,msg", [
     (["--thresholds", "0.5,x"], "thresholds"),
     (["--thresholds", "-1"], "thresholds"),
-    (["--ckpt", "nope.pt"], "checkpoint not found"),
+    (["--ckpt", "nope.pt"], "--ckpt nope.pt: no such file"),
     (["--data", "no/such/dir"], "does not exist"),
     (["--seq-len", "16", "--batch-size", "500"], "lower --batch-size"),
     (["--ckpt", "CORRUPT"], "is unreadable (UnpicklingError"),

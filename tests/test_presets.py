@@ -96,8 +96,7 @@ def test_preset_tiny_one_step(path):
     torch.manual_seed(0)
     m = model.GPT(gcfg)
     m.train()
-    if hasattr(m, "set_progress"):
-        m.set_progress(0.5)
+    m.set_progress(0.5)
     T = min(16, gcfg.block_size)
     idx = torch.randint(0, gcfg.vocab_size, (2, T))
     targets = torch.randint(0, gcfg.vocab_size, (2, T))
