@@ -2,6 +2,7 @@
 
     python bench.py --quick                      # CPU proxy shape, < 3 min on 2 cores
     python bench.py                              # GPT-2 124M shape (B=16, T=1024), bf16 on CUDA
+    python bench.py --trainer-overhead [...]     # train_gpt2.py step vs a minimal loop (bench/trainer_overhead.py)
     python bench.py --device cuda --B 32 --compile --cases plain,plain-fused,shared-fused
 
 Every case runs in a fresh subprocess on the same shape and the same random tokens: build the
@@ -378,7 +379,12 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--trainer-overhead"]:       # its own case set and options
+        sys.path.insert(0, os.path.join(HERE, "bench"))
+        import trainer_overhead
+        return trainer_overhead.main(argv[1:])
+    args = parse_args(argv)
     if args._worker is not None:
         return worker_main(args._worker)
     import torch
