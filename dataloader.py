@@ -13,6 +13,16 @@ import fineweb
 from configurator import ConfigError
 
 
+def to_device(x, y, device):
+    """A CPU batch (x, y) on device. CUDA: through pinned (page-locked) memory with non_blocking
+    copies, so the host-to-device copy runs asynchronously on the stream instead of the host
+    staging it synchronously; elsewhere a plain copy (no-op on CPU)."""
+    if str(device).startswith("cuda"):
+        return (x.pin_memory().to(device, non_blocking=True),
+                y.pin_memory().to(device, non_blocking=True))
+    return x.to(device), y.to(device)
+
+
 class DataLoader:
     """Memory-mapped uint16 shards -> (x, y) int64 micro batches (B, T).
 
@@ -115,9 +125,12 @@ def prepare_data(cfg, dist_ctx):
     if cfg["dataset_source"] and not os.path.isfile(meta_path):
         ok = 1
         if dist_ctx.master:
-            print(f"preparing {cfg['dataset']}: fineweb.py --source {cfg['dataset_source']}", flush=True)
+            argv = ["--source", cfg["dataset_source"], "--out", cfg["dataset"]]
+            if cfg["tokenizer"] is not None:
+                argv += ["--tokenizer", cfg["tokenizer"]]
+            print(f"preparing {cfg['dataset']}: fineweb.py {' '.join(argv)}", flush=True)
             try:
-                rc = fineweb.main(["--source", cfg["dataset_source"], "--out", cfg["dataset"]])
+                rc = fineweb.main(argv)
             except SystemExit as e:
                 rc = e.code
             ok = int(rc in (0, None))
@@ -137,6 +150,8 @@ def prepare_data(cfg, dist_ctx):
     if cfg["tokenizer"] is not None and cfg["tokenizer"] != meta["tokenizer"]:
         raise ConfigError(f"tokenizer {cfg['tokenizer']!r} does not match the data's "
                           f"{meta['tokenizer']!r} ({meta_path})")
+    if cfg["vocab_size"] is None:                  # unset: the data's
+        cfg["vocab_size"] = fineweb.model_vocab_size(meta)
     if int(meta["vocab_size"]) > cfg["vocab_size"]:
         raise ConfigError(f"data vocab_size {meta['vocab_size']} > model vocab_size "
                           f"{cfg['vocab_size']} ({meta_path})")

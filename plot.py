@@ -19,7 +19,6 @@ logs. Parsing is lenient: unknown lines are skipped, a partial last line (a run 
 ignored, and when a resumed run re-logs steps the later lines replace the earlier ones.
 Every figure is written atomically (temp file, then os.replace).
 """
-import argparse
 import json
 import math
 import os
@@ -27,6 +26,8 @@ import re
 import sys
 
 import numpy as np
+
+import cli
 
 _NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)"
 _TRAIN_RE = re.compile(r"^@?\s*(\d+)\s+train\s+(" + _NUM + r")(.*)$", re.IGNORECASE)
@@ -520,22 +521,41 @@ def plot_run(txt_path, out_dir):
     return [f"plot written: {w}" for w in written] + [f"plot skipped: {w}" for w in skipped]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Plot training logs (log/*.txt) into img/.")
+def parse_args(argv=None):
+    """Parsed arguments; bad values and paths exit 2 with one error line, before any work."""
+    p = cli.Parser(prog="plot.py", description="Plot training logs (log/*.txt) into img/.")
     p.add_argument("logs", nargs="+", help="log/{run_name}.txt files")
-    p.add_argument("--out", default="img", help="output directory (default img/)")
-    p.add_argument("--kind", default="all", choices=["all", "loss"] + list(KINDS))
-    p.add_argument("--smooth", type=float, default=0.9, help="EMA factor for train loss in [0, 1)")
-    p.add_argument("--name", default=None, help="file stem of the loss figure (default: run names)")
+    p.add_argument("--out", default="img", help="output directory")
+    p.add_argument("--kind", default="all", choices=["all", "loss"] + list(KINDS), help="which figures")
+    p.add_argument("--smooth", type=cli.float_arg(0, 1, hi_open=True), default=0.9,
+                   help="EMA factor for train loss in [0, 1)")
+    p.add_argument("--name", default=None, help="file stem of the loss figure (None: the run names joined by +)")
     args = p.parse_args(argv)
-    if not 0.0 <= args.smooth < 1.0:
-        print(f"error: --smooth must be in [0, 1), got {args.smooth}", file=sys.stderr)
-        raise SystemExit(2)
-    for path in args.logs:
-        if not os.path.isfile(path):
-            print(f"error: no such log file: {path}", file=sys.stderr)
-            raise SystemExit(2)
-    written, skipped = plot_all(args.logs, args.out, args.kind, args.smooth, args.name)
+    try:
+        for path in args.logs:
+            cli.check_input_file(path, "log file")
+        stem = args.name if args.name is not None else \
+            "+".join(os.path.splitext(os.path.basename(l))[0] for l in args.logs)
+        if not stem or "/" in stem or os.sep in stem or "\0" in stem:
+            raise cli.UsageError(f"--name {args.name!r} must be a plain file name")
+        if len(os.fsencode(stem)) > 250:
+            raise cli.UsageError(f"the loss figure's name ({len(stem)} characters) is too long for a "
+                                 f"file name; give one with --name")
+        for path in args.logs:
+            if len(os.fsencode(os.path.basename(path))) > 236:      # + "-residuals.png"
+                raise cli.UsageError(f"log file name too long for its figures' names: {path}")
+        cli.check_output(args.out, "--out", is_dir=True)
+    except cli.UsageError as e:
+        cli.fail(e)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        written, skipped = plot_all(args.logs, args.out, args.kind, args.smooth, args.name)
+    except OSError as e:
+        cli.fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
     for s in skipped:
         print(f"skip {s}")
     for w in written:

@@ -80,7 +80,7 @@ def test_tiny_run_writes_results(tmp_path):
     (["--cases", "plain,nope"], "unknown case(s) ['nope']"),
     (["--exit-loss", "bogus"], "unknown --exit-loss 'bogus'"),
     (["--n_embd", "30", "--n_head", "4"], "n_embd 30 not divisible by n_head 4"),
-    (["--steps", "0"], "--steps and --repeat >= 1"),
+    (["--steps", "0"], "argument --steps: must be >= 1, got 0"),
 ])
 def test_bad_arguments_one_error_line(tmp_path, args, msg):
     out = tmp_path / "res"

@@ -197,6 +197,26 @@ def test_torchrun_max_restarts_resumes_without_manual_step(char_data, tmp_path, 
     faultlog.survived(f"torchrun --max-restarts=1, rank 1 killed at step ~{k}")
 
 
+@pytest.mark.slow
+def test_kill9_with_exit_sampling_resumes_exactly(char_data, tmp_path):
+    """Cheap exits on (heads on sampled tokens and layers, dropout on): kill -9 at a random step,
+    --resume=auto continues with the uninterrupted run's losses, bit for bit (the exit sample is
+    a function of seed, step and micro step, so nothing about it is saved)."""
+    sampled = ["--share_weights=True", "--n_layer=3", "--exit_loss=all-layers",
+               "--exit_token_frac=0.25", "--exit_layer_frac=0.5", "--max_steps=40"]
+    _ok(run_train(tiny_args(char_data, tmp_path / "ref", "full", *LONG, *sampled)))
+    k = random.Random(time.time_ns()).randrange(6, 30)
+    args = tiny_args(char_data, tmp_path, "run", *LONG, *sampled)
+    proc = _popen(args)
+    _wait_for_step(proc, tmp_path / "run.jsonl", k)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    _ok(run_train(args + ["--resume=auto"]))
+    assert "# resumed from " in (tmp_path / "run.txt").read_text()
+    _assert_continues_exactly(tmp_path / "ref" / "full.jsonl", tmp_path / "run.jsonl", 40)
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoint writes and corrupted checkpoints
 
@@ -484,3 +504,29 @@ def test_disk_full_while_writing_a_shard(tmp_path, monkeypatch, capsys):
     assert {n: (out / n).read_bytes() for n in os.listdir(out)} == \
         {n: (tmp_path / "ref" / n).read_bytes() for n in os.listdir(tmp_path / "ref")}
     faultlog.survived("disk full while writing a shard")
+
+
+# ---------------------------------------------------------------------------------------------
+# the same faults under FSDP (parallel=fsdp): sharded state is gathered into whole checkpoints
+
+@pytest.mark.slow
+def test_fsdp_kill9_under_max_restarts_resumes_exactly(char_data, tmp_path):
+    """parallel=fsdp, 2 ranks, shared weights + heads + early exit: rank 1 killed -9 under
+    torchrun --max-restarts=1; the group restarts, resumes from the last whole checkpoint by
+    itself and every step's loss equals an uninterrupted FSDP run's, bit for bit."""
+    fs = ["--parallel=fsdp", "--share_weights=True", "--layer_heads=True", "--early_exit=True",
+          "--exit_threshold=0.05", "--exit_loss=all-layers"]
+    long = [a if not a.startswith("--max_steps") else "--max_steps=60" for a in LONG]
+    _ok(run_train(tiny_args(char_data, tmp_path / "ref", "full", *long, *fs), nproc=2))
+    args = tiny_args(char_data, tmp_path, "run", *long, *fs)
+    proc = _popen(args, nproc=2, extra=["--max-restarts=1"])
+    k = random.Random(time.time_ns()).randrange(6, 40)
+    _wait_for_step(proc, tmp_path / "run.jsonl", k)
+    os.kill(_worker_pid(proc.pid, 1), signal.SIGKILL)
+    faultlog.inject(f"FSDP: torchrun --max-restarts=1, rank 1 killed at step ~{k}")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    text = (tmp_path / "run.txt").read_text()
+    assert "# torchrun restart 1: resume=auto" in text and "# resumed from " in text
+    _assert_continues_exactly(tmp_path / "ref" / "full.jsonl", tmp_path / "run.jsonl", 60)
+    faultlog.survived(f"FSDP: torchrun --max-restarts=1, rank 1 killed at step ~{k}")

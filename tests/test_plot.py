@@ -220,7 +220,7 @@ def test_cli_writes_all_and_errors(log, tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), str(tmp_path / "nope.txt")],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2
-    assert r.stderr.startswith("error: no such log file") and "Traceback" not in r.stderr
+    assert r.stderr == f"error: log file {tmp_path / 'nope.txt'}: no such file\n"
 
 
 from conftest import char_text_file  # noqa: E402

@@ -17,6 +17,9 @@ from dataloader import DataLoader
 
 EARLY = ["--share_weights=True", "--layer_heads=True", "--early_exit=True",
          "--exit_threshold=0.05", "--exit_loss=all-layers"]
+# cheap exits: layers 1..2 of 3 sample one head per micro step, each on half of the tokens
+SAMPLED = ["--share_weights=True", "--n_layer=3", "--exit_loss=all-layers",
+           "--exit_token_frac=0.5", "--exit_layer_frac=0.5"]
 
 
 def _ok(p):
@@ -113,10 +116,10 @@ def test_log_lines_match_journal_format(char_data, tmp_path, variant):
 # 2. DDP (gloo, 2 processes) == 1 process with gradient accumulation
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["vanilla", "shared+early-exit"])
+@pytest.mark.parametrize("variant", ["vanilla", "shared+early-exit", "sampled-exits"])
 def test_ddp_two_procs_equals_grad_accum(char_data, tmp_path, variant):
-    extra = (EARLY if variant != "vanilla" else []) + ["--max_steps=4", "--sample_interval=0",
-                                                        "--size_interval=0"]
+    mode = {"vanilla": [], "shared+early-exit": EARLY, "sampled-exits": SAMPLED}[variant]
+    extra = mode + ["--max_steps=4", "--sample_interval=0", "--size_interval=0"]
     p1 = run_train(tiny_args(char_data, tmp_path / "one", "r", *extra))
     _ok(p1)
     p2 = run_train(tiny_args(char_data, tmp_path / "two", "r", *extra), nproc=2)
@@ -133,6 +136,13 @@ def test_ddp_two_procs_equals_grad_accum(char_data, tmp_path, variant):
         assert abs(a["norm"] - b["norm"]) < 1e-4
         if variant != "vanilla":   # stats over every micro step: equal too
             assert np.allclose(a["earlystopdict"], b["earlystopdict"], atol=1e-5)
+            assert abs(a["allloss"] - b["allloss"]) < 1e-4   # the same exit samples drawn
+    if variant == "sampled-exits":   # header names the mode; train lines keep their format
+        txt = tmp_path / "one" / "r.txt"
+        assert ("# exit heads of 1 random of layers 1..2 per micro step (exit_layer_frac=0.5) "
+                "on a random 0.5 of the tokens (exit_token_frac), layer 3's on every token: "
+                "1.5 head evaluations per token in training") in txt.read_text()
+        assert [s for s, _, _ in parse_train_lines(txt)] == [0, 1, 2, 3]
     v1 = [e["loss"] for e in one if e["event"] == "val"]
     v2 = [e["loss"] for e in two if e["event"] == "val"]
     assert len(v1) == 2 and np.allclose(v1, v2, atol=1e-5)
