@@ -6,19 +6,13 @@
     torchrun --standalone --nproc_per_node=8 train_gpt2.py     # DDP (NCCL on CUDA, gloo on CPU)
     python train_gpt2.py config/x.py --lr_find                 # LR range test -> img/{run}_lr_find.png
 
-Configuration (nanoGPT style): the constants below are the defaults. Each `config/*.py` argument
-is *Python code executed* in the constants' namespace (only run config files you trust);
-assignments to names that are not constants are errors. `--key=value` values are parsed with
-`ast.literal_eval` (a bare string is accepted for string keys; `--flag` alone means True for a
-bool key); the type must match the default's (an int is accepted for a float). After all
-arguments, `preset_scale` (e.g. `--preset_scale=cpu`) shrinks a preset to a laptop-CPU run,
-except for keys given explicitly as `--key=value` (configurator.py). Every GPTConfig field is
-listed among the model constants below.
-
-The file reads top to bottom in the order a run happens: constants, configuration, setup, the
-training step, the periodic events (evaluation, HellaSwag, samples, checkpoints), the loop, the
-LR range test, main(). Infrastructure lives beside it in flat modules: configurator.py,
-dataloader.py, distributed.py, checkpoint.py, runlog.py.
+Configuration (nanoGPT style, configurator.py): the constants below are the defaults, then each
+argument in order: a `config/*.py` file (*Python code executed* in the constants' namespace: only
+run files you trust) or `--key=value` (a Python literal of the default's type); last,
+`preset_scale` shrinks the run except for keys given as `--key=value`. Every GPTConfig field is
+a constant. The file reads in the order a run happens: constants, configuration, setup, the
+training step, the periodic events, the loop, the LR range test, main(); infrastructure lives
+in flat modules beside it (configurator, dataloader, distributed, checkpoint, runlog, lr_finder).
 
 Outputs (rank 0): log/{run_name}.txt (the journal's line formats, flushed every line),
 log/{run_name}.jsonl (one JSON object per event), checkpoints log/{run_name}/ckpt_{step:06d}.pt,
@@ -108,6 +102,10 @@ stats_rows = 4                   # models without per-layer heads: logged steps 
                                  #   per-layer stats (allloss, SIZE) on this many sequences of the
                                  #   first micro batch in an extra no-grad forward (0: all B, in
                                  #   the training forward: L heads on every token, ~2x the FLOPs)
+stats_interval = 1               # models without per-layer heads: the stats above on logged
+                                 #   steps that are multiples of N (0: only on size_interval
+                                 #   steps); the other train lines print them as nan. N > 1
+                                 #   makes the plain path pay nothing for them (bench/)
 size_interval = 250              # SIZE COMPARISON block every N steps (0: never)
 sample_interval = 250            # text sample every N steps (0: never)
 sample_tokens = 32
@@ -232,7 +230,8 @@ def validate_config(cfg, world_size):
         if cfg[k] <= 0:
             raise ConfigError(f"{k} must be positive, got {cfg[k]}")
     for k in ("eval_interval", "log_interval", "size_interval", "sample_interval",
-              "checkpoint_interval", "warmup_steps", "sample_tokens", "stats_rows"):
+              "checkpoint_interval", "warmup_steps", "sample_tokens", "stats_rows",
+              "stats_interval"):
         if cfg[k] < 0:
             raise ConfigError(f"{k} must be >= 0, got {cfg[k]}")
     if cfg["T"] > mcfg.block_size:
@@ -457,8 +456,8 @@ def load_hellaswag(cfg, log):
     if not cfg["hellaswag"]:
         return None
     try:
-        return hellaswag_eval.load_examples(None if cfg["hellaswag"] == "hf" else cfg["hellaswag"],
-                                       cfg["hellaswag_limit"])
+        return hellaswag_eval.load_examples(
+            None if cfg["hellaswag"] == "hf" else cfg["hellaswag"], cfg["hellaswag_limit"])
     except Exception as e:
         log.note(f"hellaswag disabled: {type(e).__name__}: {e}")
         return None
@@ -824,8 +823,12 @@ def restore(s, ck):
 
 
 def log_train(s, step, r):
-    """The train line and its jsonl event."""
-    cfg, k = s.cfg, s.cfg["batch_reuse"]
+    """The train line and its jsonl event; per-layer statistics not computed this step
+    (stats_interval) are nan."""
+    cfg, k, nan = s.cfg, s.cfg["batch_reuse"], float("nan")
+    r = {"allloss": nan, "confloss": nan, "targetloss": nan, "earlystop": nan,
+         "exit_depth": nan, "earlystopdict": [nan] * s.mcfg.n_layer,
+         "layer_losses": [nan] * s.mcfg.n_layer, **r}
     s.log.line(runlog.format_train_line(step, r, k, s.skipped if cfg["skip_nonfinite"] else None))
     mem = runlog.peak_memory(s.device)
     s.log.event("train", step=step, loss=r["loss"], allloss=r["allloss"], confloss=r["confloss"],
@@ -861,7 +864,8 @@ def train(s, ck, stop):
         s.raw.set_progress(step / steps, step)
         log_now = step % max(1, cfg["log_interval"]) == 0 or last
         size_now = bool(cfg["size_interval"]) and step % cfg["size_interval"] == 0
-        r = train_step(s, batches, get_lr(step, cfg), step, want_stats=log_now or size_now)
+        stats_now = log_now and bool(cfg["stats_interval"]) and step % cfg["stats_interval"] == 0
+        r = train_step(s, batches, get_lr(step, cfg), step, want_stats=stats_now or size_now)
         if s.device_type == "cuda":
             torch.cuda.synchronize()
         r["dt"] = time.time() - t0
