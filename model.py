@@ -9,11 +9,11 @@ in the config, validated in `GPTConfig.__post_init__` and resolved once in `GPT.
   `exits.EXIT_LOSSES`;  `head_impl` -> `heads.HEAD_IMPLS`
 
 Every block maps one residual-stream tensor (B, T, C) to the next, so all wirings share one
-layer loop (`GPT._trunk`), used by training forward, prefill and KV-cached decoding alike.
+layer loop (`GPT._trunk`, training forward and evaluation); KV-cached generation runs the same
+blocks through its own loops in decode.py (`GPT.generate`).
 """
 import inspect
 import math
-import time
 import dataclasses
 from dataclasses import dataclass
 
@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import decode
 import exits
 import heads
 
@@ -173,28 +174,6 @@ def rope_rotate(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
-class KVCache:
-    """Keys/values of one attention module at one depth, for incremental decoding.
-    Preallocated (B, nh, capacity, hd); `append` returns views of everything cached so far."""
-
-    def __init__(self, capacity):
-        self.capacity = capacity
-        self.k = self.v = None
-        self.len = 0
-
-    def append(self, k, v):
-        B, nh, T, hd = k.shape
-        if self.k is None:
-            self.k = k.new_empty(B, nh, self.capacity, hd)
-            self.v = v.new_empty(B, nh, self.capacity, hd)
-        if self.len + T > self.capacity:
-            raise RuntimeError(f"KV cache full ({self.len} + {T} > {self.capacity})")
-        self.k[:, :, self.len:self.len + T] = k
-        self.v[:, :, self.len:self.len + T] = v
-        self.len += T
-        return self.k[:, :, :self.len], self.v[:, :, :self.len]
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (SDPA). x (B, T, C) -> (B, T, C)."""
 
@@ -222,20 +201,18 @@ class CausalSelfAttention(nn.Module):
         return k, v
 
     def forward(self, x, rope=None, cache=None):
-        """x (B, T, C); rope (cos, sin) (T, hd/2) for these positions or None; cache KVCache or None."""
+        """x (B, T, C); rope (cos, sin) (T, hd/2) for these positions (or broadcastable to
+        (B, nh, T, hd/2)) or None; cache None (causal over these T tokens) or a decode.KVSlot:
+        `cache.attend(q, k, v)` stores the new keys/values and attends over all cached ones."""
         B, T, C = x.shape
         q, k, v = (self._heads(t) for t in self.c_attn(x).split(C, dim=2))
         if rope is not None:
             q, k = rope_rotate(q, *rope), rope_rotate(k, *rope)
-        if cache is not None:
-            k, v = cache.append(k, v)
-        Tk = k.size(2)
-        drop = self.dropout if self.training else 0.0
-        if Tk == T:
+        if cache is None:
+            drop = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
-        else:   # T new queries after Tk - T cached positions
-            mask = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        else:
+            y = cache.attend(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -277,7 +254,7 @@ def register_block(name):
 
 class Block(nn.Module):
     """Base: ln_1, attn, ln_2, mlp with GPT-2 names. forward(res (B,T,C), rope, caches) ->
-    (out (B,T,C), mid (B,T,C)); `caches` is a list with one KVCache per attention module
+    (out (B,T,C), mid (B,T,C)); `caches` is a list with one decode.KVSlot per attention module
     (order of `attentions()`) or None."""
     has_ln_1 = True
 
@@ -625,15 +602,13 @@ class GPT(nn.Module):
             return heads.head_outputs(h.reshape(-1, h.size(-1)), self.lm_head.weight,
                                       targets, impl=self.config.head_impl)
 
-    def _trunk(self, idx, targets=None, *, pos0=0, caches=None, early=False, threshold=None,
+    def _trunk(self, idx, targets=None, *, early=False, threshold=None,
                mode=None, heads_on=False, want_stats=False, propagate=None, sample=None):
-        """The layer loop shared by forward, prefill and decoding.
+        """The layer loop of forward (decoding has its own: decode.py).
 
         idx (B, T); targets (B, T) or None. With early exit, mask_BT (B, T) marks tokens still
         running; with exit_propagate a token that exited keeps its state at deeper layers
         (torch.where), so the deeper K/V later tokens attend to come from the frozen state.
-        With caches (decoding) and exit_propagate, once every token has exited the remaining
-        layers only receive the frozen K/V (computed once for a shared block).
         sample (training, see `_draw_exit_sample`): (cols, heads_at) with cols (k,) flat token
         indices or None, heads_at the layers whose heads run or None (all). Then layers 0..L-2
         run their heads on the cols only, the last layer on every token; the LayerOuts hold (k,)
@@ -646,7 +621,7 @@ class GPT(nn.Module):
         cfg = self.config
         L = cfg.n_layer
         B, T = idx.shape
-        x, rope = self._embed(idx, pos0)
+        x, rope = self._embed(idx)
         tflat = None if targets is None else targets.reshape(-1)
         propagate = early and (cfg.exit_propagate if propagate is None else propagate)
         grad = torch.is_grad_enabled()
@@ -658,11 +633,8 @@ class GPT(nn.Module):
         h_exit, layers, stds, final_xe = None, [], [], None
         for l in range(L):
             blk = self.block(l)
-            if caches is not None and propagate and not bool(mask.any()):
-                self._fill_frozen_kv(x, rope, caches, l)
-                break
             x_in = x
-            out, mid = blk(x_in, rope, None if caches is None else caches[l])
+            out, mid = blk(x_in, rope)
             x = torch.where(mask[..., None] > 0, out, x_in) if propagate else out
             if not (heads_on or early) and l < L - 1:
                 continue
@@ -706,20 +678,6 @@ class GPT(nn.Module):
             mask = next_mask
         return {"h": h_exit, "layers": layers, "depth": depth, "final_xe": final_xe,
                 "residual_std": torch.stack(stds) if want_stats else None}
-
-    def _fill_frozen_kv(self, x, rope, caches, l0):
-        """Every token has exited before depth l0: append the K/V of the frozen state x to the
-        caches of depths l0..L-1. A shared block computes them once for all those depths."""
-        L = self.config.n_layer
-        if self.config.share_weights:
-            kvs = self.block(l0).frozen_kv(x, rope)
-            for l in range(l0, L):
-                for cache, (k, v) in zip(caches[l], kvs):
-                    cache.append(k, v)
-        else:
-            for l in range(l0, L):
-                for cache, (k, v) in zip(caches[l], self.block(l).frozen_kv(x, rope)):
-                    cache.append(k, v)
 
     def forward(self, idx, targets=None, return_stats=False, return_logits=True,
                 exit_sample_seed=None):
@@ -803,55 +761,17 @@ class GPT(nn.Module):
 
     # -- generation ----------------------------------------------------------------------------
 
-    def _new_caches(self):
-        n_attn = len(self.block(0).attentions())
-        return [[KVCache(self.config.block_size) for _ in range(n_attn)]
-                for _ in range(self.config.n_layer)]
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, exit_threshold=None):
-        """Sample max_new_tokens after idx (B, T) with a KV cache; returns (B, T + n).
-        temperature 0: greedy. exit_threshold (or config.early_exit): decode with early exit
-        (threshold rule at exit_threshold when given, else config.exit_mode/exit_threshold);
-        prompt and new tokens follow forward's exit rule with exit_propagate=True (an exited
-        token's state is carried to deeper layers, whose K/V it feeds; config.exit_propagate, a
-        training choice, does not apply). A context longer than
-        block_size is cropped to the last block_size tokens (cache rebuilt, as nanoGPT).
-        Sets self.last_generate_stats = {"avg_exit_depth", "tokens_per_s", "new_tokens"}."""
-        cfg = self.config
-        early = exit_threshold is not None or cfg.early_exit
-        mode = "threshold" if exit_threshold is not None else cfg.exit_mode
-        thr = exit_threshold if exit_threshold is not None else cfg.exit_threshold
-        kw = dict(early=early, threshold=thr, mode=mode, heads_on=early, propagate=True)
-        caches, depths = None, []
-        t0 = time.perf_counter()
-        for _ in range(max_new_tokens):
-            if caches is None or idx.size(1) > cfg.block_size:
-                caches = self._new_caches()
-                r = self._trunk(idx[:, -cfg.block_size:], caches=caches, pos0=0, **kw)
-            else:
-                r = self._trunk(idx[:, -1:], caches=caches, pos0=caches[0][0].len, **kw)
-            logits = self.lm_head(r["h"][:, -1, :]).float()              # (B, V)
-            depths.append(r["depth"][:, -1])
-            if temperature == 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                    logits[logits < v[:, [-1]]] = -float("inf")
-                nxt = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-            idx = torch.cat((idx, nxt), dim=1)
-        if idx.is_cuda:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        n = max_new_tokens * idx.size(0)
-        self.last_generate_stats = {
-            "avg_exit_depth": float(torch.stack(depths).mean()) if depths else float("nan"),
-            "tokens_per_s": n / dt if dt > 0 else float("nan"),
-            "new_tokens": n,
-        }
-        return idx
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, exit_threshold=None,
+                 draft_layers=None, draft_tokens=4, generator=None, step_logits=None):
+        """Sample max_new_tokens after idx (B, T) with a KV cache -> (B, T + max_new_tokens).
+        temperature 0: greedy. exit_threshold (or config.early_exit): per-token early exit;
+        draft_layers=d, draft_tokens=k: self-speculative decoding (first d layers draft k
+        tokens, the full model verifies; same output distribution as full depth). See decode.py
+        (decode.generate) for the details and model.last_generate_stats."""
+        return decode.generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                               exit_threshold=exit_threshold, draft_layers=draft_layers,
+                               draft_tokens=draft_tokens, generator=generator,
+                               step_logits=step_logits)
 
     # -- torch.compile -------------------------------------------------------------------------
 

@@ -30,6 +30,14 @@ def peak_bf16_flops(device_name):
     return next(((k, v) for k, v in PEAK_BF16_FLOPS if k in device_name), None)
 
 
+def throughput(flops_per_token, tokens, world, dt, peak_flops=None):
+    """One optimizer step of `tokens` tokens over `world` ranks in dt seconds -> {tok_sec (all
+    ranks), tflops (model TFLOP/s per rank), mfu (tflops / the GPU's peak; None without one)}."""
+    tflops = flops_per_token * tokens / world / dt / 1e12
+    return {"tok_sec": tokens / dt, "tflops": tflops,
+            "mfu": tflops * 1e12 / peak_flops if peak_flops else None}
+
+
 class RunLog:
     """Text log (stdout + txt_path) and the jsonl twin; rank 0 only, flushed every line."""
 

@@ -14,7 +14,7 @@ Items (each PASS/FAIL with its numbers; a failing item does not stop the others)
                (compiled, bf16; against the GPU's dense bf16 peak)
   torchrun     `torchrun --nproc_per_node=<all GPUs> train_gpt2.py config/4-test.py` for 100
                steps on the builtin corpus: the loss falls, every train line has the journal's
-               format, the final checkpoint loads (GPT.from_checkpoint) and a resumed run
+               format, the final checkpoint loads (checkpoint.load_model) and a resumed run
                continues from it
 Each model case runs in a fresh process (bench.py's worker). Writes <out>/<gpu>-<date>.md.
 Exit status: 0 all PASS, 1 some FAIL, 2 bad input / no CUDA without --dry-run.
@@ -192,8 +192,8 @@ class Check:
         k = max(1, len(losses) // 10)
         first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
         ckpts = sorted(glob.glob(os.path.join(work, "log", "gpu-check", "ckpt_*.pt")))
-        from model import GPT
-        m = GPT.from_checkpoint(ckpts[-1]) if ckpts else None
+        import checkpoint
+        m = checkpoint.load_model(ckpts[-1])[0] if ckpts else None
         run(steps + cfg["resume_steps"], ["--resume=auto"])
         resumed = [int(m_.group(1)) for m_ in map(TRAIN_LINE.match, open(log).read().splitlines())
                    if m_ and int(m_.group(1)) >= steps]
