@@ -62,7 +62,7 @@ def test_max_rel_and_render():
 
 @pytest.mark.slow
 def test_dry_run_passes_every_item_and_writes_the_report(tmp_path):
-    p = _run("--gpu-check", "--dry-run", "--out", str(tmp_path), timeout=900)
+    p = _run("--gpu-check", "--dry-run", "--out", str(tmp_path), timeout=1800)   # ~3 min idle
     lines = [ln for ln in p.stdout.splitlines() if re.match(r"^(PASS|FAIL) ", ln)]
     assert [ln.split(":")[0] for ln in lines] == [f"PASS {i}" for i in gpu_check.ITEMS], p.stdout + p.stderr
     assert p.returncode == 0
