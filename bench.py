@@ -2,6 +2,7 @@
 
     python bench.py --quick                      # CPU proxy shape, < 3 min on 2 cores
     python bench.py                              # GPT-2 124M shape (B=16, T=1024), bf16 on CUDA
+    python bench.py --trainer-overhead [...]     # train_gpt2.py step vs a minimal loop (bench/trainer_overhead.py)
     python bench.py --device cuda --B 32 --compile --cases plain,plain-fused,shared-fused
 
 Every case runs in a fresh subprocess on the same shape and the same random tokens: build the
@@ -27,6 +28,8 @@ Writes <out>/<device-slug>-<date>[-quick].md and .json and copies the table to <
 
     python bench.py --memory [--validate]        # predicted CUDA peak memory (bench/memory_model.py)
     python bench.py --gpu-check [--dry-run]      # the one-command GPU check (bench/gpu_check.py)
+    python bench.py --cheap-exits                # sampled exit heads vs all heads vs plain (bench/cheap_exits.py)
+    python bench.py --decode                     # decode speed: early exit, self-speculative (bench/decode_bench.py)
 """
 import argparse
 import datetime
@@ -41,10 +44,13 @@ import subprocess
 import sys
 import time
 
+import cli
 import fineweb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SUBCOMMANDS = {"--memory": "memory_model", "--gpu-check": "gpu_check"}   # flag -> bench/ module
+SUBCOMMANDS = {"--memory": "memory_model", "--gpu-check": "gpu_check",     # flag -> bench/ module
+               "--cheap-exits": "cheap_exits", "--decode": "decode_bench",
+               "--trainer-overhead": "trainer_overhead"}
 
 CASES = {   # name -> GPTConfig overrides on top of the shape
     "plain": dict(share_weights=False, layer_heads=False, head_impl="naive"),
@@ -65,11 +71,6 @@ RESULT_TAG = "BENCH_RESULT "
 # every allocation >= 1 MiB its own mapping that is unmapped on free, so a case's peak RSS is its
 # peak live memory rather than heap fragmentation that grows with the number of steps
 WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 20)}
-
-
-def fail(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def flops_per_token(model, T):
@@ -354,35 +355,48 @@ def slug(text):
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.Parser(prog="bench.py", description=cli.doc_head(__doc__))
     ap.add_argument("--quick", action="store_true", help="CPU proxy shape, < 3 min on 2 cores")
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                    help="default: cuda if available else cpu")
-    ap.add_argument("--out", default=os.path.join(HERE, "bench", "results"))
+                    help="None: cuda if available else cpu")
+    ap.add_argument("--out", default=os.path.join(HERE, "bench", "results"), help="results directory")
     ap.add_argument("--cases", default=",".join(CASES),
                     help=f"comma-separated subset of {','.join(CASES)}")
     ap.add_argument("--exit-loss", default="4-test", help="exits.EXIT_LOSSES name for the "
                     "early-exit case")
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
-                    help="autocast dtype (default bf16 on CUDA, fp32 on CPU)")
+                    help="autocast dtype (None: bf16 on CUDA, fp32 on CPU)")
     ap.add_argument("--compile", action="store_true", help="regional torch.compile of blocks")
-    ap.add_argument("--warmup", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads per case (0: default)")
+    ap.add_argument("--warmup", type=cli.int_arg(0), default=None,
+                    help="untimed steps (None: 1 with --quick, else 3)")
+    ap.add_argument("--steps", type=cli.int_arg(1), default=None,
+                    help="timed steps (None: 3 with --quick, else 10)")
+    ap.add_argument("--threads", type=cli.int_arg(0, 4096), default=0, help="torch threads per case (0: default)")
     ap.add_argument("--stat", choices=["best", "median"], default=None,
-                    help="step time reported: fastest timed step (default on CPU, which may be "
-                    "shared) or median (default on CUDA)")
-    ap.add_argument("--repeat", type=int, default=1,
+                    help="step time reported: fastest timed step (None: best on CPU, which may be "
+                    "shared; median on CUDA)")
+    ap.add_argument("--repeat", type=cli.int_arg(1), default=1,
                     help="rounds over all cases (fresh processes), keeping each case's fastest")
-    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
+    ap.add_argument("--timeout", type=cli.float_arg(1), default=600.0, help="seconds per case")
     for k in FULL_SHAPE:
-        ap.add_argument(f"--{k}", type=int, default=None, help="override the shape")
+        ap.add_argument(f"--{k}", type=cli.int_arg(1, 1 << 20), default=None,
+                        help="override the shape (None: the --quick or full shape)")
     ap.add_argument("--memory", action="store_true", help="predicted peak memory of one training "
                     "step instead (bench/memory_model.py; its options: bench.py --memory --help)")
     ap.add_argument("--gpu-check", action="store_true", help="the GPU check instead "
                     "(bench/gpu_check.py; its options: bench.py --gpu-check --help)")
+    ap.add_argument("--cheap-exits", action="store_true", help="the cheap-exit suite instead "
+                    "(bench/cheap_exits.py; its options: bench.py --cheap-exits --help)")
+    ap.add_argument("--decode", action="store_true", help="the decode-speed benchmark instead "
+                    "(bench/decode_bench.py; its options: bench.py --decode --help)")
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args._worker is None:
+        try:
+            cli.check_output(args.out, "--out", is_dir=True)
+        except cli.UsageError as e:
+            cli.fail(e)
+    return args
 
 
 def main(argv=None):
@@ -400,26 +414,22 @@ def main(argv=None):
 
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda but torch.cuda.is_available() is False")
+        cli.fail("--device cuda but torch.cuda.is_available() is False")
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown or not cases:
-        fail(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+        cli.fail(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
     if args.exit_loss not in exits.EXIT_LOSSES:
-        fail(f"unknown --exit-loss {args.exit_loss!r}; known: {', '.join(exits.EXIT_LOSSES)}")
+        cli.fail(f"unknown --exit-loss {args.exit_loss!r}; known: {', '.join(exits.EXIT_LOSSES)}")
     shape = dict(QUICK_SHAPE if args.quick else FULL_SHAPE)
     for k in shape:
         if getattr(args, k) is not None:
-            if getattr(args, k) < 1:
-                fail(f"--{k} must be >= 1")
             shape[k] = getattr(args, k)
     if shape["n_embd"] % shape["n_head"]:
-        fail(f"n_embd {shape['n_embd']} not divisible by n_head {shape['n_head']}")
+        cli.fail(f"n_embd {shape['n_embd']} not divisible by n_head {shape['n_head']}")
     dtype = args.dtype or ("bf16" if dev == "cuda" else "fp32")
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     steps = args.steps if args.steps is not None else (3 if args.quick else 10)
-    if warmup < 0 or steps < 1 or args.repeat < 1:
-        fail("--warmup must be >= 0, --steps and --repeat >= 1")
     stat = args.stat or ("median" if dev == "cuda" else "best")
     os.makedirs(args.out, exist_ok=True)
 

@@ -43,6 +43,7 @@ class RunLog:
 
     def __init__(self, txt_path, jsonl_path, master, append):
         self.master = master
+        self.tracker = None      # tracking.WandbTracker or None: receives every event
         self.txt = self.jsonl = None
         self.txt_path, self.jsonl_path = txt_path, jsonl_path
         if master:
@@ -65,10 +66,16 @@ class RunLog:
         if not self.master:
             return
         data = {"event": kind, "time": round(time.time(), 3), **data}
-        self.jsonl.write(json.dumps(data, default=_json_default, allow_nan=True) + "\n")
+        line = json.dumps(data, default=_json_default, allow_nan=True)
+        self.jsonl.write(line + "\n")
         self.jsonl.flush()
+        if self.tracker is not None:
+            self.tracker.log(json.loads(line))
 
     def close(self):
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
         for f in (self.txt, self.jsonl):
             if f is not None:
                 try:
@@ -170,6 +177,7 @@ def write_header(log, *, cfg, resolved, argv, resumed_from, device, device_type,
              f"{meta['vocab_size']}; train {tr} tokens, val {va} tokens)")
     log.note(f"model: {model.get_num_params():,} params ({model.num_unique_block_params():,} in "
              f"stored blocks), {model.flops_per_token(cfg['T']):.4g} training FLOPs/token")
+    log.note(model.config.exit_heads_mode())
     log.note(f"batch: total_batch_size {cfg['total_batch_size']} = B {cfg['B']} x T {cfg['T']} "
              f"x grad_accum {grad_accum} x world_size {world}")
     log.note("config: " + json.dumps(resolved, sort_keys=True))

@@ -25,7 +25,6 @@ the last `--train-window` logged train losses (seed 002 estimated it on train ba
 `--preset_scale` is forwarded to the trainer, which shrinks each run with
 configurator.scale_preset.
 """
-import argparse
 import itertools
 import json
 import os
@@ -34,6 +33,7 @@ import subprocess
 import sys
 import time
 
+import cli
 import fineweb
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -49,8 +49,13 @@ def load_sweep(path):
     if not os.path.isfile(path):
         raise ValueError(f"no such sweep file: {path}")
     ns = {}
-    with open(path) as f:
-        exec(compile(f.read(), path, "exec"), ns)
+    try:
+        with open(path) as f:
+            exec(compile(f.read(), path, "exec"), ns)
+    except SyntaxError as e:
+        raise ValueError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:
+        raise ValueError(f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     grid = ns.get("GRID")
     if not isinstance(grid, dict) or not grid or not all(isinstance(v, (list, tuple)) and v for v in grid.values()):
         raise ValueError(f"{path}: GRID must be a non-empty dict of non-empty lists")
@@ -61,6 +66,11 @@ def load_sweep(path):
     if both:
         raise ValueError(f"{path}: keys both in BASE and GRID: {', '.join(both)}")
     name = ns.get("NAME") or os.path.splitext(os.path.basename(path))[0]
+    if not isinstance(name, str) or "/" in name or name in (".", ".."):
+        raise ValueError(f"{path}: NAME must be a plain file name, got {name!r}")
+    keys = [k for k in list(grid) + list(base) if not isinstance(k, str) or not k.isidentifier()]
+    if keys:
+        raise ValueError(f"{path}: GRID/BASE keys must be trainer constant names, got {keys[0]!r}")
     preset = ns.get("PRESET")
     if preset and not os.path.isabs(preset) and not os.path.isfile(preset):
         preset = os.path.join(ROOT, preset)  # config/... relative to the repository
@@ -347,31 +357,43 @@ def run_sweep(sweep, log_dir="log", trainer=None, python=None, gpus=None, extra=
     return status
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Run a grid of train_gpt2.py runs and tabulate final losses.")
+def parse_args(argv=None):
+    """Parsed arguments (+ the loaded sweep); bad values and paths exit 2 with one error line."""
+    p = cli.Parser(prog="sweep.py", description="Run a grid of train_gpt2.py runs and tabulate final losses.")
     p.add_argument("sweep", help="sweep file (GRID, BASE, PRESET, NAME), e.g. config/sweeps/pe_size_cpu.py")
-    p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one run per GPU in parallel")
-    p.add_argument("--log-dir", default="log")
-    p.add_argument("--trainer", default=os.path.join(ROOT, "train_gpt2.py"))
-    p.add_argument("--preset_scale", default=None, help="forwarded to the trainer (cpu | tiny)")
-    p.add_argument("--train-window", type=int, default=10, help="train lines averaged for Final/train_loss")
+    p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one run per GPU in parallel "
+                                                "(None: runs one after another)")
+    p.add_argument("--log-dir", default="log", help="where the trainer logs and the table go")
+    p.add_argument("--trainer", default=os.path.join(ROOT, "train_gpt2.py"), help="trainer script")
+    p.add_argument("--preset_scale", default=None, choices=["none", "cpu", "tiny"],
+                   help="forwarded to the trainer")
+    p.add_argument("--train-window", type=cli.int_arg(1), default=10,
+                   help="train lines averaged for Final/train_loss")
     p.add_argument("--table-only", action="store_true", help="only (re)write the table")
     p.add_argument("--dry-run", action="store_true", help="print the commands of unfinished runs")
     args = p.parse_args(argv)
     try:
-        sweep = load_sweep(args.sweep)
-        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
-        if args.gpus is not None and not gpus:
+        cli.check_input_file(args.sweep, "sweep file")
+        args.sweep_def = load_sweep(args.sweep)
+        args.gpu_list = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+        if args.gpus is not None and not args.gpu_list:
             raise ValueError("--gpus needs at least one id")
-        if args.train_window <= 0:
-            raise ValueError("--train-window must be positive")
-        if not args.table_only and not os.path.isfile(args.trainer):
-            raise ValueError(f"no such trainer: {args.trainer}")
-        if sweep["preset"] and not os.path.isfile(sweep["preset"]):
-            raise ValueError(f"PRESET {sweep['preset']} does not exist")
-    except (ValueError, SyntaxError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        if args.gpu_list and len(set(args.gpu_list)) != len(args.gpu_list):
+            raise ValueError(f"--gpus lists an id twice: {args.gpus}")
+        if not args.table_only:
+            cli.check_input_file(args.trainer, "--trainer")
+        if args.sweep_def["preset"] and not os.path.isfile(args.sweep_def["preset"]):
+            raise ValueError(f"PRESET {args.sweep_def['preset']} does not exist")
+        if not args.dry_run:
+            cli.check_output(args.log_dir, "--log-dir", is_dir=True)
+    except ValueError as e:
+        cli.fail(e)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    sweep, gpus = args.sweep_def, args.gpu_list
     extra = [f"--preset_scale={args.preset_scale}"] if args.preset_scale else []
     if os.path.normpath(args.log_dir) != "log":      # the trainer logs where the table looks
         extra += [f"--log_dir={args.log_dir}", f"--img_dir={os.path.join(args.log_dir, 'img')}"]

@@ -18,6 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train_gpt2.py")
 sys.path.insert(0, ROOT)
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes > ~5 s; `pytest -m 'not slow'` skips it")
+
+
 # tiny model + data; every test run adds its own --key=value overrides
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--vocab_size=64",
         "--T=16", "--B=2", "--total_batch_size=64", "--max_steps=6", "--warmup_steps=2",
@@ -36,6 +40,10 @@ VAL_LAYERS_RE = re.compile(r"^@ (\d+) val-layers \[([^\]]*)\], exit-depth: (\d+\
 SAMPLE_RE = re.compile(r"^@ (\d+) sample (\d+): .*$")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~5 s (deselect with -m 'not slow')")
+
+
 def _write_shard(d, name, arr):
     path = os.path.join(d, name)
     np.save(path, arr.astype(np.uint16))
@@ -44,11 +52,14 @@ def _write_shard(d, name, arr):
     return {"file": name, "split": name.split("_")[1], "tokens": int(arr.size), "sha256": sha}
 
 
+# the char vocabulary of make_char_dataset (its first `vocab` symbols)
+CHARS = "abcdefghijklmnopqrstuvwxyz .,!?;:'-()0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ\"#$%&*+/<=>@"
+
+
 def make_char_dataset(d, n_train=6000, n_val=1500, vocab=40, seed=0, tokenizer="char"):
     """A learnable char corpus: a repeated pangram-like text plus noise; 1 val + 2 train shards."""
     os.makedirs(d, exist_ok=True)
-    chars = "".join(chr(ord("a") + i) if i < 26 else " .,!?;:'-()0123456789"[i - 26]
-                    for i in range(vocab))
+    chars = CHARS[:vocab]
     rng = np.random.default_rng(seed)
     base = np.array([i % 13 + (i // 13) % 3 for i in range(97)])   # periodic pattern
     def stream(n):

@@ -47,6 +47,7 @@ def test_flops_per_token_counts_every_head():
     assert bench.flops_per_token(heads, 16) - bench.flops_per_token(plain, 16) == 6 * 32 * 96 * 2
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_results(tmp_path):
     """Two cases at a tiny shape: both run, the report names the CPU, ratios are present and
     consistent with the per-case numbers, and LATEST.md is the same table."""
@@ -74,11 +75,12 @@ def test_tiny_run_writes_results(tmp_path):
     assert (out / "LATEST.md").read_text().startswith(md)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,msg", [
     (["--cases", "plain,nope"], "unknown case(s) ['nope']"),
     (["--exit-loss", "bogus"], "unknown --exit-loss 'bogus'"),
     (["--n_embd", "30", "--n_head", "4"], "n_embd 30 not divisible by n_head 4"),
-    (["--steps", "0"], "--steps and --repeat >= 1"),
+    (["--steps", "0"], "argument --steps: must be >= 1, got 0"),
 ])
 def test_bad_arguments_one_error_line(tmp_path, args, msg):
     out = tmp_path / "res"

@@ -113,7 +113,8 @@ def test_no_recompile_over_early_exit_steps_nor_between_train_eval_sample(monkey
     for step in range(20):
         x, y = _batch(cfg, B=8, seed=step)
         m.set_progress(step / 20, step)
-        _, loss, st = m(x, y, return_stats=True, return_logits=False)
+        out = m(x, y, return_stats=True, return_logits=False)
+        loss, st = out.loss, out.stats
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -67,6 +67,7 @@ def write_jsonl(path, docs, key="text"):
             f.write(json.dumps({key: d, "id": len(d)}) + "\n")
 
 
+@pytest.mark.slow
 def test_jsonl_gpt2_first_shard_val(tmp_path, capsys, enc):
     src, out = tmp_path / "docs.jsonl", tmp_path / "out"
     write_jsonl(src, DOCS)
@@ -158,6 +159,7 @@ def test_default_source_is_fineweb_edu(tmp_path, capsys, monkeypatch, enc, strea
     np.testing.assert_array_equal(np.concatenate([val, train]), expected_gpt2(enc, DOCS))
 
 
+@pytest.mark.slow
 def test_default_source_offline_error_subprocess(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     p = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--out", str(tmp_path / "o")],
@@ -210,6 +212,7 @@ def files_bytes(out):
     return {n: open(os.path.join(out, n), "rb").read() for n in sorted(os.listdir(out))}
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt(tmp_path, capsys, monkeypatch):
     src = tmp_path / "docs.jsonl"
     write_jsonl(src, DOCS)
@@ -241,6 +244,7 @@ def test_resume_after_interrupt(tmp_path, capsys, monkeypatch):
     assert rc == 0 and "nothing to do" in stdout and stat_of(out) == after
 
 
+@pytest.mark.slow
 def test_resume_after_kill_subprocess(tmp_path, capsys):
     """End to end: the real script, SIGKILLed after its first shard, resumes to the same bytes."""
     args = [sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", "builtin", "--max-chars", "300000",
@@ -294,7 +298,7 @@ def _bad_inputs(tmp_path):
         "not utf-8": (["--source", tmp_path / "latin1.txt"], "not valid UTF-8"),
         "no train shard": (["--source", tmp_path / "small.txt", "--val-fraction", "0"], "no train shard"),
         "val fraction range": (["--source", tmp_path / "small.txt", "--val-fraction", "1.5"],
-                               "--val-fraction must be in [0, 1)"),
+                               "argument --val-fraction: must be a finite number in [0, 1), got 1.5"),
     }
 
 
@@ -397,6 +401,7 @@ def test_read_manifest_errors(built, tmp_path):
     expect("shard file missing")
 
 
+@pytest.mark.slow
 def test_shard_write_keeps_the_errno_of_a_partial_write(tmp_path):
     """A shard write that the OS cuts short (here a file-size limit, like a disk filling up
     mid-shard) surfaces as an OSError with its errno, so fineweb.main can say "disk full". numpy's
@@ -422,3 +427,66 @@ def test_shard_write_keeps_the_errno_of_a_partial_write(tmp_path):
     assert r.returncode == 0, r.stderr
     import errno
     assert r.stdout.split() == ["ours", str(errno.EFBIG), "numpy", "None"], r.stdout
+
+
+# ----------------------------------------------------------------------------- issue 14: 7, 10
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+@pytest.mark.parametrize("value", [5, ["a", "list"], {"a": "dict"}])
+def test_non_string_text_value_names_the_record(tmp_path, capsys, fmt, value):
+    """A text value that is an int, a list or an object: one error line naming the file and the
+    record (1-based), exit 2, nothing written (was a TypeError traceback)."""
+    rows = [{"text": "fine"}, {"text": "also fine"}, {"text": value}, {"text": "late"}]
+    src = tmp_path / f"docs.{fmt}"
+    if fmt == "jsonl":
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        rows = [{"text": value}] * 3     # a parquet column has one type
+        pq.write_table(pa.Table.from_pylist(rows), src)
+    for tok in ("gpt2", "char"):
+        out = tmp_path / f"out_{tok}"
+        rc, stdout, err = run(capsys, "--source", src, "--out", out, "--tokenizer", tok, "--procs", 1)
+        n = 3 if fmt == "jsonl" else 1
+        assert rc == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"error: {src}: record {n}: "), err
+        assert "not a string" in err or "cannot read column 'text' as text" in err, err
+        assert not out.exists()
+
+
+def test_edited_source_rebuilds(tmp_path, capsys):
+    """The build is keyed on the source's content: editing the file (same path, same size, even
+    the same mtime) rebuilds; the result equals a fresh build of the edited file. An unchanged
+    source stays a no-op."""
+    src = tmp_path / "a.txt"
+    src.write_text("hello world " * 400)
+    args = ["--source", src, "--procs", 1, "--shard-size", 1000]
+    assert run(capsys, *args, "--out", tmp_path / "o")[0] == 0
+    st = os.stat(src)
+    src.write_text("hello there " * 400)                       # same length
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rc, stdout, err = run(capsys, *args, "--out", tmp_path / "o")
+    assert rc == 0 and f"{src} changed since {tmp_path / 'o'} was built from it: rebuilding" in err
+    assert "nothing to do" not in stdout
+    assert run(capsys, *args, "--out", tmp_path / "ref")[0] == 0
+    assert files_bytes(tmp_path / "o") == files_bytes(tmp_path / "ref")
+    rc, stdout, _ = run(capsys, *args, "--out", tmp_path / "o")
+    assert rc == 0 and "nothing to do" in stdout
+
+
+def test_source_edited_while_interrupted_rebuilds(tmp_path, capsys, monkeypatch):
+    """A build killed part-way whose source is then edited starts over (it used to resume and
+    mix shards of the old text with the new)."""
+    src = tmp_path / "docs.txt"
+    src.write_text("".join(f"line {i} " * 20 + "\n" for i in range(200)))
+    args = ["--source", src, "--txt-split-lines", "--procs", 1, "--shard-size", 2000,
+            "--val-fraction", 0, "--tokenizer", "char"]
+    monkeypatch.setattr(fineweb, "_after_shard_commit", lambda n: (_ for _ in ()).throw(
+        KeyboardInterrupt()) if n == 2 else None)
+    assert run(capsys, *args, "--out", tmp_path / "o")[0] == 130
+    monkeypatch.undo()
+    src.write_text("".join(f"LINE {i} " * 20 + "\n" for i in range(200)))
+    assert run(capsys, *args, "--out", tmp_path / "o")[0] == 0
+    assert run(capsys, *args, "--out", tmp_path / "ref")[0] == 0
+    assert files_bytes(tmp_path / "o") == files_bytes(tmp_path / "ref")

@@ -96,8 +96,7 @@ def test_preset_tiny_one_step(path):
     torch.manual_seed(0)
     m = model.GPT(gcfg)
     m.train()
-    if hasattr(m, "set_progress"):
-        m.set_progress(0.5)
+    m.set_progress(0.5)
     T = min(16, gcfg.block_size)
     idx = torch.randint(0, gcfg.vocab_size, (2, T))
     targets = torch.randint(0, gcfg.vocab_size, (2, T))
@@ -159,5 +158,5 @@ def test_preset_cpu_scale_is_valid(path):
     fields = {f.name for f in dataclasses.fields(model.GPTConfig)}
     defaults = {**{f.name: f.default for f in dataclasses.fields(model.GPTConfig)}, **(trainer_defaults() or {})}
     s = configurator.scale_preset(load_preset(path, defaults), "cpu")
-    g = model.GPTConfig(**{k: s[k] for k in fields if k in s})
+    g = model.GPTConfig(**{k: s[k] for k in fields if k in s and s[k] is not None})  # None: the data's
     assert g.n_embd <= 64 and g.n_layer <= 12 and g.block_size <= 128
