@@ -173,6 +173,10 @@ layerskip_scale = 1.0            # exit_loss="layerskip": e_scale of the per-lay
 layerskip_curriculum = "gradual" # layerskip: gradual | rotational | none
 layerskip_rotation = 2           # layerskip rotational curriculum: period R (in steps)
 prev_token_shift = 1             # reward-prev-token: 1 = the journal's diagram, 0 = same position
+exit_token_frac = 1.0            # cheap exits: heads of layers 1..L-1 (and the exit loss) on this
+                                 #   random fraction of token positions; last head on every token
+exit_layer_frac = 1.0            # cheap exits: heads on a random max(1, round(frac*(L-1))) of
+                                 #   layers 1..L-1 per micro step (+ the last), terms rescaled
 
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}

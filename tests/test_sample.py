@@ -31,7 +31,10 @@ def ckpt(char_data, tmp_path_factory):
 
 
 def run_main(capsys, *argv):
-    rc = sample.main(list(argv))
+    try:
+        rc = sample.main(list(argv))
+    except SystemExit as e:            # argument errors: cli.fail's one line, exit 2
+        rc = e.code
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -166,8 +169,8 @@ def test_prompt_file_read(ckpt, capsys, tmp_path):
 
 
 def test_bad_numbers(ckpt, capsys):
-    assert "--max_new_tokens must be >= 1" in one_error(capsys, "--ckpt", ckpt, "--max_new_tokens", "0")
-    assert "--exit_threshold must be >= 0" in one_error(capsys, "--ckpt", ckpt, "--exit_threshold", "-1")
+    assert "argument --max_new_tokens: must be >= 1, got 0" in one_error(capsys, "--ckpt", ckpt, "--max_new_tokens", "0")
+    assert "argument --exit_threshold: must be a finite number >= 0" in one_error(capsys, "--ckpt", ckpt, "--exit_threshold", "-1")
     assert one_error(capsys, "--ckpt", ckpt, "--draft_layers", "3") == \
         "error: --draft_layers must be in 1..2 (n_layer 3), got 3"
     assert "goes with neither --exit_threshold nor --show_depth" in one_error(
