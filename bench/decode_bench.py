@@ -65,22 +65,38 @@ def parse_spec(text):
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ckpt", default=None, help=f"checkpoint (default: newest {DEFAULT_CKPT_GLOB})")
+    import cli
+    ap = cli.Parser(prog="bench.py --decode", description=cli.doc_head(__doc__))
+    ap.add_argument("--ckpt", default=None, help=f"checkpoint (None: the newest {DEFAULT_CKPT_GLOB})")
     ap.add_argument("--data", default=os.path.join("data", "shakespeare_char"),
                     help="data directory (fineweb.py) for prompts and val loss")
     ap.add_argument("--thresholds", default="1.01,0.6,0.4,0.3,0.25,0.2",
                     help="early-exit thresholds (1.01 never fires)")
     ap.add_argument("--spec", default="1x4,1x8,2x6", help="self-speculative DxK cases")
     ap.add_argument("--batch-sizes", default="1,8")
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--prompt-len", type=int, default=32)
-    ap.add_argument("--val-batches", type=int, default=8, help="val batches (8 x 128) for the loss")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--rounds", type=cli.int_arg(1, 1000), default=9)
+    ap.add_argument("--new-tokens", type=cli.int_arg(1), default=64)
+    ap.add_argument("--prompt-len", type=cli.int_arg(1), default=32)
+    ap.add_argument("--val-batches", type=cli.int_arg(1), default=8,
+                    help="val batches (8 x 128) for the loss")
+    ap.add_argument("--threads", type=cli.int_arg(0, 4096), default=1,
+                    help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    try:
+        args.threshold_list = parse_list(args.thresholds, float, "--thresholds")
+        args.spec_list = parse_spec(args.spec)
+        args.batch_list = parse_list(args.batch_sizes, int, "--batch-sizes")
+        if any(t != t or t < 0 for t in args.threshold_list):
+            raise BenchError(f"--thresholds must be numbers >= 0, got {args.thresholds!r}")
+        if any(b < 1 for b in args.batch_list):
+            raise BenchError(f"--batch-sizes must be >= 1, got {args.batch_sizes!r}")
+        args.device = str(cli.check_device(args.device))
+        cli.check_output(args.out, "--out", is_dir=True)
+    except (BenchError, cli.UsageError) as e:
+        cli.fail(e)
+    return args
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,24 +185,25 @@ def newest_ckpt(pattern):
 
 def run(args):
     import torch
+    import checkpoint
     import eval_exit
-    from model import GPT
 
-    if args.rounds < 1 or args.new_tokens < 1 or args.prompt_len < 1 or args.val_batches < 1:
-        raise BenchError("--rounds, --new-tokens, --prompt-len and --val-batches must be >= 1")
-    thresholds = parse_list(args.thresholds, float, "--thresholds")
-    specs = parse_spec(args.spec)
-    batch_sizes = parse_list(args.batch_sizes, int, "--batch-sizes")
-    if any(b < 1 for b in batch_sizes):
-        raise BenchError("--batch-sizes must be >= 1")
+    thresholds, specs, batch_sizes = args.threshold_list, args.spec_list, args.batch_list
     ckpt = args.ckpt or newest_ckpt(os.path.join(ROOT, DEFAULT_CKPT_GLOB))
     if ckpt is None or not os.path.isfile(ckpt):
         raise BenchError(f"checkpoint not found: {ckpt or DEFAULT_CKPT_GLOB}; train it with "
                          f"`{TRAIN_CMD}`")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model = GPT.from_checkpoint(ckpt).to(device).eval()
+    device = args.device
+    T = 128                                         # val batches (8, T) for the loss
+    n_val = max(args.val_batches * 8 * T, max(batch_sizes) * args.prompt_len) + 1
+    tokens, _ = eval_exit.load_val_tokens(args.data, n_val)
+    try:
+        model, _ = checkpoint.load_model(ckpt)
+    except checkpoint.CheckpointError as e:
+        raise BenchError(str(e)) from None
+    model.to(device).eval()
     cfg = model.config
     L = cfg.n_layer
     for d, k in specs:
@@ -195,10 +212,7 @@ def run(args):
     if args.prompt_len + args.new_tokens > cfg.block_size:
         raise BenchError(f"--prompt-len + --new-tokens = {args.prompt_len + args.new_tokens} > "
                          f"block_size {cfg.block_size}")
-    T = min(128, cfg.block_size)
-    n_val = max(args.val_batches * 8 * T, max(batch_sizes) * args.prompt_len) + 1
-    tokens, _ = eval_exit.load_val_tokens(args.data, n_val)
-    batches = eval_exit.val_batches(tokens, 8, T, args.val_batches)
+    batches = eval_exit.val_batches(tokens, 8, min(T, cfg.block_size), args.val_batches)
     if not batches:
         raise BenchError(f"val split of {args.data} is too short ({len(tokens)} tokens)")
 

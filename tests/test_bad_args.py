@@ -185,7 +185,21 @@ BENCH_CASES = [
     (BE, ["--timeout", "0"], "argument --timeout: must be a finite number >= 1, got 0"),
     (BE, ["--timeout", "nan"], "argument --timeout: must be a finite number >= 1, got nan"),
     (BE, ["--n_embd", "30", "--n_head", "4"], "n_embd 30 not divisible by n_head 4"),
-] + [(BE, [f"--{k}", v], f"argument --{k}: " + ("must be in [1, 1048576]" if v != "x" else
+] + [([], ["--decode", *a], m) for a, m in [                  # bench/decode_bench.py
+    (["--rounds", "0"], "argument --rounds: must be in [1, 1000], got 0"),
+    (["--new-tokens", "x"], "argument --new-tokens: expected an integer, got 'x'"),
+    (["--prompt-len", "0"], "argument --prompt-len: must be >= 1, got 0"),
+    (["--val-batches", "0"], "argument --val-batches: must be >= 1, got 0"),
+    (["--threads", "-1"], "argument --threads: must be in [0, 4096], got -1"),
+    (["--thresholds", "0.5,x"], "--thresholds must be a comma-separated list"),
+    (["--thresholds", "-1"], "--thresholds must be numbers >= 0"),
+    (["--spec", "2by4"], "--spec entries are DxK"),
+    (["--batch-sizes", "0"], "--batch-sizes must be >= 1"),
+    (["--device", "tpu"], "--device 'tpu' is not a device"),
+    (["--out", UNDER_FILE], "--out {afile}/sub: {afile} is a file, not a directory"),
+    (["--ckpt", "{afile}x", "--data", "{data}"], "checkpoint not found: {afile}x"),
+    (["--data", "{afile}x", "--ckpt", "{ck.pt}"], "{afile}x"),
+]] + [(BE, [f"--{k}", v], f"argument --{k}: " + ("must be in [1, 1048576]" if v != "x" else
                                                  "expected an integer, got 'x'"))
      for k in bench.FULL_SHAPE for v in ("0", "x", str(1 << 30))]
 

@@ -275,3 +275,39 @@ def test_generate_rejects_bad_arguments(kw, msg):
     m = make()
     with pytest.raises(ValueError, match=msg):
         m.generate(prompts(1, 3), 4, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# the decode benchmark (bench/decode_bench.py)
+
+
+def test_decode_bench_summarize_ratio_of_medians():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "bench"))
+    import decode_bench
+    res = {"full": {"tok_s": [10.0, 20.0, 30.0], "cpu_tok_s": [10.0, 10.0, 10.0], "depth": 4.0},
+           "exit": {"tok_s": [30.0, 20.0, 90.0], "cpu_tok_s": [25.0, 25.0, 25.0], "depth": 2.0}}
+    for r in res.values():
+        r["median"] = sorted(r["tok_s"])[1]
+    out = decode_bench.summarize(res, n_layer=4)
+    assert out["exit"]["speedup"] == 30.0 / 20.0            # ratio of medians, not of means
+    assert (out["exit"]["speedup_min"], out["exit"]["speedup_max"]) == (1.0, 3.0)
+    assert out["exit"]["cpu_speedup"] == 2.5
+    assert out["exit"]["ideal"] == 2.0 and out["exit"]["of_ideal"] == 0.75
+
+
+def test_decode_bench_end_to_end(tmp_path, capsys):
+    import bench
+    from test_eval_exit import write_ckpt, write_data
+    ckpt = write_ckpt(tmp_path / "log" / "r" / "ckpt_000000.pt")
+    data = write_data(tmp_path / "data")
+    bench.main(["--decode", "--ckpt", str(ckpt), "--data", str(data), "--prompt-len", "4",
+                "--new-tokens", "4", "--rounds", "2", "--spec", "1x2", "--thresholds", "1.01",
+                "--val-batches", "1", "--batch-sizes", "1,2", "--out", str(tmp_path / "out")])
+    (md,) = (tmp_path / "out").glob("decode-cpu-*.md")
+    text = md.read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| full") or ln.startswith("| spec")]
+    assert len(rows) == 4                                     # batch 1 and 2
+    assert all(ln.startswith("| full | 3.00 |") and "**1.00x**" in ln for ln in rows[::2])
+    assert all(ln.rstrip().endswith("| yes |") for ln in rows[1::2])   # identical to full depth
+    assert "## batch 2" in text and "wrote" in capsys.readouterr().out
