@@ -2,6 +2,7 @@
 
     python bench.py --quick                      # CPU proxy shape, < 3 min on 2 cores
     python bench.py                              # GPT-2 124M shape (B=16, T=1024), bf16 on CUDA
+    python bench.py --trainer-overhead [...]     # train_gpt2.py step vs a minimal loop (bench/trainer_overhead.py)
     python bench.py --device cuda --B 32 --compile --cases plain,plain-fused,shared-fused
 
 Every case runs in a fresh subprocess on the same shape and the same random tokens: build the
@@ -48,7 +49,8 @@ import fineweb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SUBCOMMANDS = {"--memory": "memory_model", "--gpu-check": "gpu_check",     # flag -> bench/ module
-               "--cheap-exits": "cheap_exits", "--decode": "decode_bench"}
+               "--cheap-exits": "cheap_exits", "--decode": "decode_bench",
+               "--trainer-overhead": "trainer_overhead"}
 
 CASES = {   # name -> GPTConfig overrides on top of the shape
     "plain": dict(share_weights=False, layer_heads=False, head_impl="naive"),

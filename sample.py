@@ -14,12 +14,13 @@ leaves at the first layer whose confidence reaches the threshold (model.generate
 coloured on a terminal, `token[3]` otherwise. Bad input (missing or corrupt checkpoint, unknown
 --init_from name offline, unreadable prompt file): one `error:` line, exit 2.
 """
-import argparse
 import contextlib
 import os
 import sys
 
 import torch
+
+import cli
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # ANSI foreground colours from shallow to deep exits (blue ... red)
@@ -31,7 +32,7 @@ class SampleError(ValueError):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.Parser(prog="sample.py", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint file log/<run>/ckpt_*.pt, a run directory, or a "
                                     "run name (its latest checkpoint under --log_dir)")
@@ -41,13 +42,13 @@ def parse_args(argv=None):
     p.add_argument("--prompt", default=None,
                    help="prompt text, or FILE:path (default: a newline; symbol 0 of a char "
                         "vocabulary without one)")
-    p.add_argument("--num_samples", type=int, default=3)
-    p.add_argument("--max_new_tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
-    p.add_argument("--top_k", type=int, default=200, help="0: no top-k filter")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--num_samples", type=cli.int_arg(1, 10000), default=3, help="samples")
+    p.add_argument("--max_new_tokens", type=cli.int_arg(1), default=200, help="tokens per sample")
+    p.add_argument("--temperature", type=cli.float_arg(0), default=0.8, help="0: greedy")
+    p.add_argument("--top_k", type=cli.int_arg(0), default=200, help="0: no top-k filter")
+    p.add_argument("--seed", type=cli.int_arg(0, 2 ** 63 - 1), default=1337, help="torch seed")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--exit_threshold", type=float, default=None,
+    p.add_argument("--exit_threshold", type=cli.float_arg(0), default=None,
                    help="decode with early exit at this confidence threshold (default: full depth)")
     p.add_argument("--draft_layers", type=int, default=None,
                    help="self-speculative decoding: draft with the first d layers (1..n_layer-1)")
@@ -55,7 +56,12 @@ def parse_args(argv=None):
                    help="tokens drafted per verification (with --draft_layers)")
     p.add_argument("--show_depth", action="store_true",
                    help="mark each new token with its exit layer (1-based)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.device = str(cli.check_device(args.device))
+    except cli.UsageError as e:
+        cli.fail(e)
+    return args
 
 
 def check_args(args):
@@ -235,7 +241,7 @@ def main(argv=None):
     except SampleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = args.device
     model.to(device)
     idx = idx.to(device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")

@@ -6,19 +6,13 @@
     torchrun --standalone --nproc_per_node=8 train_gpt2.py     # DDP (NCCL on CUDA, gloo on CPU)
     python train_gpt2.py config/x.py --lr_find                 # LR range test -> img/{run}_lr_find.png
 
-Configuration (nanoGPT style): the constants below are the defaults. Each `config/*.py` argument
-is *Python code executed* in the constants' namespace (only run config files you trust);
-assignments to names that are not constants are errors. `--key=value` values are parsed with
-`ast.literal_eval` (a bare string is accepted for string keys; `--flag` alone means True for a
-bool key); the type must match the default's (an int is accepted for a float). After all
-arguments, `preset_scale` (e.g. `--preset_scale=cpu`) shrinks a preset to a laptop-CPU run,
-except for keys given explicitly as `--key=value` (configurator.py). Every GPTConfig field is
-listed among the model constants below.
-
-The file reads top to bottom in the order a run happens: constants, configuration, setup, the
-training step, the periodic events (evaluation, HellaSwag, samples, checkpoints), the loop, the
-LR range test, main(). Infrastructure lives beside it in flat modules: configurator.py,
-dataloader.py, distributed.py, checkpoint.py, runlog.py.
+Configuration (nanoGPT style, configurator.py): the constants below are the defaults, then each
+argument in order: a `config/*.py` file (*Python code executed* in the constants' namespace: only
+run files you trust) or `--key=value` (a Python literal of the default's type); last,
+`preset_scale` shrinks the run except for keys given as `--key=value`. Every GPTConfig field is
+a constant. The file reads in the order a run happens: constants, configuration, setup, the
+training step, the periodic events, the loop, the LR range test, main(); infrastructure lives
+in flat modules beside it (configurator, dataloader, distributed, checkpoint, runlog, lr_finder).
 
 Outputs (rank 0): log/{run_name}.txt (the journal's line formats, flushed every line),
 log/{run_name}.jsonl (one JSON object per event), checkpoints log/{run_name}/ckpt_{step:06d}.pt,
@@ -55,11 +49,13 @@ from contextlib import nullcontext
 import torch
 
 import checkpoint
+import cli
 import configurator
 import distributed
 import fineweb
 import hellaswag as hellaswag_eval     # (the names hellaswag, tokenizer are constants)
 import lr_finder
+import runlock
 import runlog
 import tokenizer as tokenizers
 import tracking
@@ -106,6 +102,10 @@ stats_rows = 4                   # models without per-layer heads: logged steps 
                                  #   per-layer stats (allloss, SIZE) on this many sequences of the
                                  #   first micro batch in an extra no-grad forward (0: all B, in
                                  #   the training forward: L heads on every token, ~2x the FLOPs)
+stats_interval = 1               # models without per-layer heads: the stats above on logged
+                                 #   steps that are multiples of N (0: only on size_interval
+                                 #   steps); the other train lines print them as nan. N > 1
+                                 #   makes the plain path pay nothing for them (bench/)
 size_interval = 250              # SIZE COMPARISON block every N steps (0: never)
 sample_interval = 250            # text sample every N steps (0: never)
 sample_tokens = 32
@@ -230,7 +230,8 @@ def validate_config(cfg, world_size):
         if cfg[k] <= 0:
             raise ConfigError(f"{k} must be positive, got {cfg[k]}")
     for k in ("eval_interval", "log_interval", "size_interval", "sample_interval",
-              "checkpoint_interval", "warmup_steps", "sample_tokens", "stats_rows"):
+              "checkpoint_interval", "warmup_steps", "sample_tokens", "stats_rows",
+              "stats_interval"):
         if cfg[k] < 0:
             raise ConfigError(f"{k} must be >= 0, got {cfg[k]}")
     if cfg["T"] > mcfg.block_size:
@@ -263,10 +264,48 @@ def validate_config(cfg, world_size):
         tracking.check(cfg)
     except tracking.TrackingError as e:
         raise ConfigError(str(e)) from None
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", cfg["run_name"]):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}", cfg["run_name"]):
         raise ConfigError(f"run_name {cfg['run_name']!r} must be a plain file name "
-                          f"(letters, digits, . _ + -)")
+                          f"(letters, digits, . _ + -; at most 200)")
+    _check_values(cfg)
+    try:
+        for key in ("log_dir", "img_dir"):
+            cli.check_output(cfg[key], key, is_dir=True)
+        cli.check_output(os.path.join(cfg["log_dir"], cfg["run_name"]), "checkpoint directory",
+                         is_dir=True)
+        if cfg["hellaswag"] not in (None, "hf"):
+            cli.check_input_file(cfg["hellaswag"], "hellaswag")
+        for key in ("dataset", "dataset_source"):
+            if cfg[key] is not None and "\0" in cfg[key]:
+                raise cli.UsageError(f"{key} {cfg[key]!r} contains a NUL byte")
+    except cli.UsageError as e:
+        raise ConfigError(str(e)) from None
     return mcfg, cfg["total_batch_size"] // per
+
+
+def _check_values(cfg):
+    """Ranges and consistency of the optimisation and evaluation constants (ConfigError)."""
+    min_lr = cfg["min_lr"] if cfg["min_lr"] is not None else cfg["max_lr"] * 0.1
+    checks = [
+        (min_lr <= cfg["max_lr"], f"min_lr ({min_lr}) must not exceed max_lr ({cfg['max_lr']})"),
+        (cfg["grad_clip"] >= 0, f"grad_clip must be >= 0 (0: no clipping), got {cfg['grad_clip']}"),
+        (cfg["weight_decay"] >= 0, f"weight_decay must be >= 0, got {cfg['weight_decay']}"),
+        (0 <= cfg["beta1"] < 1 and 0 <= cfg["beta2"] < 1,
+         f"beta1 and beta2 must be in [0, 1), got {cfg['beta1']}, {cfg['beta2']}"),
+        (cfg["onecycle_div"] > 0 and cfg["onecycle_final_div"] > 0,
+         "onecycle_div and onecycle_final_div must be > 0"),
+        (cfg["hellaswag_limit"] is None or cfg["hellaswag_limit"] > 0,
+         f"hellaswag_limit must be positive or None, got {cfg['hellaswag_limit']}"),
+        (cfg["seed"] >= 0, f"seed must be >= 0, got {cfg['seed']}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    for key in ("max_lr", "min_lr", "grad_clip", "weight_decay", "beta1", "beta2", "onecycle_pct",
+                "onecycle_div", "onecycle_final_div", "lr_find_start", "lr_find_end",
+                "residual_limit"):
+        if cfg[key] is not None and not math.isfinite(cfg[key]):
+            raise ConfigError(f"{key} must be finite, got {cfg[key]}")
 
 
 def get_lr(step, cfg):
@@ -318,6 +357,7 @@ class State:
     log: RunLog
     ckpt_dir: str                      # log/{run_name}/
     skipped: int = 0                   # steps skipped by skip_nonfinite
+    lock: object = None                # runlock.RunLock of the run (rank 0)
 
     @property
     def device_type(self):
@@ -361,8 +401,40 @@ def build_model(cfg, mcfg, device, ck):
     return model
 
 
-def open_log(cfg, d, ckpt_dir, resumed, notes):
-    """RunLog of log/{run_name}(.txt|.jsonl); only called once every check has passed."""
+def check_resume_data(ck, ck_path, meta, cfg, train_loader):
+    """ConfigError when the dataset cannot continue the checkpoint's run: another vocabulary
+    (tokenizer, the characters behind char ids, size) or a data position it does not have."""
+    why = fineweb.vocabulary_mismatch(meta, ck.get("tokenizer"))
+    if why:
+        raise ConfigError(f"dataset {meta['data_dir']} has {why}: checkpoint {ck_path} was trained "
+                          f"on another vocabulary")
+    for key in ("loader", "loader_batch_start"):
+        if key in ck:
+            try:
+                train_loader.check_state(ck[key])
+            except ValueError as e:
+                raise ConfigError(f"checkpoint {ck_path} cannot continue on dataset "
+                                  f"{meta['data_dir']}: {e}") from None
+
+
+def take_run_lock(cfg, d):
+    """Rank 0 takes log/{run_name}.lock (runlock.py) -> the lock, None on other ranks;
+    ConfigError on every rank when another live process holds it."""
+    lock, err = None, None
+    if d.master:
+        try:
+            lock = runlock.acquire(cfg["log_dir"], cfg["run_name"] + ("_lr_find" if cfg["lr_find"] else ""))
+        except runlock.RunLocked as e:
+            err = e
+    if not d.all_ok(err is None):
+        raise ConfigError(str(err) if err else "the run is in use (lock held; see rank 0)")
+    return lock
+
+
+def open_log(cfg, d, ckpt_dir, ck, notes):
+    """RunLog of log/{run_name}(.txt|.jsonl); only called once every check has passed. A fresh
+    start moves an earlier run aside; a resume moves aside the checkpoints after its own."""
+    resumed = ck is not None
     name = cfg["run_name"] + ("_lr_find" if cfg["lr_find"] else "")
     txt = os.path.join(cfg["log_dir"], name + ".txt")
     jsl = os.path.join(cfg["log_dir"], name + ".jsonl")
@@ -374,6 +446,8 @@ def open_log(cfg, d, ckpt_dir, resumed, notes):
                          f"{', '.join(stale)}")
         if not resumed:
             notes += filter(None, [checkpoint.backup_previous((txt, jsl), ckpt_dir)])
+        else:
+            notes += filter(None, [checkpoint.set_aside_later(ckpt_dir, int(ck["step"]))])
     return RunLog(txt, jsl, d.master, append=resumed)
 
 
@@ -382,8 +456,8 @@ def load_hellaswag(cfg, log):
     if not cfg["hellaswag"]:
         return None
     try:
-        return hellaswag_eval.load_examples(None if cfg["hellaswag"] == "hf" else cfg["hellaswag"],
-                                       cfg["hellaswag_limit"])
+        return hellaswag_eval.load_examples(
+            None if cfg["hellaswag"] == "hf" else cfg["hellaswag"], cfg["hellaswag_limit"])
     except Exception as e:
         log.note(f"hellaswag disabled: {type(e).__name__}: {e}")
         return None
@@ -393,6 +467,10 @@ def setup(cfg, d, argv):
     """Validation (no file written on failure), then data, resume, model, optimizer, logs ->
     (State, checkpoint dict to resume from or None). Raises ConfigError / fineweb.DataError."""
     mcfg, grad_accum = validate_config(cfg, d.world)
+    try:
+        cli.check_device(cfg["device"], "device")
+    except cli.UsageError as e:
+        raise ConfigError(str(e)) from None
     device = d.pick_device(cfg["device"])
     dtype = (("bfloat16" if device.startswith("cuda") else "float32") if cfg["dtype"] == "auto"
              else cfg["dtype"])
@@ -419,7 +497,14 @@ def setup(cfg, d, argv):
                else f"the data's {meta['tokenizer']} vocabulary, exactly")
         notes.append(f"vocab_size {cfg['vocab_size']}: {how} (vocab_size unset)")
     ck, ck_path = find_resume(cfg, ckpt_dir, mcfg, d.master, notes)
-    raw = build_model(cfg, mcfg, device, ck)
+    if ck is not None:
+        check_resume_data(ck, ck_path, meta, cfg, loaders[0])
+    try:
+        raw = build_model(cfg, mcfg, device, ck)
+    except (MemoryError, RuntimeError) as e:     # sizes that cannot be allocated
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"cannot build the model on {device} ({type(e).__name__}: {first}); "
+                          f"smaller n_embd / n_layer / vocab_size?") from None
     model = distributed.wrap(raw, cfg["parallel"], d, device, dtype)   # FSDP shards raw in place
     optimizer = raw.configure_optimizers(cfg["weight_decay"], cfg["max_lr"],
                                          (cfg["beta1"], cfg["beta2"]), device.split(":")[0])
@@ -435,12 +520,18 @@ def setup(cfg, d, argv):
     s = State(cfg, mcfg, d, device, dtype, compile, autocast, raw, model, optimizer, *loaders,
               grad_accum, meta, tok, None, None, ckpt_dir)
     resolved = resolved_config(s)
-    try:                                 # wandb (tracking.py), before any log file is written
-        tracker = None if cfg["lr_find"] else tracking.start(cfg, resolved, ckpt_dir,
-                                                             ck is not None, d.master)
-    except tracking.TrackingError as e:
-        raise ConfigError(str(e)) from None
-    log = s.log = open_log(cfg, d, ckpt_dir, ck is not None, notes)
+    s.lock = take_run_lock(cfg, d)       # before the first file of the run is written
+    try:
+        try:                             # wandb (tracking.py), before any log file is written
+            tracker = None if cfg["lr_find"] else tracking.start(cfg, resolved, ckpt_dir,
+                                                                 ck is not None, d.master)
+        except tracking.TrackingError as e:
+            raise ConfigError(str(e)) from None
+        log = s.log = open_log(cfg, d, ckpt_dir, ck, notes)
+    except BaseException:
+        if s.lock is not None:
+            s.lock.release()
+        raise
     log.tracker = tracker
     if compile:   # regional: each stored block's forward; a block that cannot be one graph
         raw.compile_blocks(on_fallback=log.note)   # runs eager, with one log line
@@ -732,8 +823,12 @@ def restore(s, ck):
 
 
 def log_train(s, step, r):
-    """The train line and its jsonl event."""
-    cfg, k = s.cfg, s.cfg["batch_reuse"]
+    """The train line and its jsonl event; per-layer statistics not computed this step
+    (stats_interval) are nan."""
+    cfg, k, nan = s.cfg, s.cfg["batch_reuse"], float("nan")
+    r = {"allloss": nan, "confloss": nan, "targetloss": nan, "earlystop": nan,
+         "exit_depth": nan, "earlystopdict": [nan] * s.mcfg.n_layer,
+         "layer_losses": [nan] * s.mcfg.n_layer, **r}
     s.log.line(runlog.format_train_line(step, r, k, s.skipped if cfg["skip_nonfinite"] else None))
     mem = runlog.peak_memory(s.device)
     s.log.event("train", step=step, loss=r["loss"], allloss=r["allloss"], confloss=r["confloss"],
@@ -769,7 +864,8 @@ def train(s, ck, stop):
         s.raw.set_progress(step / steps, step)
         log_now = step % max(1, cfg["log_interval"]) == 0 or last
         size_now = bool(cfg["size_interval"]) and step % cfg["size_interval"] == 0
-        r = train_step(s, batches, get_lr(step, cfg), step, want_stats=log_now or size_now)
+        stats_now = log_now and bool(cfg["stats_interval"]) and step % cfg["stats_interval"] == 0
+        r = train_step(s, batches, get_lr(step, cfg), step, want_stats=stats_now or size_now)
         if s.device_type == "cuda":
             torch.cuda.synchronize()
         r["dt"] = time.time() - t0
@@ -879,6 +975,15 @@ def lr_find(s):
 # ----------------------------------------------------------------------------------------------
 # entry point
 
+def help_text():
+    """--help: the usage, then every constant with its default and its comment above."""
+    import model
+    return cli.constants_help(
+        __file__, all_defaults(), "usage: python train_gpt2.py [config.py ...] [--key=value ...]",
+        cli.doc_head(__doc__), fields_path=model.__file__,
+        fields_title="model: GPTConfig fields not listed above (model.py)")
+
+
 def main(argv=None):
     """Returns the exit code (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -889,6 +994,9 @@ def main(argv=None):
             print(f"error: {msg}", file=sys.stderr, flush=True)
         return code
 
+    if "--help" in argv or "-h" in argv:
+        print(help_text(), end="")
+        return 0
     try:
         cfg, _ = parse_config(argv)
     except ConfigError as e:
@@ -940,6 +1048,8 @@ def main(argv=None):
     finally:
         if s is not None:
             s.log.close()
+            if s.lock is not None:
+                s.lock.release()
         d.destroy(sync=clean)
         for sig, h in handlers.items():
             signal.signal(sig, h)

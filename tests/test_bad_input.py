@@ -211,6 +211,7 @@ def test_resume_checkpoint_with_other_model_config(capsys, env):
     assert _bad(capsys, env, f"--resume={junk}").startswith(f"error: checkpoint {junk} is unreadable")
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_and_exits_2(env):
     logs, data = env
     before = _snapshot(logs, data)

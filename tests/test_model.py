@@ -74,6 +74,7 @@ def hf_dir(tmp_path_factory):
     return str(d), hf
 
 
+@pytest.mark.slow
 def test_from_pretrained_logits_match_hf(hf_dir):
     d, hf = hf_dir
     model = GPT.from_pretrained(d).eval()
