@@ -52,7 +52,7 @@ def parse_args(argv=None):
                    help="decode with early exit at this confidence threshold (default: full depth)")
     p.add_argument("--draft_layers", type=cli.int_arg(1), default=None,
                    help="self-speculative decoding: draft with the first d layers (1..n_layer-1)")
-    p.add_argument("--draft_tokens", type=cli.int_arg(1), default=4,
+    p.add_argument("--draft_tokens", type=cli.int_arg(1, 1024), default=4,
                    help="tokens drafted per verification (with --draft_layers)")
     p.add_argument("--show_depth", action="store_true",
                    help="mark each new token with its exit layer (1-based)")

@@ -205,6 +205,10 @@ SAMPLE_CASES = [
     (SA, ["--device", "tpu"], "--device 'tpu' is not a device"),
     (SA, ["--exit_threshold", "-0.5"], "argument --exit_threshold: must be a finite number >= 0"),
     (SA, ["--show_depth=1"], "argument --show_depth: ignored explicit argument '1'"),
+    (SA, ["--draft_layers", "0"], "argument --draft_layers: must be >= 1, got 0"),
+    (SA, ["--draft_layers", "x"], "argument --draft_layers: expected an integer, got 'x'"),
+    (SA, ["--draft_layers", "1", "--draft_tokens", "0"], "argument --draft_tokens: must be in [1, 1024], got 0"),
+    (SA, ["--draft_layers", "1", "--exit_threshold", "0.5"], "--draft_layers (self-speculative decoding"),
 ]
 
 EX = ["--ckpt", "{ck.pt}", "--out", "hfout"]
