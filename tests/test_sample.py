@@ -172,7 +172,7 @@ def test_prompt_file_read(ckpt, capsys, tmp_path):
 def test_bad_numbers(ckpt, capsys):
     assert "--max_new_tokens: must be >= 1, got 0" in one_error(capsys, "--ckpt", ckpt, "--max_new_tokens", "0")
     assert "--exit_threshold: must be a finite number >= 0" in one_error(capsys, "--ckpt", ckpt, "--exit_threshold", "-1")
-    assert "--draft_tokens: must be >= 1, got 0" in one_error(capsys, "--ckpt", ckpt, "--draft_layers", "1",
+    assert "--draft_tokens: must be in [1, 1024], got 0" in one_error(capsys, "--ckpt", ckpt, "--draft_layers", "1",
                                                              "--draft_tokens", "0")
     assert one_error(capsys, "--ckpt", ckpt, "--draft_layers", "3") == \
         "error: --draft_layers must be in 1..2 (n_layer 3), got 3"
