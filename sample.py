@@ -65,14 +65,7 @@ def parse_args(argv=None):
 
 
 def check_args(args):
-    if args.num_samples < 1 or args.max_new_tokens < 1:
-        raise SampleError("--num_samples and --max_new_tokens must be >= 1")
-    if not args.temperature >= 0:
-        raise SampleError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_k < 0:
-        raise SampleError(f"--top_k must be >= 0, got {args.top_k}")
-    if args.exit_threshold is not None and not args.exit_threshold >= 0:
-        raise SampleError(f"--exit_threshold must be >= 0 (> 1: never exits), got {args.exit_threshold}")
+    """Combinations the per-argument types cannot refuse."""
     if args.draft_layers is not None and (args.exit_threshold is not None or args.show_depth):
         raise SampleError("--draft_layers (self-speculative decoding, every token verified at "
                           "full depth) goes with neither --exit_threshold nor --show_depth")
@@ -232,8 +225,6 @@ def main(argv=None):
         if args.draft_layers is not None and not 1 <= args.draft_layers < cfg.n_layer:
             raise SampleError(f"--draft_layers must be in 1..{cfg.n_layer - 1} (n_layer "
                               f"{cfg.n_layer}), got {args.draft_layers}")
-        if args.draft_tokens < 1:
-            raise SampleError(f"--draft_tokens must be >= 1, got {args.draft_tokens}")
         if args.exit_threshold is not None and cfg.confidence == "target-prob":
             raise SampleError("this model's confidence is 'target-prob', which needs targets: "
                               "early-exit decoding is undefined for it")

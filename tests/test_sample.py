@@ -31,10 +31,7 @@ def ckpt(char_data, tmp_path_factory):
 
 
 def run_main(capsys, *argv):
-    try:
-        rc = sample.main(list(argv))
-    except SystemExit as e:            # argument errors: cli.fail's one line, exit 2
-        rc = e.code
+    rc = sample.main(list(argv))
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -121,7 +118,11 @@ def test_seed_reproducible(ckpt, capsys):
 
 
 def one_error(capsys, *argv):
-    rc, out, err = run_main(capsys, *argv)
+    try:
+        rc = sample.main(list(argv))
+    except SystemExit as e:          # refused while parsing the arguments
+        rc = e.code
+    out, err = capsys.readouterr()
     assert rc == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -169,8 +170,10 @@ def test_prompt_file_read(ckpt, capsys, tmp_path):
 
 
 def test_bad_numbers(ckpt, capsys):
-    assert "argument --max_new_tokens: must be >= 1, got 0" in one_error(capsys, "--ckpt", ckpt, "--max_new_tokens", "0")
-    assert "argument --exit_threshold: must be a finite number >= 0" in one_error(capsys, "--ckpt", ckpt, "--exit_threshold", "-1")
+    assert "--max_new_tokens: must be >= 1, got 0" in one_error(capsys, "--ckpt", ckpt, "--max_new_tokens", "0")
+    assert "--exit_threshold: must be a finite number >= 0" in one_error(capsys, "--ckpt", ckpt, "--exit_threshold", "-1")
+    assert "--draft_tokens: must be in [1, 1024], got 0" in one_error(capsys, "--ckpt", ckpt, "--draft_layers", "1",
+                                                             "--draft_tokens", "0")
     assert one_error(capsys, "--ckpt", ckpt, "--draft_layers", "3") == \
         "error: --draft_layers must be in 1..2 (n_layer 3), got 3"
     assert "goes with neither --exit_threshold nor --show_depth" in one_error(
