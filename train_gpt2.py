@@ -171,6 +171,8 @@ layerskip_scale = 1.0            # exit_loss="layerskip": e_scale of the per-lay
 layerskip_curriculum = "gradual" # layerskip: gradual | rotational | none
 layerskip_rotation = 2           # layerskip rotational curriculum: period R (in steps)
 prev_token_shift = 1             # reward-prev-token: 1 = the journal's diagram, 0 = same position
+exit_token_frac = 1.0            # training: heads of layers 1..L-1 on this random fraction of tokens
+exit_layer_frac = 1.0            # training: heads on a random subset of this fraction of layers 1..L-1
 
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
