@@ -332,6 +332,11 @@ def run(args):
     if int(meta["vocab_size"]) > cfg.vocab_size:
         raise EvalError(f"data vocab_size {meta['vocab_size']} > model vocab_size {cfg.vocab_size}: "
                         "wrong --data for this checkpoint?")
+    import fineweb
+    why = fineweb.vocabulary_mismatch(meta, ck.get("tokenizer"))
+    if why:
+        raise EvalError(f"--data {args.data} has {why}: checkpoint {args.ckpt} was trained on "
+                        f"another vocabulary")
     batches = val_batches(tokens, B, T, args.batches)
     if not batches:
         raise EvalError(f"val split of {args.data} has {len(tokens)} tokens; need at least "

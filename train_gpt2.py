@@ -49,11 +49,13 @@ from contextlib import nullcontext
 import torch
 
 import checkpoint
+import cli
 import configurator
 import distributed
 import fineweb
 import hellaswag as hellaswag_eval     # (the names hellaswag, tokenizer are constants)
 import lr_finder
+import runlock
 import runlog
 import tokenizer as tokenizers
 import tracking
@@ -264,10 +266,48 @@ def validate_config(cfg, world_size):
         tracking.check(cfg)
     except tracking.TrackingError as e:
         raise ConfigError(str(e)) from None
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", cfg["run_name"]):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}", cfg["run_name"]):
         raise ConfigError(f"run_name {cfg['run_name']!r} must be a plain file name "
-                          f"(letters, digits, . _ + -)")
+                          f"(letters, digits, . _ + -; at most 200)")
+    _check_values(cfg)
+    try:
+        for key in ("log_dir", "img_dir"):
+            cli.check_output(cfg[key], key, is_dir=True)
+        cli.check_output(os.path.join(cfg["log_dir"], cfg["run_name"]), "checkpoint directory",
+                         is_dir=True)
+        if cfg["hellaswag"] not in (None, "hf"):
+            cli.check_input_file(cfg["hellaswag"], "hellaswag")
+        for key in ("dataset", "dataset_source"):
+            if cfg[key] is not None and "\0" in cfg[key]:
+                raise cli.UsageError(f"{key} {cfg[key]!r} contains a NUL byte")
+    except cli.UsageError as e:
+        raise ConfigError(str(e)) from None
     return mcfg, cfg["total_batch_size"] // per
+
+
+def _check_values(cfg):
+    """Ranges and consistency of the optimisation and evaluation constants (ConfigError)."""
+    min_lr = cfg["min_lr"] if cfg["min_lr"] is not None else cfg["max_lr"] * 0.1
+    checks = [
+        (min_lr <= cfg["max_lr"], f"min_lr ({min_lr}) must not exceed max_lr ({cfg['max_lr']})"),
+        (cfg["grad_clip"] >= 0, f"grad_clip must be >= 0 (0: no clipping), got {cfg['grad_clip']}"),
+        (cfg["weight_decay"] >= 0, f"weight_decay must be >= 0, got {cfg['weight_decay']}"),
+        (0 <= cfg["beta1"] < 1 and 0 <= cfg["beta2"] < 1,
+         f"beta1 and beta2 must be in [0, 1), got {cfg['beta1']}, {cfg['beta2']}"),
+        (cfg["onecycle_div"] > 0 and cfg["onecycle_final_div"] > 0,
+         "onecycle_div and onecycle_final_div must be > 0"),
+        (cfg["hellaswag_limit"] is None or cfg["hellaswag_limit"] > 0,
+         f"hellaswag_limit must be positive or None, got {cfg['hellaswag_limit']}"),
+        (cfg["seed"] >= 0, f"seed must be >= 0, got {cfg['seed']}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    for key in ("max_lr", "min_lr", "grad_clip", "weight_decay", "beta1", "beta2", "onecycle_pct",
+                "onecycle_div", "onecycle_final_div", "lr_find_start", "lr_find_end",
+                "residual_limit"):
+        if cfg[key] is not None and not math.isfinite(cfg[key]):
+            raise ConfigError(f"{key} must be finite, got {cfg[key]}")
 
 
 def get_lr(step, cfg):
@@ -319,6 +359,7 @@ class State:
     log: RunLog
     ckpt_dir: str                      # log/{run_name}/
     skipped: int = 0                   # steps skipped by skip_nonfinite
+    lock: object = None                # runlock.RunLock of the run (rank 0)
 
     @property
     def device_type(self):
@@ -362,8 +403,40 @@ def build_model(cfg, mcfg, device, ck):
     return model
 
 
-def open_log(cfg, d, ckpt_dir, resumed, notes):
-    """RunLog of log/{run_name}(.txt|.jsonl); only called once every check has passed."""
+def check_resume_data(ck, ck_path, meta, cfg, train_loader):
+    """ConfigError when the dataset cannot continue the checkpoint's run: another vocabulary
+    (tokenizer, the characters behind char ids, size) or a data position it does not have."""
+    why = fineweb.vocabulary_mismatch(meta, ck.get("tokenizer"))
+    if why:
+        raise ConfigError(f"dataset {meta['data_dir']} has {why}: checkpoint {ck_path} was trained "
+                          f"on another vocabulary")
+    for key in ("loader", "loader_batch_start"):
+        if key in ck:
+            try:
+                train_loader.check_state(ck[key])
+            except ValueError as e:
+                raise ConfigError(f"checkpoint {ck_path} cannot continue on dataset "
+                                  f"{meta['data_dir']}: {e}") from None
+
+
+def take_run_lock(cfg, d):
+    """Rank 0 takes log/{run_name}.lock (runlock.py) -> the lock, None on other ranks;
+    ConfigError on every rank when another live process holds it."""
+    lock, err = None, None
+    if d.master:
+        try:
+            lock = runlock.acquire(cfg["log_dir"], cfg["run_name"] + ("_lr_find" if cfg["lr_find"] else ""))
+        except runlock.RunLocked as e:
+            err = e
+    if not d.all_ok(err is None):
+        raise ConfigError(str(err) if err else "the run is in use (lock held; see rank 0)")
+    return lock
+
+
+def open_log(cfg, d, ckpt_dir, ck, notes):
+    """RunLog of log/{run_name}(.txt|.jsonl); only called once every check has passed. A fresh
+    start moves an earlier run aside; a resume moves aside the checkpoints after its own."""
+    resumed = ck is not None
     name = cfg["run_name"] + ("_lr_find" if cfg["lr_find"] else "")
     txt = os.path.join(cfg["log_dir"], name + ".txt")
     jsl = os.path.join(cfg["log_dir"], name + ".jsonl")
@@ -375,6 +448,8 @@ def open_log(cfg, d, ckpt_dir, resumed, notes):
                          f"{', '.join(stale)}")
         if not resumed:
             notes += filter(None, [checkpoint.backup_previous((txt, jsl), ckpt_dir)])
+        else:
+            notes += filter(None, [checkpoint.set_aside_later(ckpt_dir, int(ck["step"]))])
     return RunLog(txt, jsl, d.master, append=resumed)
 
 
@@ -394,6 +469,10 @@ def setup(cfg, d, argv):
     """Validation (no file written on failure), then data, resume, model, optimizer, logs ->
     (State, checkpoint dict to resume from or None). Raises ConfigError / fineweb.DataError."""
     mcfg, grad_accum = validate_config(cfg, d.world)
+    try:
+        cli.check_device(cfg["device"], "device")
+    except cli.UsageError as e:
+        raise ConfigError(str(e)) from None
     device = d.pick_device(cfg["device"])
     dtype = (("bfloat16" if device.startswith("cuda") else "float32") if cfg["dtype"] == "auto"
              else cfg["dtype"])
@@ -420,7 +499,14 @@ def setup(cfg, d, argv):
                else f"the data's {meta['tokenizer']} vocabulary, exactly")
         notes.append(f"vocab_size {cfg['vocab_size']}: {how} (vocab_size unset)")
     ck, ck_path = find_resume(cfg, ckpt_dir, mcfg, d.master, notes)
-    raw = build_model(cfg, mcfg, device, ck)
+    if ck is not None:
+        check_resume_data(ck, ck_path, meta, cfg, loaders[0])
+    try:
+        raw = build_model(cfg, mcfg, device, ck)
+    except (MemoryError, RuntimeError) as e:     # sizes that cannot be allocated
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"cannot build the model on {device} ({type(e).__name__}: {first}); "
+                          f"smaller n_embd / n_layer / vocab_size?") from None
     model = distributed.wrap(raw, cfg["parallel"], d, device, dtype)   # FSDP shards raw in place
     optimizer = raw.configure_optimizers(cfg["weight_decay"], cfg["max_lr"],
                                          (cfg["beta1"], cfg["beta2"]), device.split(":")[0])
@@ -436,12 +522,18 @@ def setup(cfg, d, argv):
     s = State(cfg, mcfg, d, device, dtype, compile, autocast, raw, model, optimizer, *loaders,
               grad_accum, meta, tok, None, None, ckpt_dir)
     resolved = resolved_config(s)
-    try:                                 # wandb (tracking.py), before any log file is written
-        tracker = None if cfg["lr_find"] else tracking.start(cfg, resolved, ckpt_dir,
-                                                             ck is not None, d.master)
-    except tracking.TrackingError as e:
-        raise ConfigError(str(e)) from None
-    log = s.log = open_log(cfg, d, ckpt_dir, ck is not None, notes)
+    s.lock = take_run_lock(cfg, d)       # before the first file of the run is written
+    try:
+        try:                             # wandb (tracking.py), before any log file is written
+            tracker = None if cfg["lr_find"] else tracking.start(cfg, resolved, ckpt_dir,
+                                                                 ck is not None, d.master)
+        except tracking.TrackingError as e:
+            raise ConfigError(str(e)) from None
+        log = s.log = open_log(cfg, d, ckpt_dir, ck, notes)
+    except BaseException:
+        if s.lock is not None:
+            s.lock.release()
+        raise
     log.tracker = tracker
     if compile:   # regional: each stored block's forward; a block that cannot be one graph
         raw.compile_blocks(on_fallback=log.note)   # runs eager, with one log line
@@ -885,6 +977,15 @@ def lr_find(s):
 # ----------------------------------------------------------------------------------------------
 # entry point
 
+def help_text():
+    """--help: the usage, then every constant with its default and its comment above."""
+    import model
+    return cli.constants_help(
+        __file__, all_defaults(), "usage: python train_gpt2.py [config.py ...] [--key=value ...]",
+        cli.doc_head(__doc__), fields_path=model.__file__,
+        fields_title="model: GPTConfig fields not listed above (model.py)")
+
+
 def main(argv=None):
     """Returns the exit code (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -895,6 +996,9 @@ def main(argv=None):
             print(f"error: {msg}", file=sys.stderr, flush=True)
         return code
 
+    if "--help" in argv or "-h" in argv:
+        print(help_text(), end="")
+        return 0
     try:
         cfg, _ = parse_config(argv)
     except ConfigError as e:
@@ -946,6 +1050,8 @@ def main(argv=None):
     finally:
         if s is not None:
             s.log.close()
+            if s.lock is not None:
+                s.lock.release()
         d.destroy(sync=clean)
         for sig, h in handlers.items():
             signal.signal(sig, h)

@@ -90,6 +90,7 @@ def test_head_backward_traces_and_matches_eager(head_impl):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_no_recompile_over_early_exit_steps_nor_between_train_eval_sample(monkeypatch):
     """compile_blocks on a shared early-exit model: 20 training steps whose exit masks change
     every step compile the block once (aot_eager: forward and backward graphs); evaluation
