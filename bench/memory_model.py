@@ -63,6 +63,10 @@ CASES = [
     ("shared + early exit (4-test, sample), fused", dict(share_weights=True, early_exit=True,
                                                          exit_mode="sample", exit_loss="4-test",
                                                          head_impl="fused")),
+    ("shared + all heads, naive, exit_token_frac=0.25", dict(share_weights=True, exit_loss="all-layers",
+                                                           head_impl="naive", exit_token_frac=0.25)),
+    ("shared + all heads, naive, exit_layer_frac=0.25", dict(share_weights=True, exit_loss="all-layers",
+                                                           head_impl="naive", exit_layer_frac=0.25)),
 ]
 VALIDATION_SHAPES = [   # small enough for 2 CPU cores, activations >> parameters
     dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512, B=8, T=256),
@@ -145,7 +149,7 @@ def estimate(shape, overrides, dtype="bf16", device="cuda"):
     n_blocks = 1 if cfg.share_weights else L
     layer = (2 * f + 14 * a) * BTC + 2 * 2 * f * N + f * nh * N
     weight_casts = a * pc["block_matmul"] if cast else 0
-    n_heads = L if (cfg.layer_heads or cfg.early_exit) else 1
+    n_heads = cfg.n_head_evals()     # full-width heads: cheap exits run fewer tokens / layers
     h_saved, h_fwd, h_bwd = head_terms(cfg.head_impl, N, C, V, a, device)
     head_cast = a * V * C if (cast and cfg.head_impl != "fused") else 0   # autocast's W copy
     heads_saved = n_heads * (h_saved + 2 * f * N) + f * BTC + head_cast
