@@ -110,6 +110,10 @@ def parse_train_lines(txt_path):
     return out
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~5 s (deselect with -m 'not slow')")
+
+
 def pytest_terminal_summary(terminalreporter):
     """One line counting the faults test_faults.py injected and survived."""
     import faultlog
