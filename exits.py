@@ -62,11 +62,10 @@ def top2_margin(out):
 @register_confidence("target-prob")
 def target_prob(out):
     """p_target: probability of the true next token (the journal's "confidence of target",
-    6-test). Needs targets; only defined in training / evaluation with targets."""
-    if out.p_target is None:
-        raise ValueError("confidence 'target-prob' needs targets (p_target is None); "
-                         "use 'max-prob' or 'top2-margin' for generation")
-    return out.p_target
+    6-test). Without targets (generation, HellaSwag) the target is the token the model would
+    emit greedily, so its probability is p_max: the same measure with the model's own
+    prediction as the target."""
+    return out.p_max if out.p_target is None else out.p_target
 
 
 # ----------------------------------------------------------------------------------------------
