@@ -41,7 +41,7 @@ class GPTConfig:
     block_type: str = "pre-ln"      # residual wiring, a name in BLOCKS
     ln_learnable: bool = True       # LayerNorms with scale/shift (False: elementwise_affine=False)
     attention: str = "gpt2"         # attention module, a name in ATTENTIONS
-    activation: str = "gelu"        # MLP nonlinearity, a name in ACTIVATIONS (gelu = tanh-GELU)
+    activation: str = "gelu"        # MLP nonlinearity, a name in ACTIVATIONS (gelu = GPT-2's tanh form)
     lm_head_bias: bool = False      # a bias in the (tied) lm_head, shared by every layer's head
     pos_encoding: str = "learned"   # learned (GPT-2 wpe) | sinusoidal | rope | none
     rope_base: float = 10000.0      # RoPE frequency base (pos_encoding="rope")
@@ -278,6 +278,7 @@ class PerHeadAttention(CausalSelfAttention):
 # MLP activations (GPTConfig.activation): name -> module factory
 ACTIVATIONS = {
     "gelu": lambda: nn.GELU(approximate="tanh"),   # GPT-2's gelu_new (also makemore's NewGELU)
+    "gelu-erf": nn.GELU,                           # exact GELU (nanoGPT's nn.GELU())
     "relu": nn.ReLU,                               # ng-video-lecture (seed 002's gpt, gpt_v2)
 }
 

@@ -33,7 +33,7 @@ sample_tokens = 48
 num_samples = 1
 sample_prompt = "def "
 log_interval = 5
-checkpoint_interval = 0          # one checkpoint, at the end
+checkpoint_interval = 0         # one checkpoint, at the end
 keep_checkpoints = 1
 
 head_impl = "naive"             # plain per-layer head (no recompute); fastest on CPU

@@ -238,6 +238,7 @@ def test_mlp_activation(activation):
     mlp = GPT(tiny(activation=activation)).transformer.h[0].mlp.eval()
     x = torch.randn(2, 5, 32)
     act = {"gelu": lambda t: 0.5 * t * (1 + torch.tanh(math.sqrt(2 / math.pi) * (t + 0.044715 * t ** 3))),
+           "gelu-erf": lambda t: 0.5 * t * (1 + torch.erf(t / math.sqrt(2))),
            "relu": lambda t: t.clamp_min(0)}[activation]
     with torch.no_grad():
         torch.testing.assert_close(mlp(x), mlp.c_proj(act(mlp.c_fc(x))), atol=1e-6, rtol=1e-5)
