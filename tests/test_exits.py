@@ -392,7 +392,7 @@ def test_exit_summary_exit_ce_is_ce_at_each_tokens_exit_layer():
     want = sum(float(tok(logits, targets, EXIT_LAYER[b][t], b, t)["xe"].detach())
                for b in range(B) for t in range(T)) / (B * T)
     assert float(exits.exit_summary(layers)["exit_ce"]) == pytest.approx(want, rel=1e-6)
-    last = float(layers[-1].xe.mean())              # without early exit: the last layer's CE
+    last = float(layers[-1].xe.detach().mean())     # without early exit: the last layer's CE
     assert float(exits.exit_summary(layers, early_exit=False)["exit_ce"]) == pytest.approx(last, rel=1e-6)
     for o in layers:
         o.xe = None
