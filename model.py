@@ -149,15 +149,19 @@ class KVCache:
 # per-head modules. Each maps x (B, T, C) -> (B, T, C) and exposes qkv / kv / out so the one
 # forward (SDPA, RoPE, KV cache) serves all of them.
 
+def _registrar(registry):
+    """A class decorator factory: @register(name) puts the class in registry under name."""
+    def register(name):
+        def wrap(cls):
+            registry[name] = cls
+            cls.name = name
+            return cls
+        return wrap
+    return register
+
+
 ATTENTIONS = {}   # name -> CausalSelfAttention subclass (GPTConfig.attention)
-
-
-def register_attention(name):
-    def wrap(cls):
-        ATTENTIONS[name] = cls
-        cls.name = name
-        return cls
-    return wrap
+register_attention = _registrar(ATTENTIONS)
 
 
 @register_attention("gpt2")
@@ -308,14 +312,7 @@ class MLP(nn.Module):
 # stream after the attention sublayer (the journal's SIZE COMPARISON "mid").
 
 BLOCKS = {}   # name -> Block subclass
-
-
-def register_block(name):
-    def wrap(cls):
-        BLOCKS[name] = cls
-        cls.name = name
-        return cls
-    return wrap
+register_block = _registrar(BLOCKS)
 
 
 class Block(nn.Module):
