@@ -23,11 +23,16 @@ plot img/{run_name}.png. Log formats (`#` lines are comments: header, notes, che
   SIZE COMPARISON prev {} mid {} next {}              (n_layer lines every size_interval steps)
   @ {step} val {loss:.4f}
   @ {step} val-layers [{L floats, 4 decimals}], exit-depth: {:.3f}
+  @ {step} val-exit {loss:.4f}                          (early_exit=True only)
+  @ {step} val-objective {loss:.4f}                     (exit_loss other than final only)
   @ {step} hellaswag {acc_norm:.4f}, acc: {:.4f}, total: {n}
   @ {step} sample {i}: {text, newlines as \\n}
 
-`loss` is the model's training objective (exits.EXIT_LOSSES[exit_loss]), `allloss` the sum of the
-per-layer head losses, `norm` the gradient norm before clipping, `flops` achieved TFLOP/s per
+`train` and `val` are the cross-entropy of the last layer's head (the model's prediction; for a
+model without per-layer heads, whose loss is exactly that, its objective), the same measure
+whatever exit_loss is; `val-exit` the CE at each token's exit layer; the objective
+(exits.EXIT_LOSSES[exit_loss]) is `val-objective` and the jsonl's `objective`. `allloss` is the
+sum of the per-layer head losses, `norm` the gradient norm before clipping, `flops` achieved TFLOP/s per
 device (model.flops_per_token, every per-layer head counted), `dt` the step's wall time.
 With skip_nonfinite=True a train line ends with `, skipped:{n}` once a step was skipped.
 
@@ -975,8 +980,10 @@ class Run:
         self.notes.append(f"an earlier run's files ({len(old)}) were moved to {prev}")
 
     def resolved_config(self):
-        """The constants as this run uses them: min_lr, compile and dtype resolved."""
+        """The constants as this run uses them: min_lr, compile and dtype resolved; the model's
+        fields as GPTConfig holds them (e.g. layer_heads, which every exit loss but final turns on)."""
         cfg = dict(self.cfg)
+        cfg.update(dataclasses.asdict(self.mcfg))
         cfg["min_lr"] = cfg["min_lr"] if cfg["min_lr"] is not None else cfg["max_lr"] * 0.1
         cfg["compile"], cfg["dtype"] = self.compile, self.dtype
         return cfg
@@ -1088,11 +1095,14 @@ class Run:
         acc = (acc / d.world).cpu()
         stats = n_stats > 0
         nan = float("nan")
-        r = {"loss": acc[0].item(), "stats": stats}
+        r = {"objective": acc[0].item(), "stats": stats}
         for i, key in enumerate(("allloss", "confloss", "targetloss", "earlystop", "exit_depth"), 1):
             r[key] = acc[i].item() if stats else nan
         r["earlystopdict"] = acc[6:6 + L].tolist() if stats else [nan] * L
         r["layer_losses"] = acc[6 + L:6 + 2 * L].tolist() if stats else [nan] * L
+        # the train field: the last layer's CE on this step's batch (the objective when the model
+        # has no per-layer heads, whose loss is exactly that CE)
+        r["loss"] = r["layer_losses"][-1] if heads_on else r["objective"]
         r["residual_std"] = acc[6 + 2 * L:].view(L, 3).tolist() if stats else None
         clip = cfg["grad_clip"] if cfg["grad_clip"] and cfg["grad_clip"] > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), clip)
@@ -1130,7 +1140,7 @@ class Run:
     def _check_guards(self, r, step):
         """(nonfinite: bool, message) for the first problem, or None."""
         L = self.mcfg.n_layer
-        if not math.isfinite(r["loss"]):
+        if not math.isfinite(r["objective"]):
             bad = [l for l, v in enumerate(r["layer_losses"]) if not math.isfinite(v)]
             if not r["stats"]:   # no per-layer heads and not a logged step: nothing to name
                 where = "; layer losses are not computed on unlogged steps of this model"
@@ -1138,7 +1148,7 @@ class Run:
                 where = f"; first non-finite layer loss at layer {bad[0] + 1}/{L} ({r['layer_losses'][bad[0]]})"
             else:
                 where = ""
-            return True, f"step {step}: non-finite loss ({r['loss']}){where}"
+            return True, f"step {step}: non-finite loss ({r['objective']}){where}"
         if not math.isfinite(r["norm"]):
             name = next((pn for pn, p in self.raw_model.named_parameters()
                          if p.grad is not None and not torch.isfinite(p.grad).all()), "?")
@@ -1164,11 +1174,13 @@ class Run:
 
     @torch.no_grad()
     def evaluate(self, step):
-        """Val loss (the training objective), per-layer val CE and mean exit depth, HellaSwag."""
+        """Val CE of the last layer (the `val` line), per-layer val CE, mean exit depth; with
+        early exit the CE at each token's exit layer (`val-exit`); the objective (`val-objective`
+        unless exit_loss is final, and in the jsonl); HellaSwag."""
         cfg, raw, L = self.cfg, self.raw_model, self.mcfg.n_layer
         raw.eval()
         self.val_loader.reset()
-        acc = torch.zeros(2 + L, device=self.device)
+        acc = torch.zeros(3 + L, device=self.device)
         n = self.eval_steps * self.grad_accum
         fork, s = self._fork_rng(1)
         with fork:
@@ -1179,13 +1191,19 @@ class Run:
                 with self.autocast:
                     _, loss, st = raw(x, y, return_stats=True, return_logits=False)
                 acc += torch.cat([loss.float().view(1), st["exit_depth"].float().view(1),
-                                  st["layer_losses"].float().view(-1)]) / n
+                                  st["exit_ce"].float().view(1), st["layer_losses"].float().view(-1)]) / n
         self.d.sum_(acc)
         acc = (acc / self.d.world).cpu()
-        val, depth, layers = acc[0].item(), acc[1].item(), acc[2:].tolist()
+        objective, depth, exit_ce, layers = acc[0].item(), acc[1].item(), acc[2].item(), acc[3:].tolist()
+        val = layers[-1]
         self.log.line(f"@ {step} val {val:.4f}")
         self.log.line(f"@ {step} val-layers {[round(v, 4) for v in layers]}, exit-depth: {depth:.3f}")
-        self.log.event("val", step=step, loss=val, layer_losses=layers, exit_depth=depth)
+        if self.mcfg.early_exit:
+            self.log.line(f"@ {step} val-exit {exit_ce:.4f}")
+        if self.mcfg.exit_loss != "final":
+            self.log.line(f"@ {step} val-objective {objective:.4f}")
+        self.log.event("val", step=step, loss=val, layer_losses=layers, exit_depth=depth,
+                       exit_ce=exit_ce if self.mcfg.early_exit else None, objective=objective)
         if cfg["hellaswag"]:
             self._hellaswag(step)
         raw.train()
@@ -1349,7 +1367,7 @@ class Run:
                 log.line(format_train_line(step, r, k, self.skipped if cfg["skip_nonfinite"] else None))
                 mem = (torch.cuda.max_memory_allocated(self.device) if self.device_type == "cuda"
                        else _maxrss())
-                log.event("train", step=step, loss=r["loss"], allloss=r["allloss"],
+                log.event("train", step=step, loss=r["loss"], objective=r["objective"], allloss=r["allloss"],
                           confloss=r["confloss"], targetloss=r["targetloss"],
                           earlystop=r["earlystop"], earlystopdict=r["earlystopdict"],
                           layer_losses=r["layer_losses"], exit_depth=r["exit_depth"], lr=r["lr"],
@@ -1418,7 +1436,7 @@ class Run:
             lr = a * (b / a) ** (i / max(1, n - 1))
             batches = [self.train_loader.next_batch() for _ in range(self.grad_accum)]
             r = self.train_step(batches, lr, i, guard=False, want_stats=False)
-            loss = r["loss"]
+            loss = r["objective"]
             if not math.isfinite(loss):
                 log.note(f"lr_find: loss non-finite at lr {lr:.4e}; stopping")
                 break

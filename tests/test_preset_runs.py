@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import (ROOT, SAMPLE_RE, SIZE_RE, TRAIN_RE, VAL_LAYERS_RE, VAL_RE, _write_shard)
 import sweep
@@ -97,3 +98,7 @@ def test_preset_survives_every_periodic_event(args, hs_char_data, tmp_path, caps
     assert sorted(os.listdir(tmp_path / run)) == ["ckpt_000002.pt", "ckpt_000003.pt"]
     assert not [l for l in lines if "disabled" in l or "skipped" in l or "error" in l]
     assert os.path.isfile(tmp_path / "img" / f"{run}.png")
+    # the header's resolved config is what the model uses (e.g. layer_heads, which every exit
+    # loss but final turns on)
+    ck = torch.load(tmp_path / run / "ckpt_000003.pt", map_location="cpu", weights_only=True)
+    assert {k: cfg[k] for k in ck["model_config"]} == ck["model_config"]
