@@ -24,6 +24,9 @@ Ratios (targets): FLOP-bound tok/s = tok/s_plain * FLOPs_plain / FLOPs_all; shar
 over it (>= 0.9), shared-fused peak memory over plain (<= 1.2), fused / naive memory. The plain
 reference is reported both with the naive head (nanoGPT) and with the fused head.
 Writes <out>/<device-slug>-<date>[-quick].md and .json and copies the table to <out>/LATEST.md.
+
+    python bench.py --memory [--validate]        # predicted CUDA peak memory (bench/memory_model.py)
+    python bench.py --gpu-check [--dry-run]      # the one-command GPU check (bench/gpu_check.py)
 """
 import argparse
 import datetime
@@ -38,9 +41,11 @@ import subprocess
 import sys
 import time
 
+import cli
 import fineweb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SUBCOMMANDS = {"--memory": "memory_model", "--gpu-check": "gpu_check"}   # flag -> bench/ module
 
 CASES = {   # name -> GPTConfig overrides on top of the shape
     "plain": dict(share_weights=False, layer_heads=False, head_impl="naive"),
@@ -61,11 +66,6 @@ RESULT_TAG = "BENCH_RESULT "
 # every allocation >= 1 MiB its own mapping that is unmapped on free, so a case's peak RSS is its
 # peak live memory rather than heap fragmentation that grows with the number of steps
 WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2 ** 20)}
-
-
-def fail(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def flops_per_token(model, T):
@@ -106,8 +106,7 @@ def run_case(spec):
     model.train()
     opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), dev)
     if spec["compile"]:
-        for m in model.transformer.h:          # regional compile, as train_gpt2.py does
-            m.compile()
+        model.compile_blocks(backend=spec.get("backend", "inductor"))   # as train_gpt2.py does
     B, T = shape["B"], shape["T"]
     g = torch.Generator().manual_seed(1234)
     data = torch.randint(0, cfg.vocab_size, (B, T + 1), generator=g).to(dev)
@@ -142,6 +141,7 @@ def run_case(spec):
     dt = min(times) if spec["stat"] == "best" else statistics.median(times)
     res = {"step_s_stat": dt, "step_s": times, "tok_per_s": B * T / dt,
            "flops_per_token": fpt, "tflops": B * T / dt * fpt / 1e12, "loss": losses[-1],
+           "losses": losses,
            "params": model.get_num_params(), "base_rss_mb": base_rss,
            "peak_rss_mb": _maxrss_mb()}
     res["delta_rss_mb"] = res["peak_rss_mb"] - base_rss
@@ -199,7 +199,7 @@ def peak_flops(dev, info, dtype):
     """(FLOP/s, how it was obtained). CUDA: the data-sheet dense peak for the dtype (bf16/fp16)
     when the GPU is known; otherwise (and on CPU) the best measured GEMM rate."""
     if dev == "cuda" and dtype in ("bf16", "fp16"):
-        from train_gpt2 import peak_bf16_flops
+        from runlog import peak_bf16_flops
         known = peak_bf16_flops(info["name"])
         if known:
             return known[1], f"{known[0]} dense {dtype} data sheet"
@@ -350,35 +350,53 @@ def slug(text):
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.Parser(prog="bench.py", description=cli.doc_head(__doc__))
     ap.add_argument("--quick", action="store_true", help="CPU proxy shape, < 3 min on 2 cores")
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                    help="default: cuda if available else cpu")
-    ap.add_argument("--out", default=os.path.join(HERE, "bench", "results"))
+                    help="None: cuda if available else cpu")
+    ap.add_argument("--out", default=os.path.join(HERE, "bench", "results"), help="results directory")
     ap.add_argument("--cases", default=",".join(CASES),
                     help=f"comma-separated subset of {','.join(CASES)}")
     ap.add_argument("--exit-loss", default="4-test", help="exits.EXIT_LOSSES name for the "
                     "early-exit case")
     ap.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
-                    help="autocast dtype (default bf16 on CUDA, fp32 on CPU)")
+                    help="autocast dtype (None: bf16 on CUDA, fp32 on CPU)")
     ap.add_argument("--compile", action="store_true", help="regional torch.compile of blocks")
-    ap.add_argument("--warmup", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads per case (0: default)")
+    ap.add_argument("--warmup", type=cli.int_arg(0), default=None,
+                    help="untimed steps (None: 1 with --quick, else 3)")
+    ap.add_argument("--steps", type=cli.int_arg(1), default=None,
+                    help="timed steps (None: 3 with --quick, else 10)")
+    ap.add_argument("--threads", type=cli.int_arg(0, 4096), default=0, help="torch threads per case (0: default)")
     ap.add_argument("--stat", choices=["best", "median"], default=None,
-                    help="step time reported: fastest timed step (default on CPU, which may be "
-                    "shared) or median (default on CUDA)")
-    ap.add_argument("--repeat", type=int, default=1,
+                    help="step time reported: fastest timed step (None: best on CPU, which may be "
+                    "shared; median on CUDA)")
+    ap.add_argument("--repeat", type=cli.int_arg(1), default=1,
                     help="rounds over all cases (fresh processes), keeping each case's fastest")
-    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
+    ap.add_argument("--timeout", type=cli.float_arg(1), default=600.0, help="seconds per case")
     for k in FULL_SHAPE:
-        ap.add_argument(f"--{k}", type=int, default=None, help="override the shape")
+        ap.add_argument(f"--{k}", type=cli.int_arg(1, 1 << 20), default=None,
+                        help="override the shape (None: the --quick or full shape)")
+    ap.add_argument("--memory", action="store_true", help="predicted peak memory of one training "
+                    "step instead (bench/memory_model.py; its options: bench.py --memory --help)")
+    ap.add_argument("--gpu-check", action="store_true", help="the GPU check instead "
+                    "(bench/gpu_check.py; its options: bench.py --gpu-check --help)")
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args._worker is None:
+        try:
+            cli.check_output(args.out, "--out", is_dir=True)
+        except cli.UsageError as e:
+            cli.fail(e)
+    return args
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for flag, name in SUBCOMMANDS.items():
+        if flag in argv:      # a bench/ module with its own options
+            sys.path.insert(0, os.path.join(HERE, "bench"))
+            return __import__(name).main([a for a in argv if a != flag])
+    args = parse_args(argv)
     if args._worker is not None:
         return worker_main(args._worker)
     import torch
@@ -387,26 +405,22 @@ def main(argv=None):
 
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda but torch.cuda.is_available() is False")
+        cli.fail("--device cuda but torch.cuda.is_available() is False")
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown or not cases:
-        fail(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+        cli.fail(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
     if args.exit_loss not in exits.EXIT_LOSSES:
-        fail(f"unknown --exit-loss {args.exit_loss!r}; known: {', '.join(exits.EXIT_LOSSES)}")
+        cli.fail(f"unknown --exit-loss {args.exit_loss!r}; known: {', '.join(exits.EXIT_LOSSES)}")
     shape = dict(QUICK_SHAPE if args.quick else FULL_SHAPE)
     for k in shape:
         if getattr(args, k) is not None:
-            if getattr(args, k) < 1:
-                fail(f"--{k} must be >= 1")
             shape[k] = getattr(args, k)
     if shape["n_embd"] % shape["n_head"]:
-        fail(f"n_embd {shape['n_embd']} not divisible by n_head {shape['n_head']}")
+        cli.fail(f"n_embd {shape['n_embd']} not divisible by n_head {shape['n_head']}")
     dtype = args.dtype or ("bf16" if dev == "cuda" else "fp32")
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     steps = args.steps if args.steps is not None else (3 if args.quick else 10)
-    if warmup < 0 or steps < 1 or args.repeat < 1:
-        fail("--warmup must be >= 0, --steps and --repeat >= 1")
     stat = args.stat or ("median" if dev == "cuda" else "best")
     os.makedirs(args.out, exist_ok=True)
 
@@ -466,4 +480,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -13,7 +13,6 @@ is >= threshold; > 1 never exits):
 Writes the markdown table to log/<run>/exit_eval.md (next to the checkpoint) and the
 val-loss-vs-depth Pareto plot to img/<run>_pareto.png.
 """
-import argparse
 import math
 import os
 import sys
@@ -23,12 +22,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import checkpoint
+import cli
+
 
 class EvalError(ValueError):
     """Bad input: reported as one `error:` line."""
 
 
 def parse_thresholds(text):
+    """'0.5,0.9' -> [0.5, 0.9]; EvalError unless every item is a finite number >= 0."""
     try:
         ths = [float(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -39,21 +42,39 @@ def parse_thresholds(text):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """Parsed arguments; bad values and paths exit 2 with one error line, before any work."""
+    p = cli.Parser(prog="eval_exit.py", description=cli.doc_head(__doc__))
     p.add_argument("--ckpt", required=True, help="checkpoint log/<run>/ckpt_XXXXXX.pt")
     p.add_argument("--data", required=True, help="data directory with meta.json (fineweb.py)")
     p.add_argument("--thresholds", default="0.5,0.7,0.9,1.01",
-                   help="comma-separated exit thresholds")
-    p.add_argument("--batches", type=int, default=8, help="val batches per threshold")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=None,
-                   help="tokens per row (default: the run's T, capped at block_size)")
-    p.add_argument("--decode-tokens", type=int, default=64,
+                   help="comma-separated exit thresholds (>= 0; > 1 never exits)")
+    p.add_argument("--batches", type=cli.int_arg(1, 1 << 20), default=8, help="val batches per threshold")
+    p.add_argument("--batch-size", type=cli.int_arg(1, 1 << 16), default=4, help="rows per val batch")
+    p.add_argument("--seq-len", type=cli.int_arg(1), default=None,
+                   help="tokens per row (None: the run's T, capped at block_size)")
+    p.add_argument("--decode-tokens", type=cli.int_arg(0), default=64,
                    help="new tokens generated per threshold for tokens/s (0 = skip)")
-    p.add_argument("--out", default=None, help="markdown output (default log/<run>/exit_eval.md)")
+    p.add_argument("--decode-rounds", type=cli.int_arg(1, 1000), default=3,
+                   help="interleaved timing rounds over all thresholds; tok/s is the median")
+    p.add_argument("--out", default=None, help="markdown output (None: log/<run>/exit_eval.md)")
     p.add_argument("--img-dir", default="img", help="where <run>_pareto.png goes")
-    p.add_argument("--device", default="auto")
-    return p.parse_args(argv)
+    p.add_argument("--img", default=None, help="Pareto plot path (None: <img-dir>/<run>_pareto.png)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
+    args = p.parse_args(argv)
+    try:
+        args.threshold_list = parse_thresholds(args.thresholds)
+        cli.check_input_file(args.ckpt, "--ckpt")
+        if not os.path.isdir(args.data):
+            raise EvalError(f"--data {args.data}: data directory does not exist")
+        args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "exit_eval.md")
+        cli.check_output(args.out, "--out")
+        cli.check_output(args.img_dir, "--img-dir", is_dir=True)
+        if args.img:
+            cli.check_output(args.img, "--img")
+        args.device = str(cli.check_device(args.device))
+    except ValueError as e:
+        cli.fail(e)
+    return args
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,8 +120,7 @@ def set_exit(model, threshold):
         cfg.early_exit = True
         cfg.exit_mode = "threshold"
         cfg.exit_threshold = float(threshold)
-        if hasattr(cfg, "exit_propagate"):
-            cfg.exit_propagate = True
+        cfg.exit_propagate = True
 
 
 @torch.no_grad()
@@ -161,7 +181,6 @@ def decode(model, prompt, n_new, threshold):
     threshold None = early exit off (full depth, one head)."""
     set_exit(model, threshold)
     kw = {} if threshold is None else {"exit_threshold": float(threshold)}
-    model.generate(prompt, 2, temperature=0, **kw)                  # warm-up
     if prompt.is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -173,6 +192,19 @@ def decode(model, prompt, n_new, threshold):
     if threshold is None:
         depth = float(model.config.n_layer)
     return tok_s, depth
+
+
+def decode_speeds(model, prompt, n_new, thresholds, rounds):
+    """decode() of every threshold (None = full depth), interleaved over rounds (A B C A B C
+    ...) after one warm-up pass, so steady background load hits all alike -> [(median tok/s,
+    exit depth)] in the order of `thresholds`."""
+    for th in thresholds:                                           # warm-up
+        decode(model, prompt, 2, th)
+    runs = [[] for _ in thresholds]
+    for _ in range(rounds):
+        for i, th in enumerate(thresholds):
+            runs[i].append(decode(model, prompt, n_new, th))
+    return [(float(np.median([r[0] for r in rs])), rs[-1][1]) for rs in runs]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +230,21 @@ def format_table(rows, ref, L):
                          r["exit_depth"] / L, 100 * r["flops_saved"], 100 * r["flops_saved_plain"],
                          fmt_num(r["tok_s"], ".1f"), speedup, fmt_num(r["decode_depth"], ".2f")))
     return "\n".join(lines)
+
+
+def format_summary(rows, ref, L):
+    """The short table for a screen: threshold -> val CE, its change, average exit depth, decode
+    speedup; first row full depth (early exit off). Plain text, aligned columns."""
+    def speedup(r):
+        return "n/a" if r["tok_s"] is None or not ref["tok_s"] else f"{r['tok_s'] / ref['tok_s']:.2f}x"
+    out = [f"{'threshold':>9}  {'val CE':>6}  {'vs full':>7}  {'avg exit depth':>14}  "
+           f"{'decode speedup':>14}",
+           f"{'off':>9}  {ref['val_loss']:6.3f}  {'':>7}  {L:>9.2f} / {L:<2d}  {speedup(ref):>14}"]
+    for r in rows:
+        out.append(f"{format(r['threshold'], 'g'):>9}  {r['val_loss']:6.3f}  "
+                   f"{100 * (r['val_loss'] / ref['val_loss'] - 1):+6.1f}%  "
+                   f"{r['exit_depth']:>9.2f} / {L:<2d}  {speedup(r):>14}")
+    return "\n".join(out)
 
 
 def pareto_front(points):
@@ -236,9 +283,15 @@ def plot_pareto(rows, ref, L, path, title):
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,18 +299,12 @@ def plot_pareto(rows, ref, L, path, title):
 
 def run(args):
     """Evaluate; returns (rows, ref, markdown). Raises EvalError / fineweb.DataError on bad input."""
-    thresholds = parse_thresholds(args.thresholds)
-    if args.batches < 1 or args.batch_size < 1 or args.decode_tokens < 0:
-        raise EvalError("--batches and --batch-size must be >= 1, --decode-tokens >= 0")
-    if not os.path.isfile(args.ckpt):
-        raise EvalError(f"checkpoint not found: {args.ckpt}")
-    from model import GPT
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    thresholds = args.threshold_list
+    device = args.device
     try:
-        model = GPT.from_checkpoint(args.ckpt)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise EvalError(f"cannot load checkpoint {args.ckpt}: {type(e).__name__}: {first}") from None
+        model, ck = checkpoint.load_model(args.ckpt)
+    except checkpoint.CheckpointError as e:
+        raise EvalError(str(e)) from None
     model.to(device).eval()
     cfg = model.config
     if cfg.confidence == "target-prob":
@@ -265,9 +312,7 @@ def run(args):
                         "early exit at inference is undefined for it")
     T = args.seq_len
     if T is None:
-        ckpt_T = torch.load(args.ckpt, map_location="cpu", weights_only=True,
-                            mmap=True).get("train_config", {}).get("T")
-        T = int(ckpt_T) if ckpt_T else cfg.block_size
+        T = int(ck["train_config"].get("T") or cfg.block_size)
     T = min(T, cfg.block_size)
     B = args.batch_size
     tokens, meta = load_val_tokens(args.data, args.batches * B * T + 1)
@@ -283,10 +328,9 @@ def run(args):
     block, head, kv = layer_costs(model, T)
     L = cfg.n_layer
     saved_cfg = (cfg.early_exit, cfg.exit_mode, cfg.exit_threshold,
-                 getattr(cfg, "exit_propagate", True))
+                 cfg.exit_propagate)
 
     ref = evaluate(model, batches, None, device)
-    ref["tok_s"], ref["decode_depth"] = decode(model, prompt, n_new, None) if n_new else (None, None)
     rows = []
     for th in thresholds:
         r = evaluate(model, batches, th, device)
@@ -294,8 +338,11 @@ def run(args):
                                                  block, head, kv)
         r.update(threshold=th, flops_per_token=flops, flops_saved=1 - flops / full_heads,
                  flops_saved_plain=1 - flops / plain)
-        r["tok_s"], r["decode_depth"] = decode(model, prompt, n_new, th) if n_new else (None, None)
         rows.append(r)
+    speeds = (decode_speeds(model, prompt, n_new, [None] + thresholds, args.decode_rounds)
+              if n_new else [(None, None)] * (1 + len(rows)))
+    for r, (tok_s, depth) in zip([ref] + rows, speeds):
+        r["tok_s"], r["decode_depth"] = tok_s, depth
     cfg.early_exit, cfg.exit_mode, cfg.exit_threshold, cfg.exit_propagate = saved_cfg
 
     run_name = os.path.basename(os.path.dirname(os.path.abspath(args.ckpt)))
@@ -310,7 +357,8 @@ def run(args):
         "propagated to deeper layers (CALM).",
         "",
         f"Full depth (early exit off): val loss {ref['val_loss']:.4f}, decode "
-        f"{fmt_num(ref['tok_s'], '.1f')} tok/s ({n_new} greedy tokens, batch 1).",
+        f"{fmt_num(ref['tok_s'], '.1f')} tok/s ({n_new} greedy tokens, batch 1; tok/s: median "
+        f"of {args.decode_rounds} rounds interleaved over the thresholds).",
         "",
         format_table(rows, ref, L),
         "",
@@ -322,25 +370,32 @@ def run(args):
     return rows, ref, md, run_name
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        import fineweb
-        data_errors = (EvalError, fineweb.DataError)
-    except ImportError:
-        data_errors = (EvalError,)
-    try:
-        rows, ref, md, run_name = run(args)
-    except data_errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "exit_eval.md")
-    img = os.path.join(args.img_dir, f"{run_name}_pareto.png")
+def evaluate_and_write(args):
+    """run(args), then the markdown table (args.out) and the Pareto plot (--img, default
+    <img-dir>/<run>_pareto.png) -> (rows, ref, md, out path, img path).
+    Raises EvalError / fineweb.DataError on bad input, before writing anything."""
+    import fineweb
+    rows, ref, md, run_name = run(args)
+    img = args.img or os.path.join(args.img_dir, f"{run_name}_pareto.png")
     plot_pareto(rows, ref, len(ref["earlystopdict"]), img,
                 f"{run_name}: val loss vs exit depth")
-    fineweb.write_text_atomic(out, md)
+    fineweb.write_text_atomic(args.out, md)
+    return rows, ref, md, args.out, img
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import fineweb
+    try:
+        rows, ref, md, out, img = evaluate_and_write(args)
+    except (EvalError, fineweb.DataError) as e:
+        cli.fail(e)
+    except MemoryError:
+        cli.fail(f"out of memory for --batch-size {args.batch_size} x --seq-len; lower them")
+    except OSError as e:
+        cli.fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
     print(md)
-    print(f"wrote {out} and {img}")
+    print(f"wrote {args.out} and {img}")
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def target_prob(out):
 
 
 # ----------------------------------------------------------------------------------------------
-# exit rules: fn(confidence, threshold, generator=None) -> bool, same shape as confidence
+# exit rules: fn(confidence, threshold) -> bool, same shape as confidence
 
 EXIT_RULES: Dict[str, Callable] = {}
 
@@ -82,17 +82,16 @@ def register_exit_rule(name):
 
 
 @register_exit_rule("threshold")
-def threshold_rule(confidence, threshold, generator=None):
+def threshold_rule(confidence, threshold):
     """Exit when confidence >= threshold (threshold > 1 never exits, 0 always exits)."""
     return confidence >= threshold
 
 
 @register_exit_rule("sample")
-def sample_rule(confidence, threshold=None, generator=None):
+def sample_rule(confidence, threshold=None):
     """Exit with probability = confidence (the journal's "some probability of terminating"):
-    u ~ U[0, 1) per token, exit when u < confidence. `threshold` is ignored."""
-    u = torch.rand(confidence.shape, generator=generator, device=confidence.device,
-                   dtype=torch.float32)
+    u ~ U[0, 1) per token from the global RNG, exit when u < confidence. `threshold` is ignored."""
+    u = torch.rand(confidence.shape, device=confidence.device, dtype=torch.float32)
     return u < confidence.float()
 
 

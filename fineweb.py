@@ -35,7 +35,6 @@ index, tokens of that document already used]); rerunning a finished one is a no-
 `read_manifest(dir)` validates a finished directory for the trainer; `load_tokens(path)` memmaps
 a shard.
 """
-import argparse
 import errno
 import hashlib
 import json
@@ -48,6 +47,8 @@ from collections import deque
 
 import numpy as np
 
+import cli
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MANIFEST = "meta.json"
 FINEWEB = ("HuggingFaceFW/fineweb-edu", "sample-10BT")
@@ -59,6 +60,8 @@ UINT16_IDS = 1 << 16               # a vocabulary must have at most this many id
 BATCH_CHARS = 1 << 20              # characters per tokenisation task sent to a worker
 CACHE_TOKENS = 64_000_000          # counting pass keeps the tokens when the corpus is at most this big
 TOKENIZERS = ("gpt2", "char")
+MAX_SHARD_SIZE = 1 << 32           # --shard-size cap (an 8 GiB uint16 buffer)
+MAX_PROCS = 256                    # --procs cap
 
 
 class DataError(ValueError):
@@ -101,6 +104,16 @@ def _load_meta(path):
     if not isinstance(meta, dict) or not isinstance(meta.get("shards"), list):
         raise DataError(f"manifest has no shard list: {path}")
     return meta
+
+
+def model_vocab_size(meta):
+    """vocab_size a model for this data gets when none is set. GPT-2 BPE: 50257 padded up to a
+    multiple of 64 (50304, nanoGPT's faster embedding/head matmuls; the padded rows are never
+    targets). Char: the manifest's size exactly, as nanoGPT's meta.pkl: the head is a negligible
+    share of the FLOPs at that size, and every row is a real symbol, so the initial loss is ln V
+    and no probability goes to ids the tokenizer cannot decode."""
+    n = int(meta["vocab_size"])
+    return -(-n // 64) * 64 if meta["tokenizer"] == "gpt2" else n
 
 
 def read_manifest(data_dir, check_sha=False):
@@ -154,6 +167,27 @@ def read_manifest(data_dir, check_sha=False):
     return meta
 
 
+def vocabulary_mismatch(meta, tokenizer):
+    """Why data with manifest `meta` cannot feed a model trained with `tokenizer` (a checkpoint's
+    {"name", "chars", "vocab_size"}), or None: another tokenizer, other characters behind the
+    ids of a char vocabulary, or another vocabulary size."""
+    if not tokenizer:
+        return None
+    name = tokenizer.get("name")
+    if name is not None and name != meta["tokenizer"]:
+        return f"tokenizer {meta['tokenizer']!r}, the checkpoint's is {name!r}"
+    chars = tokenizer.get("chars")
+    if meta["tokenizer"] == "char" and chars is not None and chars != meta.get("chars"):
+        diff = next((i for i, (a, b) in enumerate(zip(chars, meta.get("chars") or "")) if a != b),
+                    min(len(chars), len(meta.get("chars") or "")))
+        return (f"another char vocabulary ({len(meta.get('chars') or '')} characters, the "
+                f"checkpoint's {len(chars)}; they differ from id {diff} on)")
+    size = tokenizer.get("vocab_size")
+    if size is not None and int(size) != int(meta["vocab_size"]):
+        return f"vocab_size {meta['vocab_size']}, the checkpoint's data had {size}"
+    return None
+
+
 def shard_paths(meta, split):
     """Absolute paths of a read_manifest() result's shards of one split, in order."""
     return [os.path.join(meta["data_dir"], s["file"]) for s in meta["shards"] if s["split"] == split]
@@ -186,6 +220,13 @@ class BuiltinSource:
         out += [("file", os.path.join(stdlib, f)) for f in sorted(f.replace(os.sep, "/") for f in files)]
         random.Random(BUILTIN_SEED).shuffle(out)
         return out
+
+    def digest(self):
+        """sha256 of the documents' text (the corpus depends on the Python install)."""
+        h = hashlib.sha256()
+        for text in self.documents():
+            h.update(text.encode("utf-8", "surrogatepass") + b"\0")
+        return h.hexdigest()
 
     def documents(self, skip=0):
         from pydoc_data.topics import topics
@@ -264,8 +305,7 @@ class LocalSource:
         if self.text_column not in cols:
             raise DataError(f"column {self.text_column!r} not in {path} (columns: {', '.join(cols)}); "
                             f"use --text-column")
-        for batch in ds.select_columns([self.text_column]).iter(batch_size=1024):
-            yield from batch[self.text_column]
+        yield from _column_texts(ds, self.text_column, path)
 
     def documents(self, skip=0):
         i = 0
@@ -274,6 +314,15 @@ class LocalSource:
                 if i >= skip:
                     yield text
                 i += 1
+
+    def digest(self):
+        """sha256 over every source file's name (relative to the source) and bytes."""
+        h = hashlib.sha256()
+        base = self.path if os.path.isdir(self.path) else os.path.dirname(self.path)
+        for path in self.files:
+            h.update(os.path.relpath(path, base).encode() + b"\0")
+            h.update(_sha256_file(path).encode())
+        return h.hexdigest()
 
 
 class HFSource:
@@ -307,12 +356,50 @@ class HFSource:
         try:
             if skip:
                 ds = ds.skip(skip)
-            for batch in ds.select_columns([self.text_column]).iter(batch_size=1024):
-                yield from batch[self.text_column]
+            yield from _column_texts(ds, self.text_column, self.name, first=skip, locate=False)
         except (DataError, GeneratorExit):
             raise
         except Exception as e:
             raise SourceReadError(f"reading Hugging Face dataset {self.name!r} failed: {_one_line(e)}") from None
+
+
+def _column_texts(ds, column, where, first=0, locate=True):
+    """The text column of a datasets.Dataset/IterableDataset, value by value; a value that is
+    neither a string nor None (int, list, ...) is a DataError naming its record (1-based).
+    A record that the datasets library itself fails to decode is found (locate) by reading the
+    failing batch row by row."""
+    n = first
+    batches = ds.select_columns([column]).iter(batch_size=1024)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as e:
+            if not locate:
+                raise
+            raise DataError(f"{where}: record {_first_bad_record(ds, n) + 1}: cannot read column "
+                            f"{column!r} as text ({_one_line(e)})") from None
+        for text in batch[column]:
+            if text is not None and not isinstance(text, str):
+                raise DataError(f"{where}: record {n + 1}: column {column!r} holds "
+                                f"{type(text).__name__} {repr(text)[:60]}, not a string")
+            yield text
+            n += 1
+
+
+def _first_bad_record(ds, start):
+    """0-based index of the first record at or after start that fails to load (start if none)."""
+    rows = iter(ds.skip(start))
+    n = start
+    while True:
+        try:
+            next(rows)
+        except StopIteration:
+            return start
+        except Exception:
+            return n
+        n += 1
 
 
 def _one_line(e):
@@ -628,6 +715,8 @@ def build_config(args, source):
     if isinstance(source, HFSource):
         cfg.update(name=source.config, split=source.split, streaming=source.streaming,
                    text_column=args.text_column)
+    else:               # an edited source is another build, whatever its path
+        cfg["source_sha256"] = source.digest()
     return cfg
 
 
@@ -640,7 +729,15 @@ def _resume_state(out, cfg):
         meta = _load_meta(path)
     except DataError:
         raise DataError(f"{path} exists but is not a valid manifest; delete {out} or choose another --out") from None
-    if meta.get("build") != cfg:
+    old = meta.get("build")
+    if isinstance(old, dict) and {**old, "source_sha256": None} == {**cfg, "source_sha256": None}:
+        if old.get("source_sha256") != cfg.get("source_sha256"):
+            print(f"{cfg['source']} changed since {out} was built from it: rebuilding", file=sys.stderr)
+            for s in meta["shards"]:
+                _remove(os.path.join(out, os.path.basename(s.get("file", ""))))
+            _remove(path)
+            return None
+    if old != cfg:
         raise DataError(f"{out} already holds a different build ({json.dumps(meta.get('build'))}); "
                         f"choose another --out or delete it")
     if meta.get("complete"):
@@ -673,10 +770,11 @@ def build(args):
     """Run one data build; returns the manifest. Raises DataError for bad input."""
     t0 = time.time()
     source = make_source(args)
-    cfg = build_config(args, source)
     out = os.path.abspath(args.out or os.path.join(
         ROOT, "data", "edu_fineweb10B" if isinstance(source, HFSource) and source.prefix == "edufineweb"
         else source.prefix))
+    cli.check_output(out, "--out", is_dir=True)
+    cfg = build_config(args, source)
     val_fraction = args.val_fraction
     if val_fraction is None:
         val_fraction = 0.0 if isinstance(source, HFSource) else 0.1
@@ -793,61 +891,56 @@ def build(args):
 
 # ----------------------------------------------------------------------------- CLI
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):   # one line, exit 2
-        print(f"error: {message} (see python fineweb.py --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def _fraction(s):
-    v = float(s)
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"--val-fraction must be in [0, 1), got {s}")
-    return v
-
-
-def _positive(s):
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
-    return v
-
-
 def parse_args(argv=None):
-    p = _Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog="Sources: (none) = FineWeb-Edu sample-10BT; builtin; a .txt/.jsonl/.json/.parquet "
-                       "file or a directory of them; any Hugging Face dataset name.")
-    p.add_argument("--source", default=None, help="builtin | path | HF dataset name (default: FineWeb-Edu)")
-    p.add_argument("--name", default=None, help="HF dataset config (default for FineWeb-Edu: sample-10BT)")
-    p.add_argument("--split", default="train", help="HF dataset split (default train)")
+    p = cli.Parser(prog="fineweb.py", description=cli.doc_head(__doc__),
+                   epilog="Sources: (none) = FineWeb-Edu sample-10BT; builtin; a .txt/.jsonl/.json/.parquet "
+                          "file or a directory of them; any Hugging Face dataset name.")
+    p.add_argument("--source", default=None, help="builtin | path | HF dataset name (None: FineWeb-Edu)")
+    p.add_argument("--name", default=None, help="HF dataset config (None: sample-10BT for FineWeb-Edu)")
+    p.add_argument("--split", default="train", help="HF dataset split")
     p.add_argument("--streaming", action="store_true", help="stream the HF dataset instead of downloading it")
-    p.add_argument("--text-column", default="text", help="text column of json/parquet/HF data (default text)")
+    p.add_argument("--text-column", default="text", help="text column of json/parquet/HF data")
     p.add_argument("--txt-split-lines", action="store_true", help=".txt: every line is a document")
-    p.add_argument("--max-chars", type=_positive, default=BUILTIN_MAX_CHARS,
-                   help=f"builtin corpus size cap in characters (default {BUILTIN_MAX_CHARS:,})")
-    p.add_argument("--tokenizer", default="gpt2", choices=TOKENIZERS, help="gpt2 (default) or char")
-    p.add_argument("--shard-size", type=_positive, default=DEFAULT_SHARD_SIZE,
-                   help=f"tokens per shard (default {DEFAULT_SHARD_SIZE:,})")
-    p.add_argument("--val-fraction", type=_fraction, default=None,
+    p.add_argument("--max-chars", type=cli.int_arg(1), default=BUILTIN_MAX_CHARS,
+                   help="builtin corpus size cap in characters")
+    p.add_argument("--tokenizer", default="gpt2", choices=TOKENIZERS, help="tokenizer of the shards")
+    p.add_argument("--shard-size", type=cli.int_arg(1, MAX_SHARD_SIZE), default=DEFAULT_SHARD_SIZE,
+                   help="tokens per shard")
+    p.add_argument("--val-fraction", type=cli.float_arg(0, 1, hi_open=True), default=None,
                    help="fraction of tokens that goes to val; 0 = the first shard is val "
-                        "(default: 0 for HF datasets, 0.1 for builtin and local files)")
+                        "(None: 0 for HF datasets, 0.1 for builtin and local files)")
     p.add_argument("--val-position", default="first", choices=("first", "last"),
-                   help="val is the first (default) or the last --val-fraction of the tokens "
+                   help="val is the first or the last --val-fraction of the tokens "
                         "(last: nanoGPT's shakespeare_char split)")
-    p.add_argument("--out", default=None, help="output directory (default data/edu_fineweb10B for "
+    p.add_argument("--out", default=None, help="output directory (None: data/edu_fineweb10B for "
                                                 "FineWeb-Edu, data/<source name> otherwise)")
-    p.add_argument("--procs", type=_positive, default=max(1, (os.cpu_count() or 2) // 2),
-                   help="tokenising processes (default: half the CPUs)")
+    p.add_argument("--procs", type=cli.int_arg(1, MAX_PROCS), default=max(1, (os.cpu_count() or 2) // 2),
+                   help="tokenising processes (half the CPUs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.text_column:
+        p.error("--text-column must not be empty")
+    src = args.source
+    if src is not None and "\0" in src:
+        p.error(f"--source {src!r} contains a NUL byte")
+    if src is not None and (src == "builtin" or os.path.exists(os.path.expanduser(src)) or _looks_local(src)):
+        given = [f for f, v in (("--name", args.name), ("--split", args.split != "train"),
+                                ("--streaming", args.streaming)) if v]
+        if given:
+            p.error(f"{', '.join(given)} only apply to Hugging Face datasets, not to --source {src}")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
         build(args)
-    except DataError as e:
+    except (DataError, cli.UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"error: out of memory (a shard buffer holds --shard-size {args.shard_size:,} tokens; "
+              f"lower it)", file=sys.stderr)
         return 2
     except SourceReadError as e:
         print(f"error: {e}; finished shards are kept, rerun the same command to resume", file=sys.stderr)

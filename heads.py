@@ -36,11 +36,6 @@ class HeadOut(NamedTuple):
     p_target: Optional[torch.Tensor]  # (N,) softmax probability of the target, fp32
 
 
-def head_logits(h, weight):
-    """(…, C) x (V, C) -> (…, V) logits in the autocast dtype (for sampling and eval)."""
-    return F.linear(h, weight)
-
-
 def _naive_stats(h, weight, targets):
     logits = F.linear(h, weight).float()                    # (N, V)
     logp = F.log_softmax(logits, dim=-1)                    # (N, V)

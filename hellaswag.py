@@ -17,13 +17,14 @@ jsonl in the original HellaSwag format, one object per line with at least
 From the trainer (DDP): each rank scores examples i with i % world_size == rank; all_reduce the
 three counts returned by `evaluate`.
 """
-import argparse
 import json
 import os
 import sys
 
 import torch
 import torch.nn.functional as F
+
+import cli
 
 
 def load_examples(data=None, limit=None):
@@ -50,11 +51,16 @@ def load_examples(data=None, limit=None):
 
 
 def _check(ex, i):
+    if not isinstance(ex, dict):
+        raise ValueError(f"example {i}: not a JSON object ({type(ex).__name__})")
     if "endings" not in ex or "label" not in ex or not ("ctx" in ex or "ctx_a" in ex):
         raise ValueError(f"example {i}: needs fields ctx (or ctx_a/ctx_b), endings, label")
-    if len(ex["endings"]) != 4:
-        raise ValueError(f"example {i}: expected 4 endings, got {len(ex['endings'])}")
-    if int(ex["label"]) not in range(4):
+    if not isinstance(ex["endings"], list) or len(ex["endings"]) != 4:
+        raise ValueError(f"example {i}: expected 4 endings, got {ex['endings']!r:.80}")
+    texts = [ex["endings"], ex.get("ctx", ""), ex.get("ctx_a", ""), ex.get("ctx_b", "")]
+    if not all(isinstance(t, str) for t in texts[0] + texts[1:]):
+        raise ValueError(f"example {i}: ctx, ctx_a, ctx_b and endings must be strings")
+    if str(ex["label"]) not in ("0", "1", "2", "3"):
         raise ValueError(f"example {i}: label {ex['label']!r} not in 0..3")
 
 
@@ -130,52 +136,55 @@ def evaluate(model, examples, device, tokenizer, rank=0, world_size=1, max_len="
     return n_norm, n_plain, n_total
 
 
-def _device(name):
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    return name
-
-
 def _load_model(args):
     """(model, tokenizer) from --ckpt (this project's checkpoint) or --model (HF GPT-2 name/dir)."""
+    import checkpoint
     import tokenizer as tok
     from model import GPT
     if args.ckpt:
-        if not os.path.isfile(args.ckpt):
-            raise ValueError(f"no such checkpoint: {args.ckpt}")
-        ckpt = torch.load(args.ckpt, map_location="cpu", weights_only=True)
+        model, ckpt = checkpoint.load_model(args.ckpt)      # CheckpointError is a ValueError
         t = ckpt.get("tokenizer") or {"name": "gpt2"}
-        model = GPT.from_checkpoint(args.ckpt)
         return model, tok.get_tokenizer(t.get("name", "gpt2"), t.get("chars"))
-    return GPT.from_pretrained(args.model), tok.get_tokenizer("gpt2")
+    try:
+        return GPT.from_pretrained(args.model), tok.get_tokenizer("gpt2")
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"cannot load --model {args.model}: {type(e).__name__}: {first}") from None
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="HellaSwag completion-style accuracy (acc_norm, acc).")
+def parse_args(argv=None):
+    """Parsed arguments; bad values and paths exit 2 with one error line, before any work."""
+    p = cli.Parser(prog="hellaswag.py", description="HellaSwag completion-style accuracy (acc_norm, acc).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint log/{run}/ckpt_XXXXXX.pt")
     src.add_argument("--model", help="Hugging Face GPT-2 name (gpt2, gpt2-medium, ...) or local dir")
-    p.add_argument("--data", default=None, help="local jsonl in the original format (default: HF Rowan/hellaswag)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N examples")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--data", default=None, help="local jsonl in the original format (None: HF Rowan/hellaswag)")
+    p.add_argument("--limit", type=cli.int_arg(1), default=None, help="only the first N examples (None: all)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     args = p.parse_args(argv)
     try:
-        if args.data is not None and not os.path.isfile(args.data):
-            raise ValueError(f"no such data file: {args.data}")
-        if args.limit is not None and args.limit <= 0:
-            raise ValueError("--limit must be positive")
+        if args.data is not None:
+            cli.check_input_file(args.data, "--data")
+        if args.ckpt is not None:
+            cli.check_input_file(args.ckpt, "--ckpt")
+        if args.model is not None and args.model.startswith((".", "/", "~")) and \
+                not os.path.isdir(os.path.expanduser(args.model)):
+            raise cli.UsageError(f"--model {args.model}: no such directory")
+        args.device = str(cli.check_device(args.device))
+    except ValueError as e:
+        cli.fail(e)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
         examples = load_examples(args.data, args.limit)
         model, tokenizer = _load_model(args)
-        device = _device(args.device)
-        model.to(device)
-        n_norm, n_plain, n = evaluate(model, examples, device, tokenizer)
-    except (ValueError, OSError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        model.to(args.device)
+        n_norm, n_plain, n = evaluate(model, examples, args.device, tokenizer)
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        cli.fail(e)
     print(f"hellaswag {n} examples: acc_norm {n_norm}/{n} = {n_norm / max(n, 1):.4f}, "
           f"acc {n_plain}/{n} = {n_plain / max(n, 1):.4f}")
 

@@ -360,17 +360,13 @@ class PreLNBlock(Block):
         return mid + self.mlp(self.ln_2(mid)), mid
 
 
-@register_block("res")
-class ResBlock(PreLNBlock):
-    """The journal's base wiring in its own notation, "res + attn(x), x + mlp(LN(x))":
-        x = ln_1(res)
-        x = res + attn(x)              # mid
-        x = x + mlp(ln_2(x))
-    Reading: res is the stream entering the block and x = ln_1(res) a local, so this is
-    numerically identical to "pre-ln" (a test checks it). The journal's SIZE COMPARISON logs
-    support a single stream: in the "res + attn(x), x*mlp(LN(x))" log, mid of layer l equals the
-    previous layer's output plus a small attention term (e.g. 53.38 vs 53.25, 499.23 vs 499.09).
-    """
+# "res": the journal's base wiring in its own notation, "res + attn(x), x + mlp(LN(x))":
+#     x = ln_1(res);  x = res + attn(x)  (mid);  x = x + mlp(ln_2(x))
+# res is the stream entering the block and x = ln_1(res) a local, so this is "pre-ln" itself
+# (test_model's BLOCK_EQUATIONS writes it out independently). The journal's SIZE COMPARISON logs
+# support a single stream: in the "res + attn(x), x*mlp(LN(x))" log, mid of layer l equals the
+# previous layer's output plus a small attention term (e.g. 53.38 vs 53.25, 499.23 vs 499.09).
+BLOCKS["res"] = PreLNBlock
 
 
 @register_block("res-attn2")
@@ -529,9 +525,10 @@ SIN_PE_RMS = 0.02   # sinusoidal table scaled to the token embedding's init std 
 
 
 def sinusoidal_table(n_pos, C):
-    """(n_pos, C) fixed sin/cos table (Vaswani et al.): even dims sin, odd dims cos, scaled so
-    its RMS is SIN_PE_RMS. Unscaled (RMS 0.71) it drowns GPT-2-initialised token embeddings
-    (std 0.02): in a CPU sweep such a model stayed at the loss of a context-free model."""
+    """(n_pos, C) fixed sin/cos table (Vaswani et al.): even dims sin, odd dims cos, values in
+    [-1, 1] (RMS 0.71). GPT.__init__ scales it to RMS SIN_PE_RMS: unscaled it drowns
+    GPT-2-initialised token embeddings (std 0.02); in a CPU sweep such a model stayed at the
+    loss of a context-free model."""
     pos = torch.arange(n_pos, dtype=torch.float32)[:, None]
     inv = torch.exp(torch.arange(0, C, 2, dtype=torch.float32) * (-math.log(10000.0) / C))
     pe = torch.zeros(n_pos, C)
@@ -843,6 +840,21 @@ class GPT(nn.Module):
         }
         return idx
 
+    # -- torch.compile -------------------------------------------------------------------------
+
+    def compile_blocks(self, on_fallback=print, **compile_kwargs):
+        """Regional torch.compile: each stored Block's forward without KV caches (training,
+        evaluation, losses) is compiled with fullgraph=True, once per block (a shared block once
+        for all depths); state_dict keys, hooks and the heads are unchanged. KV-cached decoding
+        (generate) stays eager: its query length and cache length change every token, each a
+        recompile. A block whose forward cannot be captured as one graph (a graph break) or that
+        exhausts the recompile limit runs eager from then on, with one on_fallback(message).
+        Returns the number of blocks set up."""
+        blocks = list(self.transformer.h)
+        for blk in blocks:
+            blk.forward = _CompiledBlockForward(blk, on_fallback, compile_kwargs)
+        return len(blocks)
+
     # -- loading / optimiser -------------------------------------------------------------------
 
     @classmethod
@@ -881,19 +893,6 @@ class GPT(nn.Module):
                 sd[k].copy_(v)
         return model
 
-    @classmethod
-    def from_checkpoint(cls, path, map_location="cpu"):
-        """Rebuild a model from a trainer checkpoint (contract format) in eval mode."""
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        model = cls(GPTConfig(**ckpt["model_config"]))
-        sd = {}
-        for k, v in ckpt["model"].items():
-            for pre in ("_orig_mod.", "module."):
-                k = k[len(pre):] if k.startswith(pre) else k
-            sd[k] = v
-        model.load_state_dict(sd)
-        return model.eval()
-
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW; weight decay on >= 2-D tensors (matmuls, embeddings) only. Tied and shared
         parameters appear once (named_parameters de-duplicates). Fused kernel on CUDA."""
@@ -905,6 +904,28 @@ class GPT(nn.Module):
         fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
         extra = {"fused": True} if fused else {}
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
+
+
+class _CompiledBlockForward:
+    """Replaces blk.forward: the compiled forward without caches, the eager one with caches or
+    after a fallback (see GPT.compile_blocks)."""
+
+    def __init__(self, blk, on_fallback, compile_kwargs):
+        self.eager = blk.forward
+        self.compiled = torch.compile(self.eager, fullgraph=True, **compile_kwargs)
+        self.name, self.on_fallback = type(blk).name, on_fallback
+
+    def __call__(self, x, rope=None, caches=None):
+        if caches is not None or self.compiled is None:
+            return self.eager(x, rope, caches)
+        import torch._dynamo.exc as dexc
+        try:
+            return self.compiled(x, rope)
+        except (dexc.Unsupported, dexc.UserError, dexc.FailOnRecompileLimitHit) as e:
+            self.compiled = None
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.on_fallback(f"compile: block {self.name!r} runs eager ({type(e).__name__}: {why})")
+            return self.eager(x, rope)
 
 
 def _token_std(t):

@@ -13,17 +13,21 @@ The log format is the journal's (train_gpt2.py writes it):
   SIZE COMPARISON prev 1.06 mid 0.05 next 1.09        (n_layer lines; older logs have no mid)
   @ 1000 val 4.1234                                     (optionally followed by `, key: value` pairs)
   @ 1000 val-layers [5.1, 4.6, ...]                     (per-layer val loss)
-Parsing is lenient: unknown lines are skipped, a partial last line (a run still writing) is
+When log/{run}.jsonl (train_gpt2.py's twin of the text log) exists beside the .txt, the numbers
+are read from it (full precision); otherwise from the text, which also covers the journal's own
+logs. Parsing is lenient: unknown lines are skipped, a partial last line (a run still writing) is
 ignored, and when a resumed run re-logs steps the later lines replace the earlier ones.
 Every figure is written atomically (temp file, then os.replace).
 """
-import argparse
+import json
 import math
 import os
 import re
 import sys
 
 import numpy as np
+
+import cli
 
 _NUM = r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf)"
 _TRAIN_RE = re.compile(r"^@?\s*(\d+)\s+train\s+(" + _NUM + r")(.*)$", re.IGNORECASE)
@@ -89,8 +93,56 @@ def _truncate(series, step_key, step):
             del series[k][keep:]
 
 
+class _Series:
+    """What a log holds, filled line by line (text) or event by event (jsonl); a resumed run
+    re-logs steps, and the later entries replace the earlier ones."""
+
+    def __init__(self):
+        self.train = {"step": [], "train": []}
+        self.train_extra = []
+        self.val = {"val_step": [], "val": [], "_extra": []}
+        self.vl = {"val_layers_step": [], "val_layers": []}
+        self.hs = {"hella_step": [], "hella": []}
+        self.size = {"size_step": [], "blocks": []}
+
+    def add_train(self, step, loss, extra):
+        if self.train["step"] and step <= self.train["step"][-1]:
+            n = len(self.train["step"])
+            _truncate(self.train, "step", step)
+            del self.train_extra[len(self.train["step"]):n]
+            _truncate(self.size, "size_step", step)
+        self.train["step"].append(step)
+        self.train["train"].append(loss)
+        self.train_extra.append(extra)
+
+    def add_val_layers(self, step, losses):
+        if self.vl["val_layers_step"] and step <= self.vl["val_layers_step"][-1]:
+            _truncate(self.vl, "val_layers_step", step)
+        self.vl["val_layers_step"].append(step)
+        self.vl["val_layers"].append(losses)
+
+    def add_val(self, step, loss, extra):
+        if self.val["val_step"] and step <= self.val["val_step"][-1]:
+            _truncate(self.val, "val_step", step)
+        self.val["val_step"].append(step)
+        self.val["val"].append(loss)
+        self.val["_extra"].append(extra)
+
+    def add_hella(self, step, acc):
+        if self.hs["hella_step"] and step <= self.hs["hella_step"][-1]:
+            _truncate(self.hs, "hella_step", step)
+        self.hs["hella_step"].append(step)
+        self.hs["hella"].append(acc)
+
+    def add_size(self, step, rows):
+        self.size["size_step"].append(step)
+        self.size["blocks"].append(rows)
+
+
 def parse_log(path):
-    """Parse one run log. Returns a dict of lists (numpy arrays where rectangular):
+    """Parse one run log: log/{run}.jsonl when it exists beside log/{run}.txt (full precision,
+    no text parsing), else the text (also the journal's pasted logs). Returns a dict of lists
+    (numpy arrays where rectangular):
 
     name            run name (file name without extension)
     step, train     train steps and losses; every other `key: value` of the train line under its
@@ -103,105 +155,103 @@ def parse_log(path):
     size_step       step of each SIZE COMPARISON block (the preceding train line's step)
     size_prev, size_mid, size_next   (n_blocks, L) arrays; size_mid is None for logs without mid
     """
-    name = os.path.splitext(os.path.basename(str(path)))[0]
-    train = {"step": [], "train": []}
-    train_extra = []
-    val = {"val_step": [], "val": [], "_extra": []}
-    vl = {"val_layers_step": [], "val_layers": []}
-    hs = {"hella_step": [], "hella": []}
-    size = {"size_step": [], "blocks": []}
-    block = None
-    last_step = -1
+    stem, ext = os.path.splitext(str(path))
+    jsonl = stem + ".jsonl" if ext != ".jsonl" else str(path)
+    series = _read_jsonl(jsonl) if os.path.isfile(jsonl) else _read_text(path)
+    return _assemble(os.path.basename(stem), series)
 
-    def close_block():
-        nonlocal block
-        if block:
-            size["size_step"].append(block[0])
-            size["blocks"].append(block[1])
-        block = None
 
+def _read_jsonl(path):
+    """train_gpt2.py's jsonl events -> _Series (a partial last line is skipped)."""
+    r = _Series()
+    for line in read_lines(path):
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        kind, step = e.get("event"), e.get("step")
+        if kind == "train":
+            extra = {k: v for k, v in e.items() if k not in ("event", "time", "step", "loss")}
+            extra["dt"] = extra.pop("dt_ms", None)
+            r.add_train(step, e["loss"], extra)
+        elif kind == "val":
+            r.add_val(step, e["loss"], {})
+            r.add_val_layers(step, e["layer_losses"])
+        elif kind == "hellaswag":
+            r.add_hella(step, e["acc_norm"])
+        elif kind == "size":
+            r.add_size(step, [tuple(row) for row in e["residual_std"]])
+    return r
+
+
+def _read_text(path):
+    """The journal's text format -> _Series."""
+    r = _Series()
+    block, last_step = None, -1
     for line in read_lines(path):
         line = line.strip()
         m = _SIZE_RE.match(line)
         if m:
             if block is None:
                 block = (last_step, [])
-            prev, mid, nxt = (_float(g) if g is not None else None for g in m.groups())
-            block[1].append((prev, mid, nxt))
+            block[1].append(tuple(_float(g) if g is not None else None for g in m.groups()))
             continue
-        close_block()
+        if block:
+            r.add_size(*block)
+        block = None
         m = _TRAIN_RE.match(line)
         if m:
-            step = int(m.group(1))
-            if train["step"] and step <= train["step"][-1]:  # resumed run: later lines win
-                n = len(train["step"])
-                _truncate(train, "step", step)
-                del train_extra[len(train["step"]):n]
-                _truncate(size, "size_step", step)
-            train["step"].append(step)
-            train["train"].append(_float(m.group(2)))
-            train_extra.append(_parse_kv(m.group(3)))
-            last_step = step
+            last_step = int(m.group(1))
+            r.add_train(last_step, _float(m.group(2)), _parse_kv(m.group(3)))
             continue
         m = _VAL_LAYERS_RE.match(line)
         if m:
-            step = int(m.group(1))
-            if vl["val_layers_step"] and step <= vl["val_layers_step"][-1]:
-                _truncate(vl, "val_layers_step", step)
-            vl["val_layers_step"].append(step)
-            vl["val_layers"].append(_floats(m.group(2)))
+            r.add_val_layers(int(m.group(1)), _floats(m.group(2)))
             continue
         m = _VAL_RE.match(line)
         if m:
-            step = int(m.group(1))
-            if val["val_step"] and step <= val["val_step"][-1]:
-                _truncate(val, "val_step", step)
-            val["val_step"].append(step)
-            val["val"].append(_float(m.group(2)))
-            extra = _parse_kv(m.group(3))
-            val["_extra"].append(extra)
+            step, extra = int(m.group(1)), _parse_kv(m.group(3))
+            r.add_val(step, _float(m.group(2)), extra)
             for k, v in extra.items():  # per-layer val loss given on the val line itself
                 if isinstance(v, list) and "layer" in k:
-                    if vl["val_layers_step"] and step <= vl["val_layers_step"][-1]:
-                        _truncate(vl, "val_layers_step", step)
-                    vl["val_layers_step"].append(step)
-                    vl["val_layers"].append(v)
+                    r.add_val_layers(step, v)
                     break
             continue
         m = _HELLA_RE.match(line)
         if m:
-            step = int(m.group(1))
-            if hs["hella_step"] and step <= hs["hella_step"][-1]:
-                _truncate(hs, "hella_step", step)
-            hs["hella_step"].append(step)
-            hs["hella"].append(_float(m.group(2)))
-    close_block()
+            r.add_hella(int(m.group(1)), _float(m.group(2)))
+    if block:
+        r.add_size(*block)
+    return r
 
-    out = {"name": name, "step": np.array(train["step"], dtype=np.int64),
-           "train": np.array(train["train"], dtype=np.float64)}
+
+def _assemble(name, r):
+    """_Series -> parse_log's dict."""
+    out = {"name": name, "step": np.array(r.train["step"], dtype=np.int64),
+           "train": np.array(r.train["train"], dtype=np.float64)}
     keys = []
-    for e in train_extra:
+    for e in r.train_extra:
         keys += [k for k in e if k not in keys]
     for k in keys:
-        vals = [e.get(k) for e in train_extra]
+        vals = [e.get(k) for e in r.train_extra]
         if any(isinstance(v, list) for v in vals):
             out[k] = [v if isinstance(v, list) else [] for v in vals]
         else:
             out[k] = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
-    out["val_step"] = np.array(val["val_step"], dtype=np.int64)
-    out["val"] = np.array(val["val"], dtype=np.float64)
+    out["val_step"] = np.array(r.val["val_step"], dtype=np.int64)
+    out["val"] = np.array(r.val["val"], dtype=np.float64)
     extra_keys = []
-    for e in val["_extra"]:
+    for e in r.val["_extra"]:
         extra_keys += [k for k in e if k not in extra_keys]
-    out["val_extra"] = {k: [e.get(k) for e in val["_extra"]] for k in extra_keys}
-    out["val_layers_step"] = np.array(vl["val_layers_step"], dtype=np.int64)
-    out["val_layers"] = _rect(vl["val_layers"])
-    out["hella_step"] = np.array(hs["hella_step"], dtype=np.int64)
-    out["hella"] = np.array(hs["hella"], dtype=np.float64)
+    out["val_extra"] = {k: [e.get(k) for e in r.val["_extra"]] for k in extra_keys}
+    out["val_layers_step"] = np.array(r.vl["val_layers_step"], dtype=np.int64)
+    out["val_layers"] = _rect(r.vl["val_layers"])
+    out["hella_step"] = np.array(r.hs["hella_step"], dtype=np.int64)
+    out["hella"] = np.array(r.hs["hella"], dtype=np.float64)
 
     # SIZE COMPARISON: keep blocks with the usual number of layers (a trailing partial block of a
     # run still writing, or a block cut by "..." in a pasted log, is dropped)
-    blocks, bsteps = size["blocks"], size["size_step"]
+    blocks, bsteps = r.size["blocks"], r.size["size_step"]
     if blocks:
         lens = [len(b) for b in blocks]
         L = max(set(lens), key=lambda n: (lens.count(n), n))
@@ -415,6 +465,23 @@ def _step_ticks(ax, steps):
     ax.set_xlabel("step")
 
 
+def plot_lr_find(lrs, losses, smooth, suggested, out_png):
+    """train_gpt2.py --lr_find: loss and smoothed loss over the learning rate (log x), the
+    suggested LR as a dashed line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(lrs, losses, alpha=0.3, label="loss")
+    ax.plot(lrs, smooth, label="smoothed")
+    ax.axvline(suggested, color="r", ls="--", label=f"suggested {suggested:.2e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, out_png)
+    plt.close(fig)
+
+
 KINDS = {"layers": (plot_layer_heatmap, "-layers"), "exits": (plot_exit_hist, "-exits"),
          "residuals": (plot_residuals, "-residuals")}
 
@@ -444,22 +511,51 @@ def plot_all(paths, out_dir="img", kind="all", smooth=0.9, name=None):
     return written, skipped
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Plot training logs (log/*.txt) into img/.")
+def plot_run(txt_path, out_dir):
+    """The trainer's end of run: plot_all on its log -> notes ("plot written: ...", "plot
+    skipped: ..."); never raises."""
+    try:
+        written, skipped = plot_all([txt_path], out_dir)
+    except Exception as e:
+        return [f"plot skipped ({type(e).__name__}: {e})"]
+    return [f"plot written: {w}" for w in written] + [f"plot skipped: {w}" for w in skipped]
+
+
+def parse_args(argv=None):
+    """Parsed arguments; bad values and paths exit 2 with one error line, before any work."""
+    p = cli.Parser(prog="plot.py", description="Plot training logs (log/*.txt) into img/.")
     p.add_argument("logs", nargs="+", help="log/{run_name}.txt files")
-    p.add_argument("--out", default="img", help="output directory (default img/)")
-    p.add_argument("--kind", default="all", choices=["all", "loss"] + list(KINDS))
-    p.add_argument("--smooth", type=float, default=0.9, help="EMA factor for train loss in [0, 1)")
-    p.add_argument("--name", default=None, help="file stem of the loss figure (default: run names)")
+    p.add_argument("--out", default="img", help="output directory")
+    p.add_argument("--kind", default="all", choices=["all", "loss"] + list(KINDS), help="which figures")
+    p.add_argument("--smooth", type=cli.float_arg(0, 1, hi_open=True), default=0.9,
+                   help="EMA factor for train loss in [0, 1)")
+    p.add_argument("--name", default=None, help="file stem of the loss figure (None: the run names joined by +)")
     args = p.parse_args(argv)
-    if not 0.0 <= args.smooth < 1.0:
-        print(f"error: --smooth must be in [0, 1), got {args.smooth}", file=sys.stderr)
-        raise SystemExit(2)
-    for path in args.logs:
-        if not os.path.isfile(path):
-            print(f"error: no such log file: {path}", file=sys.stderr)
-            raise SystemExit(2)
-    written, skipped = plot_all(args.logs, args.out, args.kind, args.smooth, args.name)
+    try:
+        for path in args.logs:
+            cli.check_input_file(path, "log file")
+        stem = args.name if args.name is not None else \
+            "+".join(os.path.splitext(os.path.basename(l))[0] for l in args.logs)
+        if not stem or "/" in stem or os.sep in stem or "\0" in stem:
+            raise cli.UsageError(f"--name {args.name!r} must be a plain file name")
+        if len(os.fsencode(stem)) > 250:
+            raise cli.UsageError(f"the loss figure's name ({len(stem)} characters) is too long for a "
+                                 f"file name; give one with --name")
+        for path in args.logs:
+            if len(os.fsencode(os.path.basename(path))) > 236:      # + "-residuals.png"
+                raise cli.UsageError(f"log file name too long for its figures' names: {path}")
+        cli.check_output(args.out, "--out", is_dir=True)
+    except cli.UsageError as e:
+        cli.fail(e)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        written, skipped = plot_all(args.logs, args.out, args.kind, args.smooth, args.name)
+    except OSError as e:
+        cli.fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
     for s in skipped:
         print(f"skip {s}")
     for w in written:

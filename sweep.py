@@ -22,9 +22,9 @@ then per grid key the runs grouped by the other keys (groups separated by a `|--
 sorted by val and by train. Final/val_loss is the last val line; Final/train_loss the mean of
 the last `--train-window` logged train losses (seed 002 estimated it on train batches).
 
-Also here: `scale_preset(cfg, scale)`, the shrink rule behind the trainer's --preset_scale.
+`--preset_scale` is forwarded to the trainer, which shrinks each run with
+configurator.scale_preset.
 """
-import argparse
 import itertools
 import json
 import os
@@ -33,95 +33,10 @@ import subprocess
 import sys
 import time
 
+import cli
 import fineweb
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-
-# ----------------------------------------------------------------------------- preset scaling
-
-# GPT-2 124M defaults, used when cfg lacks a key (the trainer passes its full resolved config)
-_DEFAULTS = dict(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_embd=768, B=64, T=1024,
-                 total_batch_size=524288, max_steps=19073, warmup_steps=715, eval_interval=250,
-                 eval_iters=20, size_interval=250, sample_interval=250, checkpoint_interval=5000,
-                 dataset="data/edu_fineweb10B")
-
-SCALES = {
-    # a laptop CPU, minutes (train_gpt2.py --preset_scale=cpu): width 64, 4 heads,
-    # context 128, 8 x 128 tokens per step, <= 200 steps. The depth is kept: the journal's
-    # observations (SIZE COMPARISON growing layer over layer) are about depth. FineWeb-Edu
-    # presets switch to the builtin corpus (fineweb.py --source builtin); char-level and other
-    # local datasets are kept.
-    "cpu": dict(max_layer=None, n_embd=64, max_head=4, block_size=128, T=128, B=8, max_steps=200,
-                warmup_steps=20, eval_interval=50, eval_iters=4, size_interval=50,
-                sample_interval=100, checkpoint_interval=100, vocab_cap=None),
-    # unit tests: one step in well under a second
-    "tiny": dict(max_layer=3, n_embd=32, max_head=2, block_size=32, T=16, B=2, max_steps=4,
-                 warmup_steps=1, eval_interval=2, eval_iters=1, size_interval=2, sample_interval=0,
-                 checkpoint_interval=4, vocab_cap=256),
-}
-
-
-def _fit_heads(n_embd, want):
-    """Largest head count <= want dividing n_embd with an even head size (RoPE needs one)."""
-    for h in range(max(1, want), 0, -1):
-        if n_embd % h == 0 and (n_embd // h) % 2 == 0:
-            return h
-    return 1
-
-
-def _shrink(v, cap):
-    """min(v, cap), but an interval of 0 (off) stays 0 and cap 0 turns it off."""
-    return 0 if (v == 0 or cap == 0) else min(v, cap)
-
-
-def scale_preset(cfg, scale, keep=()):
-    """Shrink a resolved run config (dict of trainer constants + GPTConfig fields) to `scale`.
-
-    scale: None/"none" (unchanged), "cpu" or "tiny" (see SCALES). Values only shrink (a preset
-    already smaller keeps its value). Keys in `keep` (those given as --key=value on the command
-    line, e.g. a sweep's grid values) are never changed. What the preset is about
-    (share_weights, block_type, ln_learnable, pos_encoding, exit_*, confidence, learning rates,
-    dropout, depth at "cpu") is kept; sizes, step counts and intervals shrink, the batch becomes
-    one micro-batch (total_batch_size = B * T), HellaSwag and compile go off, device cpu.
-    Trainer-only keys (dataset_source, tokenizer, device, keep_checkpoints, num_samples) are
-    set only when cfg has them. Returns a new dict.
-    """
-    if scale in (None, "", "none"):
-        return dict(cfg)
-    if scale not in SCALES:
-        raise ValueError(f"unknown preset_scale {scale!r}; known: none, {', '.join(SCALES)}")
-    s = SCALES[scale]
-    get = lambda k: cfg.get(k, _DEFAULTS.get(k))  # noqa: E731
-    final = lambda k: cfg[k] if k in keep else new[k]  # noqa: E731
-    new = {}
-    new["n_layer"] = get("n_layer") if s["max_layer"] is None else min(get("n_layer"), s["max_layer"])
-    new["n_embd"] = min(get("n_embd"), s["n_embd"])
-    new["n_head"] = _fit_heads(final("n_embd"), min(get("n_head"), s["max_head"]))
-    new["block_size"] = min(get("block_size"), s["block_size"])
-    new["T"] = min(get("T"), s["T"], final("block_size"))
-    new["B"] = min(get("B"), s["B"])
-    new["total_batch_size"] = final("B") * final("T")
-    new["max_steps"] = min(get("max_steps"), s["max_steps"])
-    new["warmup_steps"] = min(get("warmup_steps"), s["warmup_steps"], max(0, final("max_steps") - 1))
-    for k in ("eval_interval", "size_interval", "sample_interval", "checkpoint_interval"):
-        new[k] = _shrink(get(k), s[k])
-    new["eval_iters"] = min(get("eval_iters"), s["eval_iters"])
-    if s["vocab_cap"] is not None:
-        new["vocab_size"] = min(get("vocab_size"), s["vocab_cap"])
-    trainer_only = {"hellaswag": None, "compile": False, "device": "cpu", "keep_checkpoints": 1,
-                    "num_samples": 1}
-    if scale == "cpu" and "fineweb" in str(get("dataset")).lower():
-        new["dataset"] = "data/builtin"
-        trainer_only.update(dataset_source="builtin", tokenizer="gpt2")
-    for k, v in trainer_only.items():
-        if k in cfg or k in ("hellaswag", "compile"):
-            new[k] = v
-    out = dict(cfg)
-    for k, v in new.items():
-        if k not in keep:
-            out[k] = v
-    return out
-
 
 # ----------------------------------------------------------------------------- sweep definition
 
@@ -134,8 +49,13 @@ def load_sweep(path):
     if not os.path.isfile(path):
         raise ValueError(f"no such sweep file: {path}")
     ns = {}
-    with open(path) as f:
-        exec(compile(f.read(), path, "exec"), ns)
+    try:
+        with open(path) as f:
+            exec(compile(f.read(), path, "exec"), ns)
+    except SyntaxError as e:
+        raise ValueError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:
+        raise ValueError(f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     grid = ns.get("GRID")
     if not isinstance(grid, dict) or not grid or not all(isinstance(v, (list, tuple)) and v for v in grid.values()):
         raise ValueError(f"{path}: GRID must be a non-empty dict of non-empty lists")
@@ -146,6 +66,11 @@ def load_sweep(path):
     if both:
         raise ValueError(f"{path}: keys both in BASE and GRID: {', '.join(both)}")
     name = ns.get("NAME") or os.path.splitext(os.path.basename(path))[0]
+    if not isinstance(name, str) or "/" in name or name in (".", ".."):
+        raise ValueError(f"{path}: NAME must be a plain file name, got {name!r}")
+    keys = [k for k in list(grid) + list(base) if not isinstance(k, str) or not k.isidentifier()]
+    if keys:
+        raise ValueError(f"{path}: GRID/BASE keys must be trainer constant names, got {keys[0]!r}")
     preset = ns.get("PRESET")
     if preset and not os.path.isabs(preset) and not os.path.isfile(preset):
         preset = os.path.join(ROOT, preset)  # config/... relative to the repository
@@ -432,31 +357,43 @@ def run_sweep(sweep, log_dir="log", trainer=None, python=None, gpus=None, extra=
     return status
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Run a grid of train_gpt2.py runs and tabulate final losses.")
+def parse_args(argv=None):
+    """Parsed arguments (+ the loaded sweep); bad values and paths exit 2 with one error line."""
+    p = cli.Parser(prog="sweep.py", description="Run a grid of train_gpt2.py runs and tabulate final losses.")
     p.add_argument("sweep", help="sweep file (GRID, BASE, PRESET, NAME), e.g. config/sweeps/pe_size_cpu.py")
-    p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one run per GPU in parallel")
-    p.add_argument("--log-dir", default="log")
-    p.add_argument("--trainer", default=os.path.join(ROOT, "train_gpt2.py"))
-    p.add_argument("--preset_scale", default=None, help="forwarded to the trainer (cpu | tiny)")
-    p.add_argument("--train-window", type=int, default=10, help="train lines averaged for Final/train_loss")
+    p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one run per GPU in parallel "
+                                                "(None: runs one after another)")
+    p.add_argument("--log-dir", default="log", help="where the trainer logs and the table go")
+    p.add_argument("--trainer", default=os.path.join(ROOT, "train_gpt2.py"), help="trainer script")
+    p.add_argument("--preset_scale", default=None, choices=["none", "cpu", "tiny"],
+                   help="forwarded to the trainer")
+    p.add_argument("--train-window", type=cli.int_arg(1), default=10,
+                   help="train lines averaged for Final/train_loss")
     p.add_argument("--table-only", action="store_true", help="only (re)write the table")
     p.add_argument("--dry-run", action="store_true", help="print the commands of unfinished runs")
     args = p.parse_args(argv)
     try:
-        sweep = load_sweep(args.sweep)
-        gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
-        if args.gpus is not None and not gpus:
+        cli.check_input_file(args.sweep, "sweep file")
+        args.sweep_def = load_sweep(args.sweep)
+        args.gpu_list = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else None
+        if args.gpus is not None and not args.gpu_list:
             raise ValueError("--gpus needs at least one id")
-        if args.train_window <= 0:
-            raise ValueError("--train-window must be positive")
-        if not args.table_only and not os.path.isfile(args.trainer):
-            raise ValueError(f"no such trainer: {args.trainer}")
-        if sweep["preset"] and not os.path.isfile(sweep["preset"]):
-            raise ValueError(f"PRESET {sweep['preset']} does not exist")
-    except (ValueError, SyntaxError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        if args.gpu_list and len(set(args.gpu_list)) != len(args.gpu_list):
+            raise ValueError(f"--gpus lists an id twice: {args.gpus}")
+        if not args.table_only:
+            cli.check_input_file(args.trainer, "--trainer")
+        if args.sweep_def["preset"] and not os.path.isfile(args.sweep_def["preset"]):
+            raise ValueError(f"PRESET {args.sweep_def['preset']} does not exist")
+        if not args.dry_run:
+            cli.check_output(args.log_dir, "--log-dir", is_dir=True)
+    except ValueError as e:
+        cli.fail(e)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    sweep, gpus = args.sweep_def, args.gpu_list
     extra = [f"--preset_scale={args.preset_scale}"] if args.preset_scale else []
     if os.path.normpath(args.log_dir) != "log":      # the trainer logs where the table looks
         extra += [f"--log_dir={args.log_dir}", f"--img_dir={os.path.join(args.log_dir, 'img')}"]

@@ -1,41 +1,53 @@
-# Quickstart: a small GPT-2-tokenised model on the builtin corpus (Python's own docs and sources),
-# on CPU in a few minutes. `.venv/bin/python train_gpt2.py config/quickstart.py`
-# The corpus is prepared on first use (fineweb.py --source builtin --out data/builtin).
-# Writes log/quickstart.txt (+ .jsonl), log/quickstart/ckpt_*.pt, img/quickstart.png.
+# Quickstart: the project's idea in about three CPU minutes. `.venv/bin/python train_gpt2.py config/quickstart.py`
+# One transformer block applied n_layer times (shared weights), a head after every layer, every
+# head trained on the targets (exit_loss "all-layers", the journal's "all layer loss"), early exit
+# on (a token stops at the first layer whose max-prob confidence reaches exit_threshold).
+# Data: the builtin corpus (Python's own docs and sources, no download) at character level,
+# built on first use into data/builtin_char; vocab_size is unset, so it is the data's (221 chars).
+# At the end: an early-exit table (threshold -> val CE, average exit depth, decode speedup; the
+# machinery of eval_exit.py), log/quickstart.txt (+ .jsonl), log/quickstart/ckpt_*.pt,
+# log/quickstart/exit_eval.md, and img/quickstart{,-layers,-exits,-residuals,-pareto}.png.
 # This file is Python, executed in train_gpt2.py's constants namespace.
 run_name = "quickstart"
-dataset = "data/builtin"
+dataset = "data/builtin_char"
 dataset_source = "builtin"
-tokenizer = "gpt2"
+tokenizer = "char"
+shuffle = True                  # the corpus is file after file: mix them
 
-# model: 4 layers x 128 wide, GPT-2 vocabulary (50257 padded to 50304), 128-token context
+# model: one shared 128-wide block, applied 4 times, a head after each
 n_layer = 4
 n_head = 4
 n_embd = 128
 block_size = 128
-vocab_size = 50304
+share_weights = True
+layer_heads = True
+early_exit = True
+exit_threshold = 0.9
+exit_loss = "all-layers"
 
-# batch: 8 x 128 = 1024 tokens per step, no gradient accumulation
-B = 8
+# batch: 16 x 128 = 2048 characters per step
+B = 16
 T = 128
-total_batch_size = 1024
+total_batch_size = 2048
 
 max_lr = 3e-3
-warmup_steps = 20
-max_steps = 150
+min_lr = 3e-4
+warmup_steps = 50
+max_steps = 600
 weight_decay = 0.1
 
-eval_interval = 50
-eval_iters = 4
-size_interval = 50
-sample_interval = 75
-sample_tokens = 48
+eval_interval = 200
+eval_iters = 10
+size_interval = 200
+sample_interval = 300
+sample_tokens = 64
 num_samples = 1
 sample_prompt = "def "
-log_interval = 5
-checkpoint_interval = 0         # one checkpoint, at the end
+log_interval = 20
+checkpoint_interval = 0          # one checkpoint, at the end
 keep_checkpoints = 1
+exit_table = "0.3,0.5,0.7,0.9"   # eval_exit.py at the end: thresholds of the table
 
-head_impl = "naive"             # plain per-layer head (no recompute); fastest on CPU
+head_impl = "naive"             # plain per-layer heads: fastest on CPU at this vocabulary
 device = "cpu"
 compile = False

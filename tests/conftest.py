@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -45,11 +46,14 @@ def _write_shard(d, name, arr):
     return {"file": name, "split": name.split("_")[1], "tokens": int(arr.size), "sha256": sha}
 
 
+# the char vocabulary of make_char_dataset (its first `vocab` symbols)
+CHARS = "abcdefghijklmnopqrstuvwxyz .,!?;:'-()0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ\"#$%&*+/<=>@"
+
+
 def make_char_dataset(d, n_train=6000, n_val=1500, vocab=40, seed=0, tokenizer="char"):
     """A learnable char corpus: a repeated pangram-like text plus noise; 1 val + 2 train shards."""
     os.makedirs(d, exist_ok=True)
-    chars = "".join(chr(ord("a") + i) if i < 26 else " .,!?;:'-()0123456789"[i - 26]
-                    for i in range(vocab))
+    chars = CHARS[:vocab]
     rng = np.random.default_rng(seed)
     base = np.array([i % 13 + (i // 13) % 3 for i in range(97)])   # periodic pattern
     def stream(n):
@@ -73,8 +77,9 @@ def char_data(tmp_path_factory):
     return make_char_dataset(str(tmp_path_factory.mktemp("data") / "tiny"))
 
 
-def run_train(args, cwd=ROOT, timeout=300, nproc=None, env_extra=None):
-    """Run train_gpt2.py (or under torch.distributed.run with nproc) -> CompletedProcess."""
+def run_train(args, cwd=ROOT, timeout=300, nproc=None, env_extra=None, nonfinite=None):
+    """Run train_gpt2.py (or under torch.distributed.run with nproc) -> CompletedProcess.
+    nonfinite=(kind, step): through tests/nonfinite.py, which injects a NaN/inf at that step."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
@@ -82,6 +87,9 @@ def run_train(args, cwd=ROOT, timeout=300, nproc=None, env_extra=None):
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", TRAIN] + list(args)
+    elif nonfinite:
+        cmd = [sys.executable, os.path.join(ROOT, "tests", "nonfinite.py"), nonfinite[0],
+               str(nonfinite[1])] + list(args)
     else:
         cmd = [sys.executable, TRAIN] + list(args)
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -112,8 +120,20 @@ def parse_train_lines(txt_path):
     return out
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than ~5 s (deselect with -m 'not slow')")
+def flip_bit_in_largest_tensor(path):
+    """Flip one bit in the middle of the largest tensor's stored bytes (zip entries are stored
+    uncompressed) -> the entry's name."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
+        pos = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0x04]))
+    return info.filename
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -142,3 +162,7 @@ def char_text_file(d, n_chars=300_000):
     with open(path, "w") as f:
         f.write(text[:n_chars])
     return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than ~5 s (`pytest -m 'not slow'` skips it)")

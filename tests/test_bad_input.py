@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT, make_char_dataset, run_train, tiny_args
+import checkpoint
 import train_gpt2 as tg
 
 
@@ -242,8 +243,8 @@ def test_loads_are_weights_only_and_overrides_never_eval(tmp_path):
     torch.save({"x": _Evil()}, buf)
     path = tmp_path / "evil.pt"
     path.write_bytes(buf.getvalue())
-    ck, why = tg.load_checkpoint(str(path))
-    assert ck is None and why.startswith("UnpicklingError"), why
+    with pytest.raises(checkpoint.CheckpointError, match=r"^UnpicklingError"):
+        checkpoint.load(str(path))
 
 
 class _Evil:

@@ -78,7 +78,7 @@ def test_tiny_run_writes_results(tmp_path):
     (["--cases", "plain,nope"], "unknown case(s) ['nope']"),
     (["--exit-loss", "bogus"], "unknown --exit-loss 'bogus'"),
     (["--n_embd", "30", "--n_head", "4"], "n_embd 30 not divisible by n_head 4"),
-    (["--steps", "0"], "--steps and --repeat >= 1"),
+    (["--steps", "0"], "argument --steps: must be >= 1, got 0"),
 ])
 def test_bad_arguments_one_error_line(tmp_path, args, msg):
     out = tmp_path / "res"
@@ -92,10 +92,10 @@ def test_bad_arguments_one_error_line(tmp_path, args, msg):
 
 def test_peak_flops_table_shared_with_trainer():
     """bench.py and train_gpt2.py's MFU read one table; the more specific name wins."""
-    import train_gpt2
+    import runlog
     assert bench.peak_flops("cuda", {"name": "NVIDIA H100 PCIe"}, "bf16") == \
         (756e12, "H100 PCIe dense bf16 data sheet")
     assert bench.peak_flops("cuda", {"name": "NVIDIA H100 80GB HBM3"}, "bf16")[0] == 989e12
-    assert train_gpt2.peak_bf16_flops("NVIDIA L40S") == ("L40S", 362e12)
-    assert train_gpt2.peak_bf16_flops("NVIDIA L4") == ("L4", 121e12)
-    assert train_gpt2.peak_bf16_flops("cpu") is None
+    assert runlog.peak_bf16_flops("NVIDIA L40S") == ("L40S", 362e12)
+    assert runlog.peak_bf16_flops("NVIDIA L4") == ("L4", 121e12)
+    assert runlog.peak_bf16_flops("cpu") is None

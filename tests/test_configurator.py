@@ -5,6 +5,7 @@ import subprocess
 import pytest
 
 from conftest import tiny_args
+import runlog
 import train_gpt2 as tg
 
 
@@ -65,17 +66,49 @@ def test_dirty_tree_detection(tmp_path):
     (repo / "f.py").write_text("a = 1\n")
     git("add", "f.py")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
-    sha, dirty, changed = tg.git_state(str(repo))
+    sha, dirty, changed = runlog.git_state(str(repo))
     assert len(sha) == 40 and dirty is False
     (repo / "untracked.py").write_text("")                    # untracked files do not count
-    assert tg.git_state(str(repo))[1] is False
+    assert runlog.git_state(str(repo))[1] is False
     (repo / "f.py").write_text("a = 2\n")
-    assert tg.git_state(str(repo))[1:] == (True, ["f.py"])
-    assert tg.git_state(str(tmp_path / "nogit"))[:2] == (None, None)
+    assert runlog.git_state(str(repo))[1:] == (True, ["f.py"])
+    assert runlog.git_state(str(tmp_path / "nogit"))[:2] == (None, None)
 
 
 def test_dirty_ok_false_refuses_dirty_tree(capsys, tmp_path, char_data, monkeypatch):
-    monkeypatch.setattr(tg, "git_state", lambda root=tg.ROOT: ("a" * 40, True, ["model.py"]))
+    monkeypatch.setattr(runlog, "git_state", lambda root=runlog.ROOT: ("a" * 40, True, ["model.py"]))
     line = _bad(capsys, tmp_path, ["--dirty_ok=False"], char_data)
     assert line == ("error: dirty_ok=False and tracked files have uncommitted changes (model.py); "
                     "commit them or pass --dirty_ok=True")
+
+
+def test_every_model_field_is_a_constant_and_no_test_hooks():
+    """"Edit the constants at the top" finds every GPTConfig field, with its default; fault
+    injection for the guard tests lives in tests/nonfinite.py, not among the constants."""
+    import dataclasses
+    from model import GPTConfig
+    missing = [f.name for f in dataclasses.fields(GPTConfig) if f.name not in tg.DEFAULTS]
+    assert not missing, f"GPTConfig fields not listed among train_gpt2.py's constants: {missing}"
+    assert all(tg.DEFAULTS[f.name] == f.default for f in dataclasses.fields(GPTConfig))
+    assert not [k for k in tg.DEFAULTS if "debug" in k or "inject" in k]
+
+
+def test_no_module_imports_one_above_it():
+    """The trainer does not import the tools that launch or read it (sweep.py, bench.py,
+    eval_exit.py); the infrastructure modules do not import the trainer."""
+    import ast
+    import os
+
+    def imports(name):
+        tree = ast.parse(open(os.path.join(os.path.dirname(tg.__file__), name + ".py")).read())
+        out = set()
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Import):
+                out |= {a.name.split(".")[0] for a in n.names}
+            elif isinstance(n, ast.ImportFrom) and n.module:
+                out.add(n.module.split(".")[0])
+        return out
+    assert not imports("train_gpt2") & {"sweep", "bench", "eval_exit"}
+    for low in ("configurator", "checkpoint", "runlog", "dataloader", "distributed", "lr_finder",
+                "model", "exits", "heads", "fineweb", "hellaswag", "plot"):
+        assert "train_gpt2" not in imports(low) and "sweep" not in imports(low), low

@@ -117,10 +117,10 @@ def test_pareto_front():
 @pytest.mark.parametrize("bad,msg", [
     (["--thresholds", "0.5,x"], "thresholds"),
     (["--thresholds", "-1"], "thresholds"),
-    (["--ckpt", "nope.pt"], "checkpoint not found"),
+    (["--ckpt", "nope.pt"], "--ckpt nope.pt: no such file"),
     (["--data", "no/such/dir"], "does not exist"),
     (["--seq-len", "16", "--batch-size", "500"], "lower --batch-size"),
-    (["--ckpt", "CORRUPT"], "cannot load checkpoint"),
+    (["--ckpt", "CORRUPT"], "is unreadable (UnpicklingError"),
 ])
 def test_bad_input_is_one_error_line(setup, capsys, bad, msg, tmp_path):
     tmp, ckpt, data = setup
@@ -134,3 +134,28 @@ def test_bad_input_is_one_error_line(setup, capsys, bad, msg, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], err
     assert not out.exists()
+
+
+def test_decode_speeds_interleaved_median(monkeypatch):
+    """Timing runs go A B C A B C ... after one warm-up each; tok/s is the per-threshold median."""
+    calls = []
+    fake = iter([5.0, 50.0, 500.0, 1.0, 10.0, 100.0, 3.0, 30.0, 300.0])
+
+    def decode(model, prompt, n_new, th):
+        calls.append((th, n_new))
+        return (0.0 if n_new == 2 else next(fake)), th
+    monkeypatch.setattr(eval_exit, "decode", decode)
+    got = eval_exit.decode_speeds(None, None, 8, [None, 0.5, 0.9], rounds=3)
+    assert calls == [(None, 2), (0.5, 2), (0.9, 2)] + [(None, 8), (0.5, 8), (0.9, 8)] * 3
+    assert got == [(3.0, None), (30.0, 0.5), (300.0, 0.9)]
+
+
+def test_format_summary():
+    ref = {"val_loss": 2.0, "tok_s": 100.0}
+    rows = [{"threshold": 0.5, "val_loss": 2.02, "exit_depth": 2.5, "tok_s": 150.0},
+            {"threshold": 0.9, "val_loss": 2.0, "exit_depth": 3.75, "tok_s": None}]
+    assert eval_exit.format_summary(rows, ref, 4).splitlines() == [
+        "threshold  val CE  vs full  avg exit depth  decode speedup",
+        "      off   2.000                4.00 / 4            1.00x",
+        "      0.5   2.020    +1.0%       2.50 / 4            1.50x",
+        "      0.9   2.000    +0.0%       3.75 / 4              n/a"]

@@ -16,13 +16,14 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 
 import pytest
 import torch
 
 import faultlog
-from conftest import ROOT, TRAIN, parse_train_lines, read_jsonl, run_train, tiny_args, train_events
+from conftest import (ROOT, TRAIN, flip_bit_in_largest_tensor, parse_train_lines, read_jsonl,
+                      run_train, tiny_args, train_events)
+import checkpoint
 import train_gpt2 as tg
 
 # a run long enough to be killed part-way (~10 ms a step), checkpoints every 4 steps
@@ -207,7 +208,7 @@ def test_checkpoint_write_interrupted_at_any_byte(tmp_path, monkeypatch, how):
     """A write that fails (error) or dies (kill: the temp file stays) at byte n: ckpt_8 is never
     visible, ckpt_4 stays the latest and loads; a later run removes the temp file."""
     d = tmp_path / "run"
-    tg.atomic_save(_ckpt_obj(4), str(d / "ckpt_000004.pt"))
+    checkpoint.atomic_save(_ckpt_obj(4), str(d / "ckpt_000004.pt"))
     import io
     buf = io.BytesIO()
     torch.save(_ckpt_obj(8), buf)
@@ -224,39 +225,22 @@ def test_checkpoint_write_interrupted_at_any_byte(tmp_path, monkeypatch, how):
                 raise OSError(errno.EIO, "Input/output error")
             monkeypatch.setattr(torch, "save", partial)
             with pytest.raises(OSError):
-                tg.atomic_save(_ckpt_obj(8), str(d / "ckpt_000008.pt"))
+                checkpoint.atomic_save(_ckpt_obj(8), str(d / "ckpt_000008.pt"))
             monkeypatch.setattr(torch, "save", real_save)
             assert sorted(os.listdir(d)) == ["ckpt_000004.pt"]      # temp file removed
         else:
             (d / f".ckpt_000008.pt.{4242 + n}.tmp").write_bytes(full[:n])
-        latest = tg.list_checkpoints(str(d))[-1]
+        latest = checkpoint.list_checkpoints(str(d))[-1]
         assert latest == (4, str(d / "ckpt_000004.pt"))
-        ck, why = tg.load_checkpoint(latest[1])
-        assert why is None and ck["step"] == 4
+        assert checkpoint.load(latest[1])["step"] == 4
         faultlog.survived(f"checkpoint write {how} at byte {n}/{len(full)}")
     if how == "kill":
-        assert tg.remove_stale_temps(str(d)) == sorted(
+        assert checkpoint.remove_stale_temps(str(d)) == sorted(
             f".ckpt_000008.pt.{4242 + n}.tmp" for n in cuts)
         assert sorted(os.listdir(d)) == ["ckpt_000004.pt"]
     # a complete write is visible and loads
-    tg.atomic_save(_ckpt_obj(8), str(d / "ckpt_000008.pt"))
-    assert tg.load_checkpoint(str(d / "ckpt_000008.pt"))[0]["step"] == 8
-
-
-def _flip_byte_in_largest_tensor(path):
-    """Flip one bit in the middle of the largest tensor's stored bytes (zip entries are stored
-    uncompressed) -> the entry's name."""
-    with zipfile.ZipFile(path) as z:
-        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
-    with open(path, "r+b") as f:
-        f.seek(info.header_offset + 26)
-        name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
-        pos = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
-        f.seek(pos)
-        b = f.read(1)
-        f.seek(pos)
-        f.write(bytes([b[0] ^ 0x04]))
-    return info.filename
+    checkpoint.atomic_save(_ckpt_obj(8), str(d / "ckpt_000008.pt"))
+    assert checkpoint.load(str(d / "ckpt_000008.pt"))["step"] == 8
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bit-flip", "partial-temp"])
@@ -267,7 +251,7 @@ def test_damaged_latest_checkpoint_resume_uses_previous(char_data, tmp_path, dam
     if damage == "truncated":
         ck9.write_bytes(ck9.read_bytes()[:-1000])
     elif damage == "bit-flip":
-        _flip_byte_in_largest_tensor(ck9)
+        flip_bit_in_largest_tensor(ck9)
         torch.load(ck9, weights_only=True)        # torch alone does not notice
     else:   # killed while writing step 10's checkpoint: the temp file of the write is left
         tmp = tmp_path / "run" / ".ckpt_000010.pt.999999.tmp"
@@ -334,8 +318,7 @@ def test_second_signal_aborts_at_once(char_data, tmp_path):
 
 @pytest.mark.parametrize("kind", ["output", "grad"])
 def test_nonfinite_stops_naming_step_layer_quantity(char_data, tmp_path, kind):
-    p = run_train(tiny_args(char_data, tmp_path, "nan", *SHORT, "--debug_nonfinite_step=6",
-                            f"--debug_nonfinite_kind={kind}"))
+    p = run_train(tiny_args(char_data, tmp_path, "nan", *SHORT), nonfinite=(kind, 6))
     faultlog.inject(f"non-finite {kind}")
     assert p.returncode == 1
     err = p.stderr.strip().splitlines()
@@ -349,7 +332,7 @@ def test_nonfinite_stops_naming_step_layer_quantity(char_data, tmp_path, kind):
         assert "first non-finite grad: transformer.h.0." in err[0]
     assert [s for s, _, _ in parse_train_lines(tmp_path / "nan.txt")] == list(range(6))
     assert sorted(os.listdir(tmp_path / "nan")) == ["ckpt_000004.pt"]
-    assert tg.load_checkpoint(str(ck))[0]["step"] == 4
+    assert checkpoint.load(str(ck))["step"] == 4
     assert "# error: step 6: non-finite" in (tmp_path / "nan.txt").read_text()
     assert [e["event"] for e in read_jsonl(tmp_path / "nan.jsonl")][-1] == "error"
     faultlog.survived(f"non-finite {kind}")
@@ -358,8 +341,8 @@ def test_nonfinite_stops_naming_step_layer_quantity(char_data, tmp_path, kind):
 def test_nonfinite_on_unlogged_step_names_no_wrong_layer(char_data, tmp_path):
     """Without per-layer heads, layer losses exist only on logged steps: a NaN on an unlogged
     step must not be blamed on layer 1 (the placeholder), the error says so instead."""
-    p = run_train(tiny_args(char_data, tmp_path, "nan5", *SHORT, "--debug_nonfinite_step=6",
-                            "--log_interval=5"))
+    p = run_train(tiny_args(char_data, tmp_path, "nan5", *SHORT, "--log_interval=5"),
+                  nonfinite=("output", 6))
     faultlog.inject("non-finite loss on an unlogged step")
     assert p.returncode == 1
     err = p.stderr.strip().splitlines()
@@ -392,8 +375,8 @@ def test_log_write_failure_is_one_error_line(char_data, tmp_path):
 
 @pytest.mark.parametrize("kind", ["output", "grad"])
 def test_skip_nonfinite_skips_and_counts(char_data, tmp_path, kind):
-    p = run_train(tiny_args(char_data, tmp_path, "skip", *SHORT, "--debug_nonfinite_step=3",
-                            f"--debug_nonfinite_kind={kind}", "--skip_nonfinite=True"))
+    p = run_train(tiny_args(char_data, tmp_path, "skip", *SHORT, "--skip_nonfinite=True"),
+                  nonfinite=(kind, 3))
     faultlog.inject(f"non-finite {kind} with skip_nonfinite")
     _ok(p)
     lines = [l for l in (tmp_path / "skip.txt").read_text().splitlines()
@@ -448,7 +431,7 @@ def test_disk_full_while_saving_checkpoint(char_data, tmp_path, monkeypatch, cap
     assert err[0] == (f"error: saving checkpoint {ck8} failed ([Errno 28] No space left on device); "
                       f"previous checkpoints are intact; last good checkpoint: {ck4}")
     assert sorted(os.listdir(tmp_path / "df")) == ["ckpt_000004.pt"]     # no temp file, no ckpt_8
-    assert tg.load_checkpoint(str(ck4))[0]["step"] == 4
+    assert checkpoint.load(str(ck4))["step"] == 4
     monkeypatch.setattr(torch, "save", real_save)
     # resume in a subprocess like the reference run (same thread count: bit-equal losses)
     _ok(run_train(tiny_args(char_data, tmp_path, "df", *SHORT, "--resume=auto")))

@@ -294,7 +294,7 @@ def _bad_inputs(tmp_path):
         "not utf-8": (["--source", tmp_path / "latin1.txt"], "not valid UTF-8"),
         "no train shard": (["--source", tmp_path / "small.txt", "--val-fraction", "0"], "no train shard"),
         "val fraction range": (["--source", tmp_path / "small.txt", "--val-fraction", "1.5"],
-                               "--val-fraction must be in [0, 1)"),
+                               "argument --val-fraction: must be a finite number in [0, 1), got 1.5"),
     }
 
 
@@ -422,6 +422,69 @@ def test_shard_write_keeps_the_errno_of_a_partial_write(tmp_path):
     assert r.returncode == 0, r.stderr
     import errno
     assert r.stdout.split() == ["ours", str(errno.EFBIG), "numpy", "None"], r.stdout
+
+
+# ----------------------------------------------------------------------------- issue 14: 7, 10
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+@pytest.mark.parametrize("value", [5, ["a", "list"], {"a": "dict"}])
+def test_non_string_text_value_names_the_record(tmp_path, capsys, fmt, value):
+    """A text value that is an int, a list or an object: one error line naming the file and the
+    record (1-based), exit 2, nothing written (was a TypeError traceback)."""
+    rows = [{"text": "fine"}, {"text": "also fine"}, {"text": value}, {"text": "late"}]
+    src = tmp_path / f"docs.{fmt}"
+    if fmt == "jsonl":
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        rows = [{"text": value}] * 3     # a parquet column has one type
+        pq.write_table(pa.Table.from_pylist(rows), src)
+    for tok in ("gpt2", "char"):
+        out = tmp_path / f"out_{tok}"
+        rc, stdout, err = run(capsys, "--source", src, "--out", out, "--tokenizer", tok, "--procs", 1)
+        n = 3 if fmt == "jsonl" else 1
+        assert rc == 2 and err.count("\n") == 1, err
+        assert err.startswith(f"error: {src}: record {n}: "), err
+        assert "not a string" in err or "cannot read column 'text' as text" in err, err
+        assert not out.exists()
+
+
+def test_edited_source_rebuilds(tmp_path, capsys):
+    """The build is keyed on the source's content: editing the file (same path, same size, even
+    the same mtime) rebuilds; the result equals a fresh build of the edited file. An unchanged
+    source stays a no-op."""
+    src = tmp_path / "a.txt"
+    src.write_text("hello world " * 400)
+    args = ["--source", src, "--procs", 1, "--shard-size", 1000]
+    assert run(capsys, *args, "--out", tmp_path / "o")[0] == 0
+    st = os.stat(src)
+    src.write_text("hello there " * 400)                       # same length
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rc, stdout, err = run(capsys, *args, "--out", tmp_path / "o")
+    assert rc == 0 and f"{src} changed since {tmp_path / 'o'} was built from it: rebuilding" in err
+    assert "nothing to do" not in stdout
+    assert run(capsys, *args, "--out", tmp_path / "ref")[0] == 0
+    assert files_bytes(tmp_path / "o") == files_bytes(tmp_path / "ref")
+    rc, stdout, _ = run(capsys, *args, "--out", tmp_path / "o")
+    assert rc == 0 and "nothing to do" in stdout
+
+
+def test_source_edited_while_interrupted_rebuilds(tmp_path, capsys, monkeypatch):
+    """A build killed part-way whose source is then edited starts over (it used to resume and
+    mix shards of the old text with the new)."""
+    src = tmp_path / "docs.txt"
+    src.write_text("".join(f"line {i} " * 20 + "\n" for i in range(200)))
+    args = ["--source", src, "--txt-split-lines", "--procs", 1, "--shard-size", 2000,
+            "--val-fraction", 0, "--tokenizer", "char"]
+    monkeypatch.setattr(fineweb, "_after_shard_commit", lambda n: (_ for _ in ()).throw(
+        KeyboardInterrupt()) if n == 2 else None)
+    assert run(capsys, *args, "--out", tmp_path / "o")[0] == 130
+    monkeypatch.undo()
+    src.write_text("".join(f"LINE {i} " * 20 + "\n" for i in range(200)))
+    assert run(capsys, *args, "--out", tmp_path / "o")[0] == 0
+    assert run(capsys, *args, "--out", tmp_path / "ref")[0] == 0
+    assert files_bytes(tmp_path / "o") == files_bytes(tmp_path / "ref")
 
 
 @pytest.mark.parametrize("shard_size", [10_000, 300])

@@ -154,7 +154,7 @@ def test_bad_input(tmp_path):
         hellaswag.load_examples(str(bad))
     r = subprocess.run([sys.executable, os.path.join(ROOT, "hellaswag.py"), "--model", "gpt2",
                         "--data", str(tmp_path / "missing.jsonl")], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 2 and r.stderr.startswith("error: no such data file")
+    assert r.returncode == 2 and r.stderr == f"error: --data {tmp_path / 'missing.jsonl'}: no such file\n"
     assert "Traceback" not in r.stderr
 
 

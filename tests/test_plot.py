@@ -218,7 +218,7 @@ def test_cli_writes_all_and_errors(log, tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), str(tmp_path / "nope.txt")],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2
-    assert r.stderr.startswith("error: no such log file") and "Traceback" not in r.stderr
+    assert r.stderr == f"error: log file {tmp_path / 'nope.txt'}: no such file\n"
 
 
 from conftest import char_text_file  # noqa: E402
@@ -226,7 +226,8 @@ from conftest import char_text_file  # noqa: E402
 
 def test_real_short_run_log(tmp_path):
     """A log written by train_gpt2.py itself (tiny CPU run, 4 layers): every figure is written and
-    the plotted values equal the numbers in the log, read here with independent regexes."""
+    the plotted values equal the numbers of its jsonl twin, which the text log (read here with
+    independent regexes) prints rounded."""
     import re
     text_file = char_text_file(tmp_path)
     r = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", text_file,
@@ -250,6 +251,18 @@ def test_real_short_run_log(tmp_path):
     esd = [[float(x) for x in v.split(",")] for v in re.findall(r"earlystopdict: \[([^\]]*)\]", text)]
     prev = [float(v) for v in re.findall(r"^SIZE COMPARISON prev (\S+) mid", text, re.M)]
     assert [s for s, _ in train] == list(range(10)) and len(val) >= 3 and len(prev) == 4 * 4
+    # the plots read the jsonl twin (full precision): the text shows the same numbers rounded
+    ev = [json.loads(l) for l in open(tmp_path / "log" / "real.jsonl")]
+    tr_ev = [e for e in ev if e["event"] == "train"]
+    val_ev = [e for e in ev if e["event"] == "val"]
+    assert [(s, v) for s, v in train] == [(e["step"], round(e["loss"], 4)) for e in tr_ev]
+    assert [(s, v) for s, v in val] == [(e["step"], round(e["loss"], 4)) for e in val_ev]
+    assert layers == [[round(x, 4) for x in e["layer_losses"]] for e in val_ev]
+    assert esd == [[round(x, 3) for x in e["earlystopdict"]] for e in tr_ev]
+    train = [(e["step"], e["loss"]) for e in tr_ev]
+    val = [(e["step"], e["loss"]) for e in val_ev]
+    layers = [e["layer_losses"] for e in val_ev]
+    esd = [e["earlystopdict"] for e in tr_ev]
 
     out = tmp_path / "figs"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), str(log), "--out", str(out)],
@@ -273,3 +286,32 @@ def test_real_short_run_log(tmp_path):
     prev = np.array(prev).reshape(4, 4)  # (reports, layers)
     for l in range(4):
         np.testing.assert_array_equal(got[f"prev:{l + 1}"], prev[:, l])
+
+
+@pytest.mark.slow
+def test_jsonl_when_present_equals_text(tmp_path):
+    """parse_log(log/<run>.txt) reads the jsonl twin when it exists: the same steps and series as
+    the text (to the text's printed precision), more digits; without the jsonl, the text."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from conftest import make_char_dataset, run_train, tiny_args
+    data = make_char_dataset(str(tmp_path / "data"))
+    p = run_train(tiny_args(data, tmp_path, "tw", "--share_weights=True", "--early_exit=True",
+                            "--exit_threshold=0.05", "--exit_loss=all-layers"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    txt = tmp_path / "tw.txt"
+    from_jsonl = plot.parse_log(str(txt))
+    os.replace(tmp_path / "tw.jsonl", tmp_path / "moved.jsonl")
+    from_text = plot.parse_log(str(txt))
+    assert from_jsonl["name"] == from_text["name"] == "tw"
+    for k in ("step", "val_step", "val_layers_step", "size_step", "hella_step"):
+        np.testing.assert_array_equal(from_jsonl[k], from_text[k], err_msg=k)
+    for k, digits in (("train", 4), ("allloss", 4), ("earlystop", 3), ("norm", 4), ("val", 4),
+                      ("val_layers", 4)):
+        np.testing.assert_allclose(from_jsonl[k], from_text[k], atol=0.6 * 10 ** -digits, err_msg=k)
+    np.testing.assert_allclose(from_jsonl["lr"], from_text["lr"], rtol=6e-5)
+    assert not np.array_equal(from_jsonl["train"], from_text["train"])      # not rounded
+    np.testing.assert_allclose(np.array(from_jsonl["earlystopdict"]),
+                               np.array(from_text["earlystopdict"]), atol=6e-4)
+    for k in ("size_prev", "size_mid", "size_next"):
+        np.testing.assert_array_equal(from_jsonl[k], from_text[k], err_msg=k)   # full repr in both
+    assert from_jsonl["size_prev"].shape == (3, 2)

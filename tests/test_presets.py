@@ -13,7 +13,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import sweep  # noqa: E402
+import configurator  # noqa: E402
 
 PRESETS = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
 IDS = [os.path.basename(p)[:-3] for p in PRESETS]
@@ -88,7 +88,7 @@ def test_preset_tiny_one_step(path):
     defaults = {**{f.name: f.default for f in dataclasses.fields(model.GPTConfig)}, **defaults}
     cfg = load_preset(path, defaults)
     cfg["vocab_size"] = 64
-    small = sweep.scale_preset(cfg, "tiny")
+    small = configurator.scale_preset(cfg, "tiny")
     for k in ("share_weights", "block_type", "ln_learnable", "pos_encoding", "early_exit", "exit_loss",
               "exit_mode", "confidence", "max_lr", "dropout"):
         assert small.get(k) == cfg.get(k), k  # what the preset is about survives the shrink
@@ -97,8 +97,7 @@ def test_preset_tiny_one_step(path):
     torch.manual_seed(0)
     m = model.GPT(gcfg)
     m.train()
-    if hasattr(m, "set_progress"):
-        m.set_progress(0.5)
+    m.set_progress(0.5)
     T = min(16, gcfg.block_size)
     idx = torch.randint(0, gcfg.vocab_size, (2, T))
     targets = torch.randint(0, gcfg.vocab_size, (2, T))
@@ -122,7 +121,7 @@ def test_scale_preset_cpu_rule():
            "dataset": "data/edu_fineweb10B", "dataset_source": None, "tokenizer": None, "device": "auto",
            "share_weights": True, "block_type": "res-attn2", "ln_learnable": False, "max_lr": 6e-4,
            "hellaswag": "hf", "compile": True}
-    s = sweep.scale_preset(cfg, "cpu")
+    s = configurator.scale_preset(cfg, "cpu")
     assert s == {**cfg, "n_head": 4, "n_embd": 64, "block_size": 128, "B": 8, "T": 128,
                  "total_batch_size": 1024, "max_steps": 200, "warmup_steps": 20, "eval_interval": 50,
                  "eval_iters": 4, "size_interval": 50, "sample_interval": 0, "checkpoint_interval": 100,
@@ -130,24 +129,24 @@ def test_scale_preset_cpu_rule():
                  "device": "cpu", "hellaswag": None, "compile": False}
     assert cfg["n_layer"] == 12 and s["n_layer"] == 12  # input not modified; depth kept
     # char-level data kept; keys set on the command line kept; heads fit the width (even head size)
-    s = sweep.scale_preset({**cfg, "dataset": "data/shakespeare_char", "n_embd": 36, "n_head": 6,
+    s = configurator.scale_preset({**cfg, "dataset": "data/shakespeare_char", "n_embd": 36, "n_head": 6,
                             "max_steps": 150}, "cpu", keep=("n_embd", "T"))
     assert s["dataset"] == "data/shakespeare_char" and s["tokenizer"] is None
     assert s["n_embd"] == 36 and s["n_head"] == 3 and s["T"] == 1024 and s["total_batch_size"] == 8 * 1024
     assert s["max_steps"] == 150 and s["warmup_steps"] == 20  # values only shrink
-    assert sweep.scale_preset(cfg, "none") == cfg == sweep.scale_preset(cfg, None)
+    assert configurator.scale_preset(cfg, "none") == cfg == configurator.scale_preset(cfg, None)
     with pytest.raises(ValueError, match="known: none, cpu, tiny"):
-        sweep.scale_preset(cfg, "laptop")
+        configurator.scale_preset(cfg, "laptop")
 
 
 def test_trainer_preset_scale_is_scale_preset():
-    """train_gpt2 --preset_scale=cpu applies sweep.scale_preset to its resolved config, keeping
+    """train_gpt2 --preset_scale=cpu applies configurator.scale_preset to its resolved config, keeping
     the keys given as --key=value."""
     import train_gpt2
     cfg, explicit = train_gpt2.parse_config(["--preset_scale=cpu", "--n_layer=3", "--B=2"])
     base, _ = train_gpt2.parse_config(["--n_layer=3", "--B=2"])
     assert explicit == {"preset_scale", "n_layer", "B"}
-    want = sweep.scale_preset(base, "cpu", keep={"n_layer", "B"})
+    want = configurator.scale_preset(base, "cpu", keep={"n_layer", "B"})
     want["preset_scale"] = "cpu"
     assert cfg == want
     assert (cfg["n_layer"], cfg["B"], cfg["n_embd"], cfg["T"], cfg["total_batch_size"]) == (3, 2, 64, 128, 256)
@@ -159,7 +158,7 @@ def test_preset_cpu_scale_is_valid(path):
     model = _model()
     fields = {f.name for f in dataclasses.fields(model.GPTConfig)}
     defaults = {**{f.name: f.default for f in dataclasses.fields(model.GPTConfig)}, **(trainer_defaults() or {})}
-    s = sweep.scale_preset(load_preset(path, defaults), "cpu")
+    s = configurator.scale_preset(load_preset(path, defaults), "cpu")
     g = model.GPTConfig(**{k: s[k] for k in fields if k in s})
     assert g.n_embd <= 64 and g.n_layer <= 12 and g.block_size <= 128
 

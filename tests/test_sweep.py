@@ -73,7 +73,7 @@ def test_bad_sweep_files(tmp_path):
         sweep.load_sweep(str(p))
     r = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), str(tmp_path / "none.py")],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.startswith("error: no such sweep file") and "Traceback" not in r.stderr
+    assert r.returncode == 2 and r.stderr == f"error: sweep file {tmp_path / 'none.py'}: no such file\n"
 
 
 def test_table_rows_and_sort_order(tmp_path):

@@ -14,6 +14,7 @@ from conftest import (SAMPLE_RE, SIZE_RE, TRAIN_RE, VAL_EXIT_RE, VAL_LAYERS_RE, 
                       VAL_RE, make_char_dataset, parse_train_lines, read_jsonl, run_train, tiny_args,
                       train_events)
 import train_gpt2 as tg
+from dataloader import DataLoader
 
 EARLY = ["--share_weights=True", "--layer_heads=True", "--early_exit=True",
          "--exit_threshold=0.05", "--exit_loss=all-layers"]
@@ -285,8 +286,8 @@ def test_dataloader_ranks_disjoint_and_match_grad_accum(tmp_path):
     meta = fineweb.read_manifest(d)
     paths = fineweb.shard_paths(meta, "train")
     B, T, S = 2, 4, 32                                      # step = 32 tokens = 4 micro batches
-    one = tg.DataLoader(paths, B, T, S, 0, 1, 40, "train")
-    ranks = [tg.DataLoader(paths, B, T, S, r, 2, 40, "train") for r in range(2)]
+    one = DataLoader(paths, B, T, S, 0, 1, 40, "train")
+    ranks = [DataLoader(paths, B, T, S, r, 2, 40, "train") for r in range(2)]
     toks = [fineweb.load_tokens(p) for p in paths]
     n_blocks = sum(-(-(len(t) - 1) // S) for t in toks)          # ceil: the tail is covered
     assert one.total_blocks == n_blocks
@@ -309,7 +310,7 @@ def test_dataloader_shuffle_deterministic_and_state(tmp_path):
     d = make_char_dataset(str(tmp_path / "d"), n_train=3000, n_val=400)
     import fineweb
     paths = fineweb.shard_paths(fineweb.read_manifest(d), "train")
-    mk = lambda seed: tg.DataLoader(paths, 2, 4, 8, 0, 1, 40, "train", shuffle=True, seed=seed)  # noqa
+    mk = lambda seed: DataLoader(paths, 2, 4, 8, 0, 1, 40, "train", shuffle=True, seed=seed)  # noqa
     a, b, c = mk(1), mk(1), mk(2)
     xa = [a.next_batch()[0] for _ in range(50)]
     xb = [b.next_batch()[0] for _ in range(50)]
@@ -325,14 +326,14 @@ def test_dataloader_shuffle_deterministic_and_state(tmp_path):
     pos = [tmp_path / "p0.npy", tmp_path / "p1.npy"]
     np.save(pos[0], np.arange(0, 1003, dtype=np.uint16))
     np.save(pos[1], np.arange(2000, 2501, dtype=np.uint16))
-    e = tg.DataLoader([str(p) for p in pos], 2, 4, 8, 0, 1, 65536, "train", shuffle=True, seed=3)
+    e = DataLoader([str(p) for p in pos], 2, 4, 8, 0, 1, 65536, "train", shuffle=True, seed=3)
     assert e.total_blocks == 126 + 63             # ceil(1002 / 8), ceil(500 / 8)
     starts = [int(e.next_batch()[0][0, 0]) for _ in range(e.total_blocks)]
     assert sorted(starts) == ([k * 8 for k in range(125)] + [1003 - 9]
                               + [2000 + k * 8 for k in range(62)] + [2000 + 501 - 9])
     assert starts != sorted(starts) and e.state_dict()["epoch"] == 1
     # no shuffle: in order; each shard's last block is end-aligned (covers the tail, no overrun)
-    f = tg.DataLoader([str(p) for p in pos], 2, 4, 8, 0, 1, 65536, "train")
+    f = DataLoader([str(p) for p in pos], 2, 4, 8, 0, 1, 65536, "train")
     seen = [f.next_batch() for _ in range(f.total_blocks)]
     assert [int(x[0, 0]) for x, _ in seen] == sorted(starts)
     assert int(seen[125][1].max()) == 1002 and int(seen[-1][1].max()) == 2500
@@ -343,7 +344,7 @@ def test_dataloader_rejects_out_of_vocab_tokens(tmp_path):
     import fineweb
     paths = fineweb.shard_paths(fineweb.read_manifest(d), "train")
     with pytest.raises(fineweb.DataError, match="token id 39 >= vocab_size 30"):
-        tg.DataLoader(paths, 2, 4, 8, 0, 1, 30, "train")
+        DataLoader(paths, 2, 4, 8, 0, 1, 30, "train")
 
 
 def test_lr_schedules():

@@ -1,0 +1,243 @@
+"""Sample text from a trained checkpoint or from OpenAI's GPT-2 weights (nanoGPT's sample.py).
+
+    python sample.py --ckpt log/quickstart/ckpt_000599.pt          # a checkpoint file
+    python sample.py --ckpt quickstart                             # a run name: its latest checkpoint
+    python sample.py --ckpt quickstart --exit_threshold 0.5 --show_depth
+    python sample.py --init_from gpt2 --prompt "Hello, I'm a language model,"
+
+--prompt is text, or FILE:path to read it from a file. --exit_threshold decodes with early exit
+(a token leaves at the first layer whose confidence reaches the threshold; model.generate's
+`exit_threshold`). --show_depth marks every new token with the layer its prediction exited at:
+coloured on a terminal, `token[3]` otherwise. Bad input (missing or corrupt checkpoint, unknown
+--init_from name offline, unreadable prompt file): one `error:` line, exit 2.
+"""
+import argparse
+import contextlib
+import os
+import sys
+
+import torch
+
+GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+# ANSI foreground colours from shallow to deep exits (blue ... red)
+DEPTH_COLOURS = ("34", "36", "32", "33", "35", "31")
+
+
+class SampleError(ValueError):
+    """Bad input: reported as one `error:` line, exit 2."""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="checkpoint file log/<run>/ckpt_*.pt, a run directory, or a "
+                                    "run name (its latest checkpoint under --log_dir)")
+    src.add_argument("--init_from", help=f"OpenAI GPT-2 weights through transformers: "
+                                         f"{', '.join(GPT2_NAMES)}, or a saved transformers directory")
+    p.add_argument("--log_dir", default="log", help="where run names are looked up")
+    p.add_argument("--prompt", default=None,
+                   help="prompt text, or FILE:path (default: a newline; symbol 0 of a char "
+                        "vocabulary without one)")
+    p.add_argument("--num_samples", type=int, default=3)
+    p.add_argument("--max_new_tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    p.add_argument("--top_k", type=int, default=200, help="0: no top-k filter")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--exit_threshold", type=float, default=None,
+                   help="decode with early exit at this confidence threshold (default: full depth)")
+    p.add_argument("--show_depth", action="store_true",
+                   help="mark each new token with its exit layer (1-based)")
+    return p.parse_args(argv)
+
+
+def check_args(args):
+    if args.num_samples < 1 or args.max_new_tokens < 1:
+        raise SampleError("--num_samples and --max_new_tokens must be >= 1")
+    if not args.temperature >= 0:
+        raise SampleError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_k < 0:
+        raise SampleError(f"--top_k must be >= 0, got {args.top_k}")
+    if args.exit_threshold is not None and not args.exit_threshold >= 0:
+        raise SampleError(f"--exit_threshold must be >= 0 (> 1: never exits), got {args.exit_threshold}")
+
+
+# ---------------------------------------------------------------------------------------------
+# model + tokenizer
+
+
+def resolve_ckpt(spec, log_dir):
+    """A checkpoint file, a run directory (latest checkpoint) or a run name -> checkpoint path."""
+    from train_gpt2 import list_checkpoints
+    if os.path.isfile(spec):
+        return spec
+    run_dir = spec if os.path.isdir(spec) else os.path.join(log_dir, spec)
+    if not os.path.isdir(run_dir):
+        raise SampleError(f"checkpoint not found: {spec} (neither a file nor a run under {log_dir}/)")
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise SampleError(f"no checkpoint ckpt_*.pt in {run_dir}")
+    return ckpts[-1][1]
+
+
+def load_from_ckpt(path):
+    """(model in eval mode, tokenizer) from a trainer checkpoint, content digest checked."""
+    from model import GPT, GPTConfig
+    from tokenizer import get_tokenizer
+    from train_gpt2 import Run, load_checkpoint
+    ck, why = load_checkpoint(path)
+    if ck is None:
+        raise SampleError(f"cannot load checkpoint {path}: {why}")
+    model = GPT(GPTConfig(**ck["model_config"]))
+    model.load_state_dict(Run._strip(ck["model"]))
+    tok = ck.get("tokenizer") or {"name": "gpt2"}
+    return model.eval(), get_tokenizer(tok["name"], tok.get("chars"))
+
+
+def load_from_pretrained(name):
+    """(model, GPT-2 tokenizer) from OpenAI's weights through transformers (local cache or hub)."""
+    if name not in GPT2_NAMES and not os.path.isdir(name):
+        raise SampleError(f"unknown --init_from {name!r}: one of {', '.join(GPT2_NAMES)} "
+                          "or a directory saved by transformers")
+    from model import GPT
+    from tokenizer import GPT2Tokenizer
+    try:
+        model = GPT.from_pretrained(name)
+    except ImportError as e:
+        raise SampleError(f"--init_from needs transformers (pip install -r requirements-dev.txt): "
+                          f"{e}") from None
+    except OSError as e:    # offline and not cached, or a directory without a model
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise SampleError(f"cannot load {name!r} through transformers (offline and not in the "
+                          f"Hugging Face cache?): {first}") from None
+    return model.eval(), GPT2Tokenizer()
+
+
+def read_prompt(spec):
+    """--prompt text, or the contents of FILE:path (None: the default)."""
+    if spec is None or not spec.startswith("FILE:"):
+        return spec
+    path = spec[len("FILE:"):]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SampleError(f"cannot read prompt file {path!r}: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def encode_prompt(tok, text, block_size):
+    """Prompt ids (1, T) int64; the last block_size tokens when longer. text None: a newline,
+    or id 0 when the tokenizer has no newline."""
+    if text is None:
+        try:
+            text = tok.encode("\n") and "\n"
+        except ValueError:
+            text = tok.decode([0])
+    try:
+        ids = tok.encode(text)
+    except ValueError as e:       # a character outside a char vocabulary
+        raise SampleError(f"prompt: {e}") from None
+    if not ids:
+        raise SampleError("prompt is empty after tokenisation")
+    return torch.tensor(ids[-block_size:], dtype=torch.long)[None]
+
+
+def decode(tok, ids):
+    """Text of ids; ids the tokenizer does not know (padded vocabulary rows) -> U+FFFD."""
+    n = tok.vocab_size
+    parts, run = [], []
+    for t in ids:
+        if t < n:
+            run.append(t)
+        else:
+            parts.append(tok.decode(run) + "\ufffd")
+            run = []
+    return "".join(parts) + tok.decode(run)
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+
+
+def generate(model, idx, args):
+    """Sample args.max_new_tokens after idx (1, T) with model.generate's keyword interface.
+
+    Returns (ids (T + n,) list, depths [n] or None). With --show_depth the tokens are drawn one
+    generate call at a time (each re-runs the prompt: quadratic, fine for a screenful) so that
+    last_generate_stats["avg_exit_depth"] is the exit layer of that one token's prediction."""
+    kw = dict(temperature=args.temperature, top_k=args.top_k or None)
+    if args.exit_threshold is not None:
+        kw["exit_threshold"] = args.exit_threshold
+    if not args.show_depth:
+        return model.generate(idx, args.max_new_tokens, **kw)[0].tolist(), None
+    depths = []
+    for _ in range(args.max_new_tokens):
+        idx = model.generate(idx, 1, **kw)
+        depths.append(int(round(model.last_generate_stats["avg_exit_depth"])))
+    return idx[0].tolist(), depths
+
+
+def render(tok, ids, n_prompt, depths, n_layer, colour):
+    """The prompt, then each new token marked with its exit layer: ANSI colour (shallow blue ..
+    deep red) when `colour`, else `token[d]`."""
+    out = [decode(tok, ids[:n_prompt])]
+    for t, d in zip(ids[n_prompt:], depths):
+        text = decode(tok, [t])
+        if colour:
+            c = DEPTH_COLOURS[min(len(DEPTH_COLOURS) - 1, (d - 1) * len(DEPTH_COLOURS) // n_layer)]
+            out.append(f"\033[{c}m{text}\033[0m")
+        else:
+            out.append(f"{text}[{d}]")
+    return "".join(out)
+
+
+def legend(n_layer):
+    """One line showing which colour is which exit layer."""
+    cells = []
+    for d in range(1, n_layer + 1):
+        c = DEPTH_COLOURS[min(len(DEPTH_COLOURS) - 1, (d - 1) * len(DEPTH_COLOURS) // n_layer)]
+        cells.append(f"\033[{c}m{d}\033[0m")
+    return "exit layer: " + " ".join(cells)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        check_args(args)
+        text = read_prompt(args.prompt)
+        if args.ckpt is not None:
+            model, tok = load_from_ckpt(resolve_ckpt(args.ckpt, args.log_dir))
+        else:
+            model, tok = load_from_pretrained(args.init_from)
+        cfg = model.config
+        if args.exit_threshold is not None and cfg.confidence == "target-prob":
+            raise SampleError("this model's confidence is 'target-prob', which needs targets: "
+                              "early-exit decoding is undefined for it")
+        idx = encode_prompt(tok, text, cfg.block_size)
+    except SampleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model.to(device)
+    idx = idx.to(device)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")
+                else contextlib.nullcontext())
+    colour = args.show_depth and sys.stdout.isatty()
+    if colour:
+        print(legend(cfg.n_layer))
+    torch.manual_seed(args.seed)
+    for i in range(args.num_samples):
+        with autocast:
+            ids, depths = generate(model, idx, args)
+        if depths is None:
+            print(decode(tok, ids))
+        else:
+            print(render(tok, ids, idx.size(1), depths, cfg.n_layer, colour))
+            print(f"(average exit layer {sum(depths) / len(depths):.2f} of {cfg.n_layer})")
+        print("---------------")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""config/quickstart.py end to end, shrunk (--preset_scale=tiny) on the tiny char dataset: the
+shared early-exit model trains, the early-exit table and five figures are written, and the
+last lines on screen say what to run next."""
+import pytest
+
+from conftest import run_train
+
+import sample
+
+
+@pytest.mark.slow
+def test_quickstart_tiny(char_data, tmp_path, capsys):
+    log, img = tmp_path / "log", tmp_path / "img"
+    r = run_train(["config/quickstart.py", "--preset_scale=tiny", f"--dataset={char_data}",
+                   f"--log_dir={log}", f"--img_dir={img}", "--exit_table=0.0,0.5,1.01"])
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    text = (log / "quickstart.txt").read_text()
+    assert "# vocab_size 40: the data's char vocabulary, exactly (vocab_size unset)" in text
+    # the table: full depth, then one row per threshold; 0.0 exits everything at layer 1,
+    # 1.01 never exits (full depth's CE exactly)
+    i = out.index("#   threshold  val CE  vs full  avg exit depth  decode speedup")
+    full, t0, t5, t101 = (ln.split() for ln in out[i + 1:i + 5])
+    assert full[:2] == ["#", "off"] and t0[:2] == ["#", "0"] and t101[:2] == ["#", "1.01"]
+    assert t0[4:6] == ["1.00", "/"] and t101[4:6] == ["3.00", "/"]
+    assert t101[2] == full[2] and t101[3] == "+0.0%"
+    assert out[i + 5].startswith("# exit table written: ")
+    assert (log / "quickstart" / "exit_eval.md").is_file()
+    for name in ("", "-layers", "-exits", "-residuals", "-pareto"):
+        assert (img / f"quickstart{name}.png").stat().st_size > 1000, name
+    # the last lines: what to run next, and they run
+    assert out[-4] == "# next:"
+    assert out[-3].startswith(f"#   python sample.py --ckpt quickstart --log_dir {log} --exit_threshold ")
+    assert out[-2].startswith(f"#   python eval_exit.py --ckpt {log}/quickstart/ckpt_000003.pt --data {char_data} ")
+    assert out[-1].startswith(f"#   python train_gpt2.py config/4-test.py --preset_scale=cpu --dataset={char_data}")
+    argv = out[-3].split("#")[1].split()[2:]
+    assert sample.main(argv + ["--max_new_tokens", "5", "--num_samples", "1"]) == 0
+    assert "[" in capsys.readouterr().out
