@@ -11,7 +11,7 @@ exit_loss = "3-test"
 max_lr = 1.8e-3                 # assumed: not logged; "0-original ... needs a smaller learning rate"
                                 #   and 6-test-1 reruns "with GPT learning rate", so these runs used more
                                 #   than GPT-2's 6e-4; 3x is our guess
-# run settings (README: "Preset values and assumptions")
+# run settings (README: "Presets: the journal's values and our assumptions")
 total_batch_size = 131072       # assumed: 2**17, logged (tok/sec x dt) in every 8-experiments train line
 warmup_steps = 100              # assumed: with min_lr 0 and max_steps 305176 the cosine schedule prints the
                                 #   journal's logged lr (5.9999e-04 at step 949, 5.9982e-04 at 3499);

@@ -11,7 +11,7 @@ early_exit = False
 exit_loss = "all-layers"
 max_lr = 6e-4                   # assumed: GPT-2's, the journal's only logged lr (8-experiments)
 size_interval = 50
-# run settings (README: "Preset values and assumptions")
+# run settings (README: "Presets: the journal's values and our assumptions")
 total_batch_size = 131072       # assumed: 2**17, logged (tok/sec x dt) in every 8-experiments train line
 warmup_steps = 100              # assumed: with min_lr 0 and max_steps 305176 the cosine schedule prints the
                                 #   journal's logged lr (5.9999e-04 at step 949, 5.9982e-04 at 3499);
