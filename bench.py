@@ -2,6 +2,7 @@
 
     python bench.py --quick                      # CPU proxy shape, < 3 min on 2 cores
     python bench.py                              # GPT-2 124M shape (B=16, T=1024), bf16 on CUDA
+    python bench.py --trainer-overhead [...]     # train_gpt2.py step vs a minimal loop (bench/trainer_overhead.py)
     python bench.py --device cuda --B 32 --compile --cases plain,plain-fused,shared-fused
 
 Every case runs in a fresh subprocess on the same shape and the same random tokens: build the
@@ -27,6 +28,8 @@ Writes <out>/<device-slug>-<date>[-quick].md and .json and copies the table to <
 
     python bench.py --memory [--validate]        # predicted CUDA peak memory (bench/memory_model.py)
     python bench.py --gpu-check [--dry-run]      # the one-command GPU check (bench/gpu_check.py)
+    python bench.py --cheap-exits                # sampled exit heads vs all heads vs plain (bench/cheap_exits.py)
+    python bench.py --decode                     # decode speed: early exit, self-speculative (bench/decode_bench.py)
 """
 import argparse
 import datetime
@@ -45,7 +48,9 @@ import cli
 import fineweb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SUBCOMMANDS = {"--memory": "memory_model", "--gpu-check": "gpu_check"}   # flag -> bench/ module
+SUBCOMMANDS = {"--memory": "memory_model", "--gpu-check": "gpu_check",     # flag -> bench/ module
+               "--cheap-exits": "cheap_exits", "--decode": "decode_bench",
+               "--trainer-overhead": "trainer_overhead"}
 
 CASES = {   # name -> GPTConfig overrides on top of the shape
     "plain": dict(share_weights=False, layer_heads=False, head_impl="naive"),
@@ -380,6 +385,10 @@ def parse_args(argv):
                     "step instead (bench/memory_model.py; its options: bench.py --memory --help)")
     ap.add_argument("--gpu-check", action="store_true", help="the GPU check instead "
                     "(bench/gpu_check.py; its options: bench.py --gpu-check --help)")
+    ap.add_argument("--cheap-exits", action="store_true", help="the cheap-exit suite instead "
+                    "(bench/cheap_exits.py; its options: bench.py --cheap-exits --help)")
+    ap.add_argument("--decode", action="store_true", help="the decode-speed benchmark instead "
+                    "(bench/decode_bench.py; its options: bench.py --decode --help)")
     ap.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._worker is None:

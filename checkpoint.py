@@ -14,7 +14,7 @@ import hashlib
 import os
 import random
 import re
-import shutil
+import time
 
 import numpy as np
 import torch
@@ -118,14 +118,39 @@ def load_model(path):
     return model.eval(), ck
 
 
+class _KeepWriteError:
+    """The file torch.save writes through, remembering the OSError of a failed write: torch
+    reports it (ENOSPC, EFBIG) as RuntimeError("... unexpected pos ..."), without the errno."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, b):
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
+
+
 def atomic_save(obj, path):
-    """torch.save to a temp file in the same directory, fsync, os.replace, fsync the directory."""
+    """torch.save to a temp file in the same directory, fsync, os.replace, fsync the directory.
+    A failed write raises its OSError (disk full: errno ENOSPC); the temp file is removed."""
     d = os.path.dirname(path)
     os.makedirs(d, exist_ok=True)
     tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            out = _KeepWriteError(f)
+            try:
+                torch.save(obj, out)
+            except RuntimeError:
+                if out.error is None:
+                    raise
+                raise out.error from None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -149,20 +174,41 @@ def save(obj, ckpt_dir, step, keep):
     return path
 
 
+def _move_aside(paths, dest):
+    """Move files into the new directory dest (a numbered suffix if it exists) -> its path."""
+    base, n = dest, 1
+    while os.path.exists(dest):
+        n += 1
+        dest = f"{base}-{n}"
+    os.makedirs(dest)
+    for p in paths:
+        os.replace(p, os.path.join(dest, os.path.basename(p)))
+    return dest
+
+
 def backup_previous(paths, ckpt_dir):
     """A fresh start over an earlier run of the same name: its files (paths: log, jsonl) and
-    checkpoints move to {ckpt_dir}/prev/ (replacing an older prev/) so resume=auto never picks
-    them -> a note for the log, or None when there was nothing to move."""
+    checkpoints move to {ckpt_dir}/prev/{time of the move}/ (earlier runs moved there before
+    stay) so resume=auto never picks them -> a note for the log, or None when there was nothing
+    to move."""
     old = [p for p in paths if os.path.exists(p)] + [p for _, p in list_checkpoints(ckpt_dir)]
     if not old:
         return None
-    prev = os.path.join(ckpt_dir, "prev")
-    if os.path.isdir(prev):
-        shutil.rmtree(prev)
-    os.makedirs(prev)
-    for p in old:
-        os.replace(p, os.path.join(prev, os.path.basename(p)))
-    return f"an earlier run's files ({len(old)}) were moved to {prev}"
+    dest = _move_aside(old, os.path.join(ckpt_dir, "prev", time.strftime("%Y%m%d-%H%M%S")))
+    return f"an earlier run's files ({len(old)}) were moved to {dest}"
+
+
+def set_aside_later(ckpt_dir, step):
+    """Resuming from step `step` when later checkpoints exist (a rollback): they belong to the
+    abandoned branch and move to {ckpt_dir}/abandoned/{time}-after-{step}/, so that pruning and
+    resume=auto only see the resumed branch -> a note for the log, or None."""
+    later = [p for s, p in list_checkpoints(ckpt_dir) if s > step]
+    if not later:
+        return None
+    dest = _move_aside(later, os.path.join(ckpt_dir, "abandoned",
+                                           f"{time.strftime('%Y%m%d-%H%M%S')}-after-{step:06d}"))
+    return (f"resumed from step {step} with {len(later)} later checkpoint(s) of an abandoned "
+            f"branch: moved to {dest}")
 
 
 def remove_stale_temps(ckpt_dir):

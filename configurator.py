@@ -175,7 +175,7 @@ def scale_preset(cfg, scale, keep=()):
     for k in ("eval_interval", "size_interval", "sample_interval", "checkpoint_interval"):
         new[k] = _shrink(cfg[k], s[k])
     new["eval_iters"] = min(cfg["eval_iters"], s["eval_iters"])
-    if s["vocab_cap"] is not None:
+    if s["vocab_cap"] is not None and cfg["vocab_size"] is not None:   # None: the data's
         new["vocab_size"] = min(cfg["vocab_size"], s["vocab_cap"])
     trainer_only = {"hellaswag": None, "compile": False, "device": "cpu", "keep_checkpoints": 1,
                     "num_samples": 1}

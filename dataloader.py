@@ -13,6 +13,16 @@ import fineweb
 from configurator import ConfigError
 
 
+def to_device(x, y, device):
+    """A CPU batch (x, y) on device. CUDA: through pinned (page-locked) memory with non_blocking
+    copies, so the host-to-device copy runs asynchronously on the stream instead of the host
+    staging it synchronously; elsewhere a plain copy (no-op on CPU)."""
+    if str(device).startswith("cuda"):
+        return (x.pin_memory().to(device, non_blocking=True),
+                y.pin_memory().to(device, non_blocking=True))
+    return x.to(device), y.to(device)
+
+
 class DataLoader:
     """Memory-mapped uint16 shards -> (x, y) int64 micro batches (B, T).
 
@@ -82,7 +92,24 @@ class DataLoader:
         return {"epoch": self.epoch, "shard_i": self.shard_i, "block_i": self.block_i,
                 "micro": self.micro}
 
+    def check_state(self, d):
+        """ValueError unless state_dict() d is a position of this data (a checkpoint of a run on
+        other, e.g. smaller, data is not)."""
+        epoch, shard_i, block_i, micro = (int(d[k]) for k in ("epoch", "shard_i", "block_i", "micro"))
+        saved, self.epoch = getattr(self, "epoch", 0), epoch
+        order = self._shard_order()             # (the order depends on the epoch)
+        self.epoch = saved
+        where = os.path.dirname(self.paths[0]) if self.paths else "?"
+        if not 0 <= shard_i < len(order):
+            raise ValueError(f"its data position (shard {shard_i} of the {self.split} split) is "
+                             f"beyond the {len(order)} usable shard(s) in {where}")
+        n = self.nblocks[order[shard_i]]
+        if not 0 <= block_i < n or not 0 <= micro < self.micro_steps:
+            raise ValueError(f"its data position (block {block_i} of shard {shard_i}, micro step "
+                             f"{micro}) is beyond that shard's {n} block(s) in {where}")
+
     def load_state_dict(self, d):
+        self.check_state(d)
         self.epoch, self.shard_i = int(d["epoch"]), int(d["shard_i"])
         self.block_i, self.micro = int(d["block_i"]), int(d["micro"])
         self._enter()
@@ -113,17 +140,22 @@ def prepare_data(cfg, dist_ctx):
     validated manifest. Raises ConfigError / fineweb.DataError."""
     meta_path = os.path.join(cfg["dataset"], fineweb.MANIFEST)
     if cfg["dataset_source"] and not os.path.isfile(meta_path):
-        ok = 1
-        if dist_ctx.master:
-            print(f"preparing {cfg['dataset']}: fineweb.py --source {cfg['dataset_source']}", flush=True)
+        err = None
+        if dist_ctx.master:          # fineweb.py with the run's tokenizer; its error as ours
+            argv = [f"--source={cfg['dataset_source']}", f"--out={cfg['dataset']}",
+                    f"--tokenizer={cfg['tokenizer'] or 'gpt2'}"]
             try:
-                rc = fineweb.main(["--source", cfg["dataset_source"], "--out", cfg["dataset"]])
-            except SystemExit as e:
-                rc = e.code
-            ok = int(rc in (0, None))
-        if not dist_ctx.all_ok(ok):
-            raise ConfigError(f"could not build {cfg['dataset']} from source "
-                              f"{cfg['dataset_source']!r} (see the message above)")
+                args = fineweb.parse_args(argv)
+                fineweb.make_source(args)         # a missing source path: before any output
+                print(f"preparing {cfg['dataset']}: fineweb.py --source {cfg['dataset_source']}",
+                      flush=True)
+                fineweb.build(args)
+            except (fineweb.DataError, fineweb.SourceReadError, ValueError, OSError) as e:
+                err = f"could not build {cfg['dataset']} from dataset_source {cfg['dataset_source']!r}: {e}"
+            except SystemExit:
+                err = f"could not build {cfg['dataset']} from dataset_source {cfg['dataset_source']!r}"
+        if not dist_ctx.all_ok(err is None):
+            raise ConfigError(err or f"could not build {cfg['dataset']} (see rank 0)")
     meta = fineweb.read_manifest(cfg["dataset"])   # sizes/token counts: cheap, on every rank
     if cfg["verify_data"]:
         err = None
@@ -137,6 +169,8 @@ def prepare_data(cfg, dist_ctx):
     if cfg["tokenizer"] is not None and cfg["tokenizer"] != meta["tokenizer"]:
         raise ConfigError(f"tokenizer {cfg['tokenizer']!r} does not match the data's "
                           f"{meta['tokenizer']!r} ({meta_path})")
+    if cfg["vocab_size"] is None:                  # unset: the data's
+        cfg["vocab_size"] = fineweb.model_vocab_size(meta)
     if int(meta["vocab_size"]) > cfg["vocab_size"]:
         raise ConfigError(f"data vocab_size {meta['vocab_size']} > model vocab_size "
                           f"{cfg['vocab_size']} ({meta_path})")

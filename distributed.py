@@ -3,6 +3,7 @@
     d = DistContext(); d.init("cuda")        # NCCL on CUDA, gloo on CPU; no-op without torchrun
     d.sum_(t); d.all_ok(flag); d.gather_object(obj); d.destroy(sync=True)
 """
+import contextlib
 import os
 
 import torch
@@ -108,3 +109,115 @@ class DistContext:
         out = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
+
+
+# ----------------------------------------------------------------------------------------------
+# data parallelism: DDP (replicated) or FSDP2 (sharded) over the ranks
+
+PARALLEL = ("ddp", "fsdp")
+
+
+def wrap(raw, parallel, d, device, dtype):
+    """The training module: raw itself (one process), DDP(raw), or raw sharded in place by
+    FSDP2's fully_shard. Call before building the optimizer (FSDP turns the parameters into
+    DTensor shards, which the optimizer must hold).
+
+    FSDP: one unit per stored block, then the root (embedding, tied lm_head, ln_f). A shared
+    block is one unit applied n_layer times, so it stays unsharded from its first call to the
+    end of the step (reshard_after_forward=False): one all-gather per step instead of one per
+    depth in the forward and again in the backward. Unshared blocks reshard after each forward
+    (the memory saving). bf16 on CUDA: parameters cast to bf16 for compute, gradients reduced
+    in fp32."""
+    if not d.initialized:
+        return raw
+    if parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        return DDP(raw, device_ids=[d.local_rank] if device.startswith("cuda") else None)
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy()
+    if dtype == "bfloat16" and device.startswith("cuda"):
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for blk in raw.transformer.h:
+        fully_shard(blk, mp_policy=mp, reshard_after_forward=reshard_blocks(raw))
+    fully_shard(raw, mp_policy=mp)
+    return raw
+
+
+def reshard_blocks(raw):
+    """FSDP reshard_after_forward of the block units: not for the one shared block."""
+    return not raw.config.share_weights
+
+
+def is_fsdp(model):
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+def set_grad_sync(model, sync):
+    """Gradient accumulation: reduce (DDP all-reduce / FSDP reduce-scatter) only when sync."""
+    if is_fsdp(model):
+        model.set_requires_gradient_sync(sync)
+    elif hasattr(model, "require_backward_grad_sync"):      # DDP
+        model.require_backward_grad_sync = sync
+
+
+def full(t):
+    """A DTensor shard -> the whole tensor (a collective: every rank calls it); else t."""
+    from torch.distributed.tensor import DTensor
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def local(t):
+    """A DTensor -> this rank's shard (no communication); else t."""
+    from torch.distributed.tensor import DTensor
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def full_state(model, optimizer):
+    """(model state dict, optimizer state dict) whole and on the CPU, in the format of a
+    single-process run (what checkpoints hold, whatever the mode and world size). Under FSDP
+    every rank must call it (each shard is gathered)."""
+    msd = {k: full(v).detach().cpu() for k, v in model.state_dict().items()}
+    osd = optimizer.state_dict()
+    state = {pid: {k: (full(v).detach().cpu() if torch.is_tensor(v) else v) for k, v in st.items()}
+             for pid, st in osd["state"].items()}
+    return msd, {"state": state, "param_groups": osd["param_groups"]}
+
+
+def load_optimizer_state(optimizer, sd):
+    """Load a whole (single-process format) optimizer state dict; under FSDP each state tensor
+    is cut to the shard of its parameter."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    if any(isinstance(p, DTensor) for p in params):
+        state = {}
+        for pid, st in sd["state"].items():
+            p = params[int(pid)]
+            state[pid] = {k: (distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
+                              if torch.is_tensor(v) and v.dim() > 0 and isinstance(p, DTensor) else v)
+                          for k, v in st.items()}
+        sd = {"state": state, "param_groups": sd["param_groups"]}
+    optimizer.load_state_dict(sd)
+
+
+@contextlib.contextmanager
+def gathered(model):
+    """Whole parameters on every rank for the duration (FSDP: all-gather every unit once and
+    keep it), so evaluation, HellaSwag and sampling run per rank with no collective inside the
+    forward: ranks may then do different amounts of work (sampling on rank 0, uneven example
+    splits, early exit). Every rank must enter it. No-op for DDP / one process."""
+    if not is_fsdp(model):
+        yield
+        return
+    blocks = list(model.transformer.h)            # the root is never resharded after forward
+    for m in blocks:
+        m.set_reshard_after_forward(False, recurse=False)
+    for m in blocks + [model]:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in blocks + [model]:
+            m.reshard()
+        for m in blocks:
+            m.set_reshard_after_forward(reshard_blocks(model), recurse=False)

@@ -60,6 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--img-dir", default="img", help="where <run>_pareto.png goes")
     p.add_argument("--img", default=None, help="Pareto plot path (None: <img-dir>/<run>_pareto.png)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--summary", action="store_true",
+                   help="print the short table and a suggested threshold instead of the full one")
     args = p.parse_args(argv)
     try:
         args.threshold_list = parse_thresholds(args.thresholds)
@@ -131,7 +133,8 @@ def evaluate(model, batches, threshold, device):
     tot_loss, esd = 0.0, torch.zeros(L, dtype=torch.float64)
     for x, y in batches:
         x, y = x.to(device), y.to(device)
-        logits, _, stats = model(x, y, return_stats=True)
+        out = model(x, y, return_stats=True)
+        logits, stats = out.logits, out.stats
         tot_loss += F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).item()
         if threshold is None:
             esd[-1] += 1.0
@@ -247,6 +250,13 @@ def format_summary(rows, ref, L):
     return "\n".join(out)
 
 
+def suggest_threshold(rows, ref, tol=0.02):
+    """The row with the shallowest average exit whose val CE is within tol of full depth's
+    (None when no threshold is)."""
+    ok = [r for r in rows if r["val_loss"] <= (1 + tol) * ref["val_loss"]]
+    return min(ok, key=lambda r: r["exit_depth"]) if ok else None
+
+
 def pareto_front(points):
     """Indices of non-dominated (depth, loss) points (lower is better in both), by depth."""
     idx = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
@@ -266,8 +276,11 @@ def plot_pareto(rows, ref, L, path, title):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="C0", zorder=3, label="threshold")
     labels = {}                                   # thresholds landing on the same point
-    for r, p in zip(rows, pts):
-        labels.setdefault((round(p[0], 6), round(p[1], 6)), []).append(format(r["threshold"], "g"))
+    for r, p in zip(rows, pts):                   # threshold (measured decode speedup)
+        name = format(r["threshold"], "g")
+        if r.get("tok_s") and ref.get("tok_s"):
+            name += f" ({r['tok_s'] / ref['tok_s']:.2f}x)"
+        labels.setdefault((round(p[0], 6), round(p[1], 6)), []).append(name)
     for (x, y), names in labels.items():
         ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 4),
                     fontsize=8)
@@ -319,6 +332,11 @@ def run(args):
     if int(meta["vocab_size"]) > cfg.vocab_size:
         raise EvalError(f"data vocab_size {meta['vocab_size']} > model vocab_size {cfg.vocab_size}: "
                         "wrong --data for this checkpoint?")
+    import fineweb
+    why = fineweb.vocabulary_mismatch(meta, ck.get("tokenizer"))
+    if why:
+        raise EvalError(f"--data {args.data} has {why}: checkpoint {args.ckpt} was trained on "
+                        f"another vocabulary")
     batches = val_batches(tokens, B, T, args.batches)
     if not batches:
         raise EvalError(f"val split of {args.data} has {len(tokens)} tokens; need at least "
@@ -394,8 +412,17 @@ def main(argv=None):
         cli.fail(f"out of memory for --batch-size {args.batch_size} x --seq-len; lower them")
     except OSError as e:
         cli.fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
-    print(md)
-    print(f"wrote {args.out} and {img}")
+    if args.summary:
+        L = len(ref["earlystopdict"])
+        print(format_summary(rows, ref, L))
+        best = suggest_threshold(rows, ref)
+        if best is not None:
+            print(f"suggested: --exit_threshold {best['threshold']:g} (average exit depth "
+                  f"{best['exit_depth']:.2f} of {L} at {100 * (best['val_loss'] / ref['val_loss'] - 1):+.1f}% "
+                  "val CE: the shallowest within 2 % of full depth)")
+    else:
+        print(md)
+    print(f"wrote {out} and {img}")
 
 
 if __name__ == "__main__":

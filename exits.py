@@ -5,7 +5,7 @@ loops over layers l = 0..L-1, builds one `LayerOut` per layer (all tensors (B, T
 
     trigger = EXIT_RULES[exit_mode](confidence.detach(), exit_threshold)   # bool (B, T)
     just_triggered, next_mask = step_masks(mask_BT, trigger, is_last)      # float (B, T)
-    terms = EXIT_LOSSES[exit_loss](layers, LossContext(n_layer, progress, targets))
+    terms = EXIT_LOSSES[exit_loss](layers, LossContext(config, progress, targets))
 
 Names follow the journal (../shared/seeds/000): `confidence`, `mask_BT` (1 = token still running
 when it enters this layer), `just_triggered` (1 = token exits at this layer; at the last layer
@@ -29,7 +29,7 @@ Numerics: log(1 - x) terms clamp 1 - x at `ctx.eps` (default 1e-6) so they stay 
 the clamp the term is constant and has no gradient.
 """
 from dataclasses import dataclass
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import torch
 
@@ -140,16 +140,21 @@ class LayerOut:
 
 @dataclass
 class LossContext:
-    """What a loss may need besides the per-layer tensors."""
-    n_layer: int
+    """What a loss may need besides the per-layer tensors. Any other attribute is read from
+    `config` (the model's GPTConfig: ctx.n_layer, ctx.layerskip_scale, ctx.prev_token_shift, ...),
+    so a new loss hyper-parameter is one GPTConfig field plus its use in the loss."""
+    config: Any                             # GPTConfig (or any object with its fields)
     progress: float = 0.0                   # training progress in [0, 1] (LayerSkip curriculum)
     targets: Optional[torch.Tensor] = None  # (B, T) int64 or None
     step: int = 0                           # training step (LayerSkip rotational curriculum)
-    layerskip_scale: float = 1.0            # LayerSkip e_scale
-    layerskip_curriculum: str = "gradual"   # gradual | rotational | none
-    layerskip_rotation: int = 2             # R of the rotational curriculum
-    prev_token_shift: int = 1               # reward-prev-token: 1 = journal diagram, 0 = same pos
+    final_xe: Optional[torch.Tensor] = None  # exit_token_frac < 1: last layer's xe on EVERY
+                                            # token (B*T,); the LayerOuts hold sampled columns
     eps: float = 1e-6                       # clamp for log(1 - x)
+
+    def __getattr__(self, name):
+        if name == "config":                # not set yet (copy / unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.config, name)
 
 
 class LossTerms(NamedTuple):
@@ -162,10 +167,16 @@ class LossTerms(NamedTuple):
 # statistics
 
 
-def layer_losses(layers):
-    """(L,) detached mean CE of each layer's head (stats["layer_losses"]); needs targets."""
+def layer_losses(layers, n_layer=None, final_xe=None):
+    """(n_layer,) detached mean CE of each layer's head (stats["layer_losses"]); needs targets.
+    Under exit sampling (model.py): the mean over the sampled token columns, the last layer's
+    over every token (final_xe), NaN for a layer whose head was not sampled (exit_layer_frac)."""
     _need_xe(layers, "layer_losses")
-    return torch.stack([o.xe.detach().float().mean() for o in layers])
+    n_layer = len(layers) if n_layer is None else n_layer
+    out = torch.full((n_layer,), float("nan"), device=layers[-1].xe.device)
+    for o in layers:
+        out[o.layer] = _ce(o, n_layer, final_xe).detach()
+    return out
 
 
 def exit_summary(layers, early_exit=True):
@@ -179,7 +190,7 @@ def exit_summary(layers, early_exit=True):
                         loss of what an early-exit model predicts (the last layer's CE without
                         early exit; NaN without targets).
     """
-    L = len(layers)
+    L = layers[-1].layer + 1
     jt = torch.stack([o.just_triggered.detach().float() for o in layers])   # (L, B, T)
     device = jt.device
     if any(o.xe is None for o in layers):
@@ -204,9 +215,12 @@ def exit_summary(layers, early_exit=True):
 EXIT_LOSSES: Dict[str, Callable] = {}
 
 
-def register_exit_loss(name):
+def register_exit_loss(name, token_sampling=True, layer_sampling=False):
+    """token_sampling: the loss is a function of per-token columns (any token subset estimates
+    it); layer_sampling: it is a sum of per-layer terms (a subset of layers estimates it)."""
     def wrap(fn):
         EXIT_LOSSES[name] = fn
+        fn.token_sampling, fn.layer_sampling = token_sampling, layer_sampling
         return fn
     return wrap
 
@@ -217,9 +231,28 @@ def _need_xe(layers, name):
 
 
 def _check(layers, ctx, name):
-    if len(layers) != ctx.n_layer:
+    """Every layer present, or (a layer-sampling loss) a subset ending at the last layer."""
+    subset = EXIT_LOSSES[name].layer_sampling and layers and layers[-1].layer == ctx.n_layer - 1
+    if len(layers) != ctx.n_layer and not subset:
         raise ValueError(f"exit loss {name!r}: got {len(layers)} layers, n_layer={ctx.n_layer}")
     _need_xe(layers, name)
+
+
+def _ce(o, n_layer, final_xe=None):
+    """CE_l = mean xe of layer o: of the last layer over every token when final_xe is given
+    (token sampling computes the last head everywhere), else over o's (sampled) columns."""
+    xe = final_xe if final_xe is not None and o.layer == n_layer - 1 else o.xe
+    return xe.float().mean()
+
+
+def _layer_sum(layers, ctx, term):
+    """sum_{l=0}^{L-1} term(o_l). With a subset of k early layers plus the last (exit_layer_frac
+    < 1) each early term is scaled by (L-1)/k: unbiased over the uniform choice of the subset."""
+    early = sum(term(o) for o in layers[:-1])
+    k = len(layers) - 1
+    if k < ctx.n_layer - 1:
+        early = early * ((ctx.n_layer - 1) / k)
+    return early + term(layers[-1])
 
 
 def _zero(layers):
@@ -235,26 +268,26 @@ def _log1m(x, eps):
 def loss_final(layers, ctx):
     """Ordinary GPT loss: loss = mean_{b,t} xe_{L-1}. confloss = targetloss = 0."""
     _check(layers, ctx, "final")
-    loss = layers[-1].xe.float().mean()
+    loss = _ce(layers[-1], ctx.n_layer, ctx.final_xe)
     return LossTerms(loss, _zero(layers), _zero(layers))
 
 
-@register_exit_loss("all-layers")
+@register_exit_loss("all-layers", layer_sampling=True)
 def loss_all_layers(layers, ctx):
     """Every layer's head trained on the targets (the journal's "all layer loss"):
     loss = (1/L) sum_l mean_{b,t} xe_l. confloss = targetloss = 0."""
     _check(layers, ctx, "all-layers")
-    loss = sum(o.xe.float().mean() for o in layers) / ctx.n_layer
+    loss = _layer_sum(layers, ctx, lambda o: _ce(o, ctx.n_layer, ctx.final_xe)) / ctx.n_layer
     return LossTerms(loss, _zero(layers), _zero(layers))
 
 
-def _final_ce_plus(layers, conf):
+def _final_ce_plus(layers, ctx, conf):
     """LossTerms of CE_{L-1} + conf (targetloss = the last layer's mean CE, confloss = conf)."""
-    target = layers[-1].xe.float().mean()
+    target = _ce(layers[-1], ctx.n_layer, ctx.final_xe)
     return LossTerms(target + conf, conf, target)
 
 
-@register_exit_loss("1-noise")
+@register_exit_loss("1-noise", layer_sampling=True)
 def loss_1_noise(layers, ctx):
     """1-noise: "for each layer, -1 * crossentropy / n_layers" added to the ordinary loss.
     CE_l = mean_{b,t} xe_l.
@@ -263,10 +296,11 @@ def loss_1_noise(layers, ctx):
       loss       = targetloss + confloss
     """
     _check(layers, ctx, "1-noise")
-    return _final_ce_plus(layers, sum(-o.xe.float().mean() / ctx.n_layer for o in layers))
+    return _final_ce_plus(layers, ctx, _layer_sum(
+        layers, ctx, lambda o: -_ce(o, ctx.n_layer, ctx.final_xe) / ctx.n_layer))
 
 
-@register_exit_loss("2-test")
+@register_exit_loss("2-test", layer_sampling=True)
 def loss_2_test(layers, ctx):
     """2-test: `losses += log(1 - exp(-CE_l)) / n_layer` with CE_l = F.cross_entropy of layer l
     (mean over all tokens), "positive feedback only"; added to the ordinary loss.
@@ -276,11 +310,11 @@ def loss_2_test(layers, ctx):
     exp(-CE_l) is the geometric-mean target probability; confidence is not used (no grad).
     """
     _check(layers, ctx, "2-test")
-    conf = 0.0
-    for o in layers:
-        ce = o.xe.float().mean()
-        conf = conf + torch.log((-torch.expm1(-ce)).clamp_min(ctx.eps)) / ctx.n_layer
-    return _final_ce_plus(layers, conf)
+
+    def term(o):
+        ce = _ce(o, ctx.n_layer, ctx.final_xe)
+        return torch.log((-torch.expm1(-ce)).clamp_min(ctx.eps)) / ctx.n_layer
+    return _final_ce_plus(layers, ctx, _layer_sum(layers, ctx, term))
 
 
 @register_exit_loss("3-test")
@@ -358,10 +392,10 @@ def loss_6_test(layers, ctx):
 
 def _mean_log1m_pmax(layers, ctx):
     """sum_l mean_{b,t} log(max(1 - p_max_l, eps)) / L  (<= 0): the confidence-penalty term."""
-    return sum(_log1m(o.p_max.float(), ctx.eps).mean() / ctx.n_layer for o in layers)
+    return _layer_sum(layers, ctx, lambda o: _log1m(o.p_max.float(), ctx.eps).mean() / ctx.n_layer)
 
 
-@register_exit_loss("confidence-penalty")
+@register_exit_loss("confidence-penalty", layer_sampling=True)
 def loss_confidence_penalty(layers, ctx):
     """Journal's first idea: `block_loss = -log(1 - pr[max])`, "the higher the confidence, the
     more negative the block_loss (so when added to the loss, the loss gets lower)": confident
@@ -375,10 +409,10 @@ def loss_confidence_penalty(layers, ctx):
     Uses p_max, not cfg.confidence (the formula names pr[max]).
     """
     _check(layers, ctx, "confidence-penalty")
-    return _final_ce_plus(layers, _mean_log1m_pmax(layers, ctx))
+    return _final_ce_plus(layers, ctx, _mean_log1m_pmax(layers, ctx))
 
 
-@register_exit_loss("confidence-penalty-literal")
+@register_exit_loss("confidence-penalty-literal", layer_sampling=True)
 def loss_confidence_penalty_literal(layers, ctx):
     """The journal's formula read literally, `block_loss = -log(1 - pr[max])` added to the loss:
     confident layers are *penalised* (the opposite sign of "confidence-penalty", which follows the
@@ -388,10 +422,10 @@ def loss_confidence_penalty_literal(layers, ctx):
       loss       = targetloss + confloss
     """
     _check(layers, ctx, "confidence-penalty-literal")
-    return _final_ce_plus(layers, -_mean_log1m_pmax(layers, ctx))
+    return _final_ce_plus(layers, ctx, -_mean_log1m_pmax(layers, ctx))
 
 
-@register_exit_loss("reward-prev-token")
+@register_exit_loss("reward-prev-token", token_sampling=False)   # compares neighbours t, t+s
 def loss_reward_prev_token(layers, ctx):
     """6-test discussion: "we can reward tokens that are equal to the next token in the previous
     layer". The journal's diagram wants layer l to run one token ahead of layer l-1
@@ -420,7 +454,7 @@ def loss_reward_prev_token(layers, ctx):
         if T > s:
             match[..., :T - s] = (cur.argmax[..., :T - s] == prev.argmax[..., s:]).float()
         conf = conf - (match * cur.p_max.float()).mean() / ctx.n_layer
-    return _final_ce_plus(layers, conf)
+    return _final_ce_plus(layers, ctx, conf)
 
 
 LAYERSKIP_CURRICULA = ("gradual", "rotational", "none")
@@ -473,7 +507,7 @@ def loss_layerskip(layers, ctx):
     _check(layers, ctx, "layerskip")
     w = layerskip_weights(ctx.n_layer, ctx.progress, ctx.layerskip_scale,
                           ctx.layerskip_curriculum, ctx.step, ctx.layerskip_rotation)
-    terms = [float(w[l]) * o.xe.float().mean() for l, o in enumerate(layers)]
+    terms = [float(w[l]) * _ce(o, ctx.n_layer, ctx.final_xe) for l, o in enumerate(layers)]
     target = terms[-1]
     conf = sum(terms[:-1]) if len(terms) > 1 else _zero(layers)
     return LossTerms(target + conf, conf, target)

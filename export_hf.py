@@ -16,7 +16,6 @@ A checkpoint is exportable when it is a GPT-2 in disguise:
 - --depth l (1..n_layer, default n_layer): the first l blocks + ln_f + lm_head, i.e. the logits
   of the exit head after layer l. Early exit itself is not exported (fixed depth).
 """
-import argparse
 import json
 import os
 import shutil
@@ -233,17 +232,19 @@ def export(ckpt, out, depth=None):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    import cli
+    p = cli.Parser(prog="export_hf.py", description=cli.doc_head(__doc__))
     p.add_argument("--ckpt", required=True, help="trainer checkpoint log/<run>/ckpt_XXXXXX.pt")
     p.add_argument("--out", required=True, help="output directory (absent or empty)")
-    p.add_argument("--depth", type=int, default=None,
-                   help="layers to export: the exit head after layer l (default n_layer)")
+    p.add_argument("--depth", type=cli.int_arg(1), default=None,
+                   help="layers to export: the exit head after layer l (None: n_layer)")
     args = p.parse_args(argv)
     try:
+        cli.check_input_file(args.ckpt, "--ckpt")
+        cli.check_output(args.out, "--out", is_dir=True)
         notes = export(args.ckpt, args.out, args.depth)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:             # cli.UsageError, ExportError
+        cli.fail(e)
     print(f"wrote {args.out}: " + "; ".join(notes))
     return 0
 

@@ -14,7 +14,6 @@ The adapter is also registered with lm-eval as model "earlyexit", for use from P
 (`lm_eval --model earlyexit` on the command line does not import this file; use this script.)
 An exported fixed-depth model runs under the stock CLI: see export_hf.py.
 """
-import argparse
 import json
 import math
 import os
@@ -255,34 +254,53 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def threshold_list(text):
+    """argparse type: comma-separated thresholds (see parse_threshold)."""
+    import argparse
+    try:
+        ths = [parse_threshold(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not ths:
+        raise argparse.ArgumentTypeError(f"no thresholds in {text!r}")
+    return ths
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    import cli
+    p = cli.Parser(prog="lm_eval_exit.py", description=cli.doc_head(__doc__))
     p.add_argument("--ckpt", required=True, help="trainer checkpoint log/<run>/ckpt_XXXXXX.pt")
-    p.add_argument("--thresholds", default="1.01",
+    p.add_argument("--thresholds", type=threshold_list, default="1.01",
                    help="comma-separated exit thresholds (> 1: full depth; none: exit off)")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
     p.add_argument("--include_path", default=None, help="extra task yaml directory (lm-eval's)")
-    p.add_argument("--limit", type=float, default=None, help="examples per task (lm-eval's)")
-    p.add_argument("--num_fewshot", type=int, default=None)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--limit", type=cli.float_arg(0), default=None,
+                   help="examples per task (< 1: a fraction; lm-eval's)")
+    p.add_argument("--num_fewshot", type=cli.int_arg(0), default=None)
+    p.add_argument("--batch_size", type=cli.int_arg(1, 1 << 16), default=8)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     args = p.parse_args(argv)
     import export_hf
     import tokenizer as tokenizers
     try:
-        thresholds = [parse_threshold(s) for s in args.thresholds.split(",") if s.strip()]
-        if not thresholds:
-            raise ValueError("--thresholds is empty")
+        cli.check_input_file(args.ckpt, "--ckpt")
+        if args.include_path is not None and not os.path.isdir(args.include_path):
+            raise cli.UsageError(f"--include_path {args.include_path}: not a directory")
+        if args.out:
+            cli.check_output(args.out, "--out")
+        device = str(cli.check_device(args.device))
+        tasks = [t for t in args.tasks.split(",") if t.strip()]
+        if not tasks:
+            raise cli.UsageError(f"--tasks {args.tasks!r}: no task names")
         model, info = export_hf.load(args.ckpt)
         tok = tokenizers.get_tokenizer(info.get("name", "gpt2"), info.get("chars"))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:             # cli.UsageError, ExportError (unreadable checkpoint)
+        cli.fail(e)
     limit = None if args.limit is None else (int(args.limit) if args.limit >= 1 else args.limit)
-    rows = evaluate(model, tok, thresholds, [t for t in args.tasks.split(",") if t],
-                    include_path=args.include_path, limit=limit, num_fewshot=args.num_fewshot,
-                    batch_size=args.batch_size, device=args.device)
+    rows = evaluate(model, tok, args.thresholds, tasks, include_path=args.include_path,
+                    limit=limit, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
+                    device=device)
     print(format_table(rows))
     if args.out:
         tmp = args.out + ".tmp"

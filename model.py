@@ -9,11 +9,11 @@ in the config, validated in `GPTConfig.__post_init__` and resolved once in `GPT.
   `exits.EXIT_LOSSES`;  `head_impl` -> `heads.HEAD_IMPLS`
 
 Every block maps one residual-stream tensor (B, T, C) to the next, so all wirings share one
-layer loop (`GPT._trunk`), used by training forward, prefill and KV-cached decoding alike.
+layer loop (`GPT._trunk`, training forward and evaluation); KV-cached generation runs the same
+blocks through its own loops in decode.py (`GPT.generate`).
 """
 import inspect
 import math
-import time
 import dataclasses
 from dataclasses import dataclass
 
@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import decode
 import exits
 import heads
 
@@ -59,6 +60,10 @@ class GPTConfig:
     layerskip_curriculum: str = "gradual"  # layerskip: gradual | rotational | none
     layerskip_rotation: int = 2     # layerskip rotational curriculum: period R (in steps)
     prev_token_shift: int = 1       # reward-prev-token: 1 = the journal's diagram, 0 = same position
+    exit_token_frac: float = 1.0    # training: heads of layers 1..L-1 on this random fraction of
+                                    # the token positions (whole columns); last head on every token
+    exit_layer_frac: float = 1.0    # training: heads on a random max(1, round(frac*(L-1))) of
+                                    # layers 1..L-1 per micro step (+ the last), terms rescaled
 
     def __post_init__(self):
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -100,6 +105,57 @@ class GPTConfig:
         # per-layer heads on itself (auto-enable, so `--exit_loss=4-test` alone is a valid run)
         if self.exit_loss != "final":
             self.layer_heads = True
+        self._check_exit_sampling()
+
+
+    def _check_exit_sampling(self):
+        """exit_token_frac / exit_layer_frac in (0, 1], and only where they keep their meaning."""
+        for name in ("exit_token_frac", "exit_layer_frac"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v <= 1.0:
+                raise ValueError(f"{name} must be a number in (0, 1], got {v!r}")
+        loss = exits.EXIT_LOSSES[self.exit_loss]
+        if self.exit_token_frac < 1:
+            if not (self.layer_heads or self.early_exit):
+                raise ValueError("exit_token_frac < 1 needs per-layer heads (layer_heads, "
+                                 "early_exit or an exit_loss other than 'final')")
+            if not loss.token_sampling:
+                raise ValueError(f"exit_token_frac < 1: exit_loss {self.exit_loss!r} compares "
+                                 "neighbouring positions and cannot run on sampled tokens")
+            if self.early_exit and self.exit_propagate:
+                raise ValueError("exit_token_frac < 1 with exit_propagate: a propagated exit "
+                                 "needs every token's confidence at every layer")
+        if self.exit_layer_frac < 1:
+            if not loss.layer_sampling or self.early_exit:
+                known = sorted(n for n, f in exits.EXIT_LOSSES.items() if f.layer_sampling)
+                raise ValueError(f"exit_layer_frac < 1 needs a loss that is a sum over layers "
+                                 f"and early_exit off (exit masks need every layer); got "
+                                 f"exit_loss {self.exit_loss!r}, early_exit {self.early_exit}; "
+                                 f"such losses: {', '.join(known)}")
+
+    def exit_heads_mode(self):
+        """The per-layer head mode of a training step, in words (for the log header)."""
+        L = self.n_layer
+        if not (self.layer_heads or self.early_exit) or L == 1:
+            return "final head only"
+        early = f"all of layers 1..{L - 1}"
+        if self.exit_layer_frac < 1:
+            early = (f"{max(1, round(self.exit_layer_frac * (L - 1)))} random of layers 1..{L - 1}"
+                     f" per micro step (exit_layer_frac={self.exit_layer_frac:g})")
+        on = ("every token" if self.exit_token_frac >= 1 else
+              f"a random {self.exit_token_frac:g} of the tokens (exit_token_frac)")
+        return (f"exit heads of {early} on {on}, layer {L}'s on every token: "
+                f"{self.n_head_evals():.3g} head evaluations per token in training")
+
+    def n_head_evals(self):
+        """Full-vocabulary head evaluations per training token: 1 (the final head) plus the
+        per-layer heads, scaled by the exit sampling fractions."""
+        if not (self.layer_heads or self.early_exit) or self.n_layer == 1:
+            return 1.0
+        early = self.n_layer - 1
+        if self.exit_layer_frac < 1:
+            early = max(1, round(self.exit_layer_frac * early))
+        return 1.0 + early * self.exit_token_frac
 
 
 def _check_name(field, name, registry):
@@ -121,28 +177,6 @@ def rope_rotate(x, cos, sin):
     d = x.size(-1) // 2
     x1, x2 = x[..., :d], x[..., d:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
-
-
-class KVCache:
-    """Keys/values of one attention module at one depth, for incremental decoding.
-    Preallocated (B, nh, capacity, hd); `append` returns views of everything cached so far."""
-
-    def __init__(self, capacity):
-        self.capacity = capacity
-        self.k = self.v = None
-        self.len = 0
-
-    def append(self, k, v):
-        B, nh, T, hd = k.shape
-        if self.k is None:
-            self.k = k.new_empty(B, nh, self.capacity, hd)
-            self.v = v.new_empty(B, nh, self.capacity, hd)
-        if self.len + T > self.capacity:
-            raise RuntimeError(f"KV cache full ({self.len} + {T} > {self.capacity})")
-        self.k[:, :, self.len:self.len + T] = k
-        self.v[:, :, self.len:self.len + T] = v
-        self.len += T
-        return self.k[:, :, :self.len], self.v[:, :, :self.len]
 
 
 # attention variants: the journal's questions about the value matrix and c_proj, and seed 002's
@@ -216,20 +250,18 @@ class CausalSelfAttention(nn.Module):
         return k, v
 
     def forward(self, x, rope=None, cache=None):
-        """x (B, T, C); rope (cos, sin) (T, hd/2) for these positions or None; cache KVCache or None."""
+        """x (B, T, C); rope (cos, sin) (T, hd/2) for these positions (or broadcastable to
+        (B, nh, T, hd/2)) or None; cache None (causal over these T tokens) or a decode.KVSlot:
+        `cache.attend(q, k, v)` stores the new keys/values and attends over all cached ones."""
         B, T, C = x.shape
         q, k, v = self.qkv(x)
         if rope is not None:
             q, k = rope_rotate(q, *rope), rope_rotate(k, *rope)
-        if cache is not None:
-            k, v = cache.append(k, v)
-        Tk = k.size(2)
-        drop = self.dropout if self.training else 0.0
-        if Tk == T:
+        if cache is None:
+            drop = self.dropout if self.training else 0.0
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
-        else:   # T new queries after Tk - T cached positions
-            mask = torch.ones(T, Tk, dtype=torch.bool, device=x.device).tril(Tk - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        else:
+            y = cache.attend(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.out(y))
 
@@ -317,7 +349,7 @@ register_block = _registrar(BLOCKS)
 
 class Block(nn.Module):
     """Base: ln_1, attn, ln_2, mlp with GPT-2 names. forward(res (B,T,C), rope, caches) ->
-    (out (B,T,C), mid (B,T,C)); `caches` is a list with one KVCache per attention module
+    (out (B,T,C), mid (B,T,C)); `caches` is a list with one decode.KVSlot per attention module
     (order of `attentions()`) or None."""
     has_ln_1 = True
 
@@ -550,6 +582,32 @@ POS_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
 # ----------------------------------------------------------------------------------------------
 # the model
 
+class ModelOutput(tuple):
+    """GPT.forward's result. Unpacks as (logits, loss), nanoGPT's `logits, loss = model(x, y)`;
+    .logits, .loss by name, and .stats: the statistics dict with return_stats=True, else None."""
+
+    def __new__(cls, logits, loss, stats=None):
+        out = super().__new__(cls, (logits, loss))
+        out.stats = stats
+        return out
+
+    @property
+    def logits(self):
+        return self[0]
+
+    @property
+    def loss(self):
+        return self[1]
+
+
+def exit_sample_seed(seed, step, micro):
+    """The exit-sampling seed of one micro step: a 63-bit int mixed from (run seed, optimizer
+    step, global micro index = micro * world + rank). Pass it to GPT.forward."""
+    import numpy as np
+    return int(np.random.SeedSequence([int(seed), int(step), int(micro)]).generate_state(
+        1, np.uint64)[0] >> np.uint64(1))
+
+
 class GPT(nn.Module):
 
     def __init__(self, config):
@@ -620,14 +678,14 @@ class GPT(nn.Module):
         """Training (fwd + bwd) FLOPs per token at context T, nanoGPT's estimate:
         6 * (matmul weights of every block application, a shared block counted n_layer times)
         + 12 * n_layer * n_attn * C * T (attention scores and values)
-        + 6 * C * V per head computed (one per layer with layer_heads or early_exit, else one)."""
+        + 6 * C * V per head computed (config.n_head_evals(): one per layer with layer_heads or
+        early_exit, else one; fewer under exit_token_frac / exit_layer_frac)."""
         cfg = self.config
         blk = self.block(0)
         w = sum(m.weight.numel() for m in blk.modules() if isinstance(m, nn.Linear))
         n_attn = len(blk.attentions())
-        n_heads = cfg.n_layer if (cfg.layer_heads or cfg.early_exit) else 1
         return float(6 * cfg.n_layer * w + 12 * cfg.n_layer * n_attn * cfg.n_embd * T
-                     + 6 * cfg.n_embd * cfg.vocab_size * n_heads)
+                     + 6 * cfg.n_embd * cfg.vocab_size * cfg.n_head_evals())
 
     # -- forward -------------------------------------------------------------------------------
 
@@ -658,107 +716,108 @@ class GPT(nn.Module):
                 w = torch.cat([w, b[:, None].to(w.dtype)], dim=1)
             return heads.head_outputs(h, w, targets, impl=self.config.head_impl)
 
-    def _trunk(self, idx, targets=None, *, pos0=0, caches=None, early=False, threshold=None,
-               mode=None, heads_on=False, want_stats=False, propagate=None):
-        """The layer loop shared by forward, prefill and decoding.
+    def _trunk(self, idx, targets=None, *, early=False, threshold=None,
+               mode=None, heads_on=False, want_stats=False, propagate=None, sample=None):
+        """The layer loop of forward (decoding has its own: decode.py).
 
         idx (B, T); targets (B, T) or None. With early exit, mask_BT (B, T) marks tokens still
         running; with exit_propagate a token that exited keeps its state at deeper layers
         (torch.where), so the deeper K/V later tokens attend to come from the frozen state.
-        With caches (decoding) and exit_propagate, once every token has exited the remaining
-        layers only receive the frozen K/V (computed once for a shared block).
+        sample (training, see `_draw_exit_sample`): (cols, heads_at) with cols (k,) flat token
+        indices or None, heads_at the layers whose heads run or None (all). Then layers 0..L-2
+        run their heads on the cols only, the last layer on every token; the LayerOuts hold (k,)
+        columns (the last layer's too, indexed from its full head), h is the last layer's.
         Returns dict: h (B, T, C) ln_f output at each token's exit layer (last layer without
         early exit), layers [exits.LayerOut] when heads ran, depth (B, T) 1-based exit layer,
-        residual_std (L, 3) when want_stats.
+        residual_std (L, 3) when want_stats, final_xe (B*T,) the last head's xe on every token
+        when cols were sampled.
         """
         cfg = self.config
         L = cfg.n_layer
         B, T = idx.shape
-        x, rope = self._embed(idx, pos0)
+        x, rope = self._embed(idx)
         tflat = None if targets is None else targets.reshape(-1)
         propagate = early and (cfg.exit_propagate if propagate is None else propagate)
         grad = torch.is_grad_enabled()
+        cols, heads_at = sample or (None, None)
         mask = torch.ones(B, T, device=idx.device)        # mask_BT: 1 = still running
+        if cols is not None:                              # sampled columns only
+            mask, tcols = mask.view(-1)[cols], tflat[cols]
         depth = torch.full((B, T), float(L), device=idx.device)
-        h_exit, layers, stds = None, [], []
+        h_exit, layers, stds, final_xe = None, [], [], None
         for l in range(L):
             blk = self.block(l)
-            if caches is not None and propagate and not bool(mask.any()):
-                self._fill_frozen_kv(x, rope, caches, l)
-                break
             x_in = x
-            out, mid = blk(x_in, rope, None if caches is None else caches[l])
+            out, mid = blk(x_in, rope)
             x = torch.where(mask[..., None] > 0, out, x_in) if propagate else out
             if not (heads_on or early) and l < L - 1:
                 continue
-            h = self.transformer.ln_f(x)                                 # (B, T, C)
+            last = l == L - 1
+            if heads_at is not None and l not in heads_at:                # head not sampled
+                if want_stats:
+                    stds.append(_std_row(x, mid, None))
+                continue
+            on_cols = cols is not None and not last
+            h = self.transformer.ln_f(x.reshape(B * T, -1)[cols] if on_cols else x)  # (B,T,C)|(k,C)
             if want_stats:
                 stds.append(_std_row(x, mid, h))
             if not (heads_on or early):
                 h_exit = h
                 break
             # heads of layers that no loss uses run without grad (stats only)
-            need_grad = grad and (cfg.layer_heads or early or l == L - 1)
-            ho = self._head(h, tflat, need_grad)
-            def view(t):                                                  # (B*T,) -> (B, T)
-                return None if t is None else t.view(B, T)
+            need_grad = grad and (cfg.layer_heads or early or last)
+            ho = self._head(h, tcols if on_cols else tflat, need_grad)
+            if cols is not None and last:                                 # every token -> cols
+                final_xe = ho.ce
+                ho = heads.HeadOut(*(None if t is None else t[cols] for t in ho))
+
+            def view(t):                                          # (B*T,) -> (B, T); cols: (k,)
+                return t if t is None or cols is not None else t.view(B, T)
             confidence = view(exits.CONFIDENCES[cfg.confidence](ho))
             if early:
                 trigger = exits.EXIT_RULES[mode](confidence.detach(), threshold)
             else:
-                trigger = torch.zeros(B, T, dtype=torch.bool, device=idx.device)
+                trigger = torch.zeros_like(mask, dtype=torch.bool)
             just_triggered, next_mask = exits.step_masks(mask, trigger, l == L - 1)
             layers.append(exits.LayerOut(
                 layer=l, xe=view(ho.ce), confidence=confidence, p_max=view(ho.p_max),
                 p_second=view(ho.p_second), argmax=view(ho.argmax), p_target=view(ho.p_target),
                 mask_BT=mask, just_triggered=just_triggered))
-            if early:
+            if early and cols is None:
                 jt = just_triggered[..., None] > 0
                 h_exit = h if h_exit is None else torch.where(jt, h, h_exit)
                 depth = torch.where(just_triggered > 0, torch.full_like(depth, l + 1), depth)
-            else:
+            elif last:
                 h_exit = h
             mask = next_mask
-        return {"h": h_exit, "layers": layers, "depth": depth,
+        return {"h": h_exit, "layers": layers, "depth": depth, "final_xe": final_xe,
                 "residual_std": torch.stack(stds) if want_stats else None}
 
-    def _fill_frozen_kv(self, x, rope, caches, l0):
-        """Every token has exited before depth l0: append the K/V of the frozen state x to the
-        caches of depths l0..L-1. A shared block computes them once for all those depths."""
-        L = self.config.n_layer
-        if self.config.share_weights:
-            kvs = self.block(l0).frozen_kv(x, rope)
-            for l in range(l0, L):
-                for cache, (k, v) in zip(caches[l], kvs):
-                    cache.append(k, v)
-        else:
-            for l in range(l0, L):
-                for cache, (k, v) in zip(caches[l], self.block(l).frozen_kv(x, rope)):
-                    cache.append(k, v)
-
-    def forward(self, idx, targets=None, return_stats=False, return_logits=True):
-        """idx (B, T) int64, targets (B, T) or None.
-        Returns (logits (B, T, V) | None, loss () | None) or, with return_stats,
-        (logits, loss, stats) (see the contract: layer_losses, allloss, confloss, targetloss,
-        earlystop, earlystopdict, exit_depth, residual_std). Per-layer heads are computed layer
-        by layer through heads.head_outputs; with return_stats and layer_heads off they run
-        without grad, for the statistics only."""
+    def forward(self, idx, targets=None, return_stats=False, return_logits=True,
+                exit_sample_seed=None):
+        """idx (B, T) int64, targets (B, T) or None -> ModelOutput: unpacks as
+        (logits (B, T, V) | None, loss () | None); .stats with return_stats (see the contract:
+        layer_losses, allloss, confloss, targetloss, earlystop, earlystopdict, exit_depth,
+        residual_std). Per-layer heads are computed layer by layer through heads.head_outputs;
+        with return_stats and layer_heads off they run without grad, for the statistics only.
+        In training with exit_token_frac / exit_layer_frac < 1 the per-layer heads run on a
+        random subset (`_draw_exit_sample`, from exit_sample_seed, else torch's global RNG)."""
         cfg = self.config
         early = cfg.early_exit
         per_layer = cfg.layer_heads or early
+        sample = None
+        if self.training and per_layer and targets is not None:
+            sample = self._draw_exit_sample(idx.shape, idx.device, exit_sample_seed)
         r = self._trunk(idx, targets, early=early, threshold=cfg.exit_threshold,
                         mode=cfg.exit_mode, heads_on=per_layer or return_stats,
-                        want_stats=return_stats)
+                        want_stats=return_stats, sample=sample)
         h, layers = r["h"], r["layers"]
         logits = self.lm_head(h) if return_logits else None               # (B, T, V)
         loss, terms = None, None
         if targets is not None:
             if per_layer:
-                ctx = exits.LossContext(
-                    n_layer=cfg.n_layer, progress=self.progress, targets=targets, step=self.step,
-                    layerskip_scale=float(cfg.layerskip_scale),
-                    layerskip_curriculum=cfg.layerskip_curriculum,
-                    layerskip_rotation=cfg.layerskip_rotation, prev_token_shift=cfg.prev_token_shift)
+                ctx = exits.LossContext(cfg, progress=self.progress, targets=targets,
+                                        step=self.step, final_xe=r["final_xe"])
                 terms = exits.EXIT_LOSSES[cfg.exit_loss](layers, ctx)
                 loss = terms.loss
             elif layers:
@@ -767,9 +826,30 @@ class GPT(nn.Module):
                 loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
             else:
                 loss = self._head(h, targets.reshape(-1), torch.is_grad_enabled()).ce.mean()
-        if not return_stats:
-            return logits, loss
-        return logits, loss, self._stats(r, terms, targets, early)
+        stats = self._stats(r, terms, targets, early) if return_stats else None
+        return ModelOutput(logits, loss, stats)
+
+    def _draw_exit_sample(self, shape, device, seed=None):
+        """(cols, heads_at) for `_trunk`, or None when both fractions are 1: cols (k,) sorted
+        flat token indices, k = max(1, round(exit_token_frac * B*T)); heads_at the set of
+        max(1, round(exit_layer_frac * (L-1))) layers of 0..L-2 plus L-1. Drawn with
+        torch.Generator().manual_seed(seed) (the trainer: `exit_sample_seed`, a function of
+        (seed, step, global micro index), so nothing is saved on resume and 2 DDP ranks draw what
+        1 rank accumulating their micro steps draws), or torch's global CPU RNG when seed is None."""
+        cfg = self.config
+        if cfg.exit_token_frac >= 1 and cfg.exit_layer_frac >= 1:
+            return None
+        gen = None if seed is None else torch.Generator().manual_seed(int(seed))
+        cols = heads_at = None
+        if cfg.exit_token_frac < 1:
+            n = shape[0] * shape[1]
+            k = max(1, round(cfg.exit_token_frac * n))
+            cols = torch.randperm(n, generator=gen)[:k].sort().values.to(device)
+        if cfg.exit_layer_frac < 1 and cfg.n_layer > 1:
+            early = cfg.n_layer - 1
+            k = max(1, round(cfg.exit_layer_frac * early))
+            heads_at = set(torch.randperm(early, generator=gen)[:k].tolist()) | {early}
+        return cols, heads_at
 
     @torch.no_grad()
     def _stats(self, r, terms, targets, early):
@@ -778,10 +858,15 @@ class GPT(nn.Module):
         dev = r["h"].device
         z = torch.zeros((), device=dev)
         if targets is not None:
-            ll = exits.layer_losses(layers)
+            ll = exits.layer_losses(layers, L, r["final_xe"])
         else:
             ll = torch.full((L,), float("nan"), device=dev)
-        st = {"layer_losses": ll, "allloss": ll.sum(),
+        if len(layers) in (0, L):
+            allloss = ll.sum()
+        else:   # exit_layer_frac: unsampled early layers are NaN; unbiased (L-1)/k rescaling
+            seen = ll[:-1][~ll[:-1].isnan()]
+            allloss = seen.sum() * ((L - 1) / seen.numel()) + ll[-1]
+        st = {"layer_losses": ll, "allloss": allloss,
               "confloss": z if terms is None else terms.confloss.detach().float(),
               "targetloss": z if terms is None else terms.targetloss.detach().float(),
               "residual_std": r["residual_std"]}
@@ -790,55 +875,17 @@ class GPT(nn.Module):
 
     # -- generation ----------------------------------------------------------------------------
 
-    def _new_caches(self):
-        n_attn = len(self.block(0).attentions())
-        return [[KVCache(self.config.block_size) for _ in range(n_attn)]
-                for _ in range(self.config.n_layer)]
-
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, exit_threshold=None):
-        """Sample max_new_tokens after idx (B, T) with a KV cache; returns (B, T + n).
-        temperature 0: greedy. exit_threshold (or config.early_exit): decode with early exit
-        (threshold rule at exit_threshold when given, else config.exit_mode/exit_threshold);
-        prompt and new tokens follow forward's exit rule with exit_propagate=True (an exited
-        token's state is carried to deeper layers, whose K/V it feeds; config.exit_propagate, a
-        training choice, does not apply). A context longer than
-        block_size is cropped to the last block_size tokens (cache rebuilt, as nanoGPT).
-        Sets self.last_generate_stats = {"avg_exit_depth", "tokens_per_s", "new_tokens"}."""
-        cfg = self.config
-        early = exit_threshold is not None or cfg.early_exit
-        mode = "threshold" if exit_threshold is not None else cfg.exit_mode
-        thr = exit_threshold if exit_threshold is not None else cfg.exit_threshold
-        kw = dict(early=early, threshold=thr, mode=mode, heads_on=early, propagate=True)
-        caches, depths = None, []
-        t0 = time.perf_counter()
-        for _ in range(max_new_tokens):
-            if caches is None or idx.size(1) > cfg.block_size:
-                caches = self._new_caches()
-                r = self._trunk(idx[:, -cfg.block_size:], caches=caches, pos0=0, **kw)
-            else:
-                r = self._trunk(idx[:, -1:], caches=caches, pos0=caches[0][0].len, **kw)
-            logits = self.lm_head(r["h"][:, -1, :]).float()              # (B, V)
-            depths.append(r["depth"][:, -1])
-            if temperature == 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                    logits[logits < v[:, [-1]]] = -float("inf")
-                nxt = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
-            idx = torch.cat((idx, nxt), dim=1)
-        if idx.is_cuda:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        n = max_new_tokens * idx.size(0)
-        self.last_generate_stats = {
-            "avg_exit_depth": float(torch.stack(depths).mean()) if depths else float("nan"),
-            "tokens_per_s": n / dt if dt > 0 else float("nan"),
-            "new_tokens": n,
-        }
-        return idx
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, exit_threshold=None,
+                 draft_layers=None, draft_tokens=4, generator=None, step_logits=None):
+        """Sample max_new_tokens after idx (B, T) with a KV cache -> (B, T + max_new_tokens).
+        temperature 0: greedy. exit_threshold (or config.early_exit): per-token early exit;
+        draft_layers=d, draft_tokens=k: self-speculative decoding (first d layers draft k
+        tokens, the full model verifies; same output distribution as full depth). See decode.py
+        (decode.generate) for the details and model.last_generate_stats."""
+        return decode.generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k,
+                               exit_threshold=exit_threshold, draft_layers=draft_layers,
+                               draft_tokens=draft_tokens, generator=generator,
+                               step_logits=step_logits)
 
     # -- torch.compile -------------------------------------------------------------------------
 
@@ -940,6 +987,8 @@ def _std_row(out, mid, h):
     after its attention sublayer, and of ln_f(out) fed to the head; float32, no grad.
     "prev" is the layer's OUTPUT, as the journal's logs imply: its mid of layer l is prev of
     layer l-1 plus a small attention term (53.249 -> 53.380) and layer 1's mid is 0.057 < prev;
-    prev and next therefore describe the same tensor before/after the head's LayerNorm."""
+    prev and next therefore describe the same tensor before/after the head's LayerNorm.
+    h may be the sampled rows (k, C) of ln_f(out), or None (head not sampled: next is NaN)."""
     with torch.no_grad():
-        return torch.stack([_token_std(out), _token_std(mid), _token_std(h)])
+        nxt = _token_std(h) if h is not None else out.new_full((), float("nan"), dtype=torch.float32)
+        return torch.stack([_token_std(out), _token_std(mid), nxt])

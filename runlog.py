@@ -30,6 +30,14 @@ def peak_bf16_flops(device_name):
     return next(((k, v) for k, v in PEAK_BF16_FLOPS if k in device_name), None)
 
 
+def throughput(flops_per_token, tokens, world, dt, peak_flops=None):
+    """One optimizer step of `tokens` tokens over `world` ranks in dt seconds -> {tok_sec (all
+    ranks), tflops (model TFLOP/s per rank), mfu (tflops / the GPU's peak; None without one)}."""
+    tflops = flops_per_token * tokens / world / dt / 1e12
+    return {"tok_sec": tokens / dt, "tflops": tflops,
+            "mfu": tflops * 1e12 / peak_flops if peak_flops else None}
+
+
 class RunLog:
     """Text log (stdout + txt_path) and the jsonl twin; rank 0 only, flushed every line."""
 
@@ -169,6 +177,7 @@ def write_header(log, *, cfg, resolved, argv, resumed_from, device, device_type,
              f"{meta['vocab_size']}; train {tr} tokens, val {va} tokens)")
     log.note(f"model: {model.get_num_params():,} params ({model.num_unique_block_params():,} in "
              f"stored blocks), {model.flops_per_token(cfg['T']):.4g} training FLOPs/token")
+    log.note(model.config.exit_heads_mode())
     log.note(f"batch: total_batch_size {cfg['total_batch_size']} = B {cfg['B']} x T {cfg['T']} "
              f"x grad_accum {grad_accum} x world_size {world}")
     log.note("config: " + json.dumps(resolved, sort_keys=True))

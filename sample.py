@@ -3,20 +3,24 @@
     python sample.py --ckpt log/quickstart/ckpt_000599.pt          # a checkpoint file
     python sample.py --ckpt quickstart                             # a run name: its latest checkpoint
     python sample.py --ckpt quickstart --exit_threshold 0.5 --show_depth
+    python sample.py --ckpt quickstart --draft_layers 2 --draft_tokens 4   # self-speculative
     python sample.py --init_from gpt2 --prompt "Hello, I'm a language model,"
 
---prompt is text, or FILE:path to read it from a file. --exit_threshold decodes with early exit
-(a token leaves at the first layer whose confidence reaches the threshold; model.generate's
-`exit_threshold`). --show_depth marks every new token with the layer its prediction exited at:
+--prompt is text, or FILE:path to read it from a file. Decoding is full depth unless
+--exit_threshold is given (a checkpoint's own early_exit is a training choice): then a token
+leaves at the first layer whose confidence reaches the threshold (model.generate's
+`exit_threshold`). --draft_layers d: self-speculative decoding (the first d layers draft
+--draft_tokens tokens, the whole model verifies them: full depth's output). --show_depth marks every new token with the layer its prediction exited at:
 coloured on a terminal, `token[3]` otherwise. Bad input (missing or corrupt checkpoint, unknown
 --init_from name offline, unreadable prompt file): one `error:` line, exit 2.
 """
-import argparse
 import contextlib
 import os
 import sys
 
 import torch
+
+import cli
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # ANSI foreground colours from shallow to deep exits (blue ... red)
@@ -28,7 +32,7 @@ class SampleError(ValueError):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = cli.Parser(prog="sample.py", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="checkpoint file log/<run>/ckpt_*.pt, a run directory, or a "
                                     "run name (its latest checkpoint under --log_dir)")
@@ -38,28 +42,33 @@ def parse_args(argv=None):
     p.add_argument("--prompt", default=None,
                    help="prompt text, or FILE:path (default: a newline; symbol 0 of a char "
                         "vocabulary without one)")
-    p.add_argument("--num_samples", type=int, default=3)
-    p.add_argument("--max_new_tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
-    p.add_argument("--top_k", type=int, default=200, help="0: no top-k filter")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--num_samples", type=cli.int_arg(1, 10000), default=3, help="samples")
+    p.add_argument("--max_new_tokens", type=cli.int_arg(1), default=200, help="tokens per sample")
+    p.add_argument("--temperature", type=cli.float_arg(0), default=0.8, help="0: greedy")
+    p.add_argument("--top_k", type=cli.int_arg(0), default=200, help="0: no top-k filter")
+    p.add_argument("--seed", type=cli.int_arg(0, 2 ** 63 - 1), default=1337, help="torch seed")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--exit_threshold", type=float, default=None,
+    p.add_argument("--exit_threshold", type=cli.float_arg(0), default=None,
                    help="decode with early exit at this confidence threshold (default: full depth)")
+    p.add_argument("--draft_layers", type=cli.int_arg(1), default=None,
+                   help="self-speculative decoding: draft with the first d layers (1..n_layer-1)")
+    p.add_argument("--draft_tokens", type=cli.int_arg(1, 1024), default=4,
+                   help="tokens drafted per verification (with --draft_layers)")
     p.add_argument("--show_depth", action="store_true",
                    help="mark each new token with its exit layer (1-based)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.device = str(cli.check_device(args.device))
+    except cli.UsageError as e:
+        cli.fail(e)
+    return args
 
 
 def check_args(args):
-    if args.num_samples < 1 or args.max_new_tokens < 1:
-        raise SampleError("--num_samples and --max_new_tokens must be >= 1")
-    if not args.temperature >= 0:
-        raise SampleError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_k < 0:
-        raise SampleError(f"--top_k must be >= 0, got {args.top_k}")
-    if args.exit_threshold is not None and not args.exit_threshold >= 0:
-        raise SampleError(f"--exit_threshold must be >= 0 (> 1: never exits), got {args.exit_threshold}")
+    """Combinations the per-argument types cannot refuse."""
+    if args.draft_layers is not None and (args.exit_threshold is not None or args.show_depth):
+        raise SampleError("--draft_layers (self-speculative decoding, every token verified at "
+                          "full depth) goes with neither --exit_threshold nor --show_depth")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +77,7 @@ def check_args(args):
 
 def resolve_ckpt(spec, log_dir):
     """A checkpoint file, a run directory (latest checkpoint) or a run name -> checkpoint path."""
-    from train_gpt2 import list_checkpoints
+    from checkpoint import list_checkpoints
     if os.path.isfile(spec):
         return spec
     run_dir = spec if os.path.isdir(spec) else os.path.join(log_dir, spec)
@@ -81,17 +90,16 @@ def resolve_ckpt(spec, log_dir):
 
 
 def load_from_ckpt(path):
-    """(model in eval mode, tokenizer) from a trainer checkpoint, content digest checked."""
-    from model import GPT, GPTConfig
+    """(model in eval mode, tokenizer) from a trainer checkpoint (checkpoint.load_model: the
+    trainer's loader, content digest checked)."""
+    import checkpoint
     from tokenizer import get_tokenizer
-    from train_gpt2 import Run, load_checkpoint
-    ck, why = load_checkpoint(path)
-    if ck is None:
-        raise SampleError(f"cannot load checkpoint {path}: {why}")
-    model = GPT(GPTConfig(**ck["model_config"]))
-    model.load_state_dict(Run._strip(ck["model"]))
+    try:
+        model, ck = checkpoint.load_model(path)
+    except checkpoint.CheckpointError as e:
+        raise SampleError(str(e)) from None
     tok = ck.get("tokenizer") or {"name": "gpt2"}
-    return model.eval(), get_tokenizer(tok["name"], tok.get("chars"))
+    return model, get_tokenizer(tok["name"], tok.get("chars"))
 
 
 def load_from_pretrained(name):
@@ -169,6 +177,8 @@ def generate(model, idx, args):
     kw = dict(temperature=args.temperature, top_k=args.top_k or None)
     if args.exit_threshold is not None:
         kw["exit_threshold"] = args.exit_threshold
+    if args.draft_layers is not None:
+        kw.update(draft_layers=args.draft_layers, draft_tokens=args.draft_tokens)
     if not args.show_depth:
         return model.generate(idx, args.max_new_tokens, **kw)[0].tolist(), None
     depths = []
@@ -211,6 +221,10 @@ def main(argv=None):
         else:
             model, tok = load_from_pretrained(args.init_from)
         cfg = model.config
+        cfg.early_exit = False               # full depth unless --exit_threshold
+        if args.draft_layers is not None and not 1 <= args.draft_layers < cfg.n_layer:
+            raise SampleError(f"--draft_layers must be in 1..{cfg.n_layer - 1} (n_layer "
+                              f"{cfg.n_layer}), got {args.draft_layers}")
         if args.exit_threshold is not None and cfg.confidence == "target-prob":
             raise SampleError("this model's confidence is 'target-prob', which needs targets: "
                               "early-exit decoding is undefined for it")
@@ -218,7 +232,7 @@ def main(argv=None):
     except SampleError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = args.device
     model.to(device)
     idx = idx.to(device)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda")

@@ -6,19 +6,13 @@
     torchrun --standalone --nproc_per_node=8 train_gpt2.py     # DDP (NCCL on CUDA, gloo on CPU)
     python train_gpt2.py config/x.py --lr_find                 # LR range test -> img/{run}_lr_find.png
 
-Configuration (nanoGPT style): the constants below are the defaults. Each `config/*.py` argument
-is *Python code executed* in the constants' namespace (only run config files you trust);
-assignments to names that are not constants are errors. `--key=value` values are parsed with
-`ast.literal_eval` (a bare string is accepted for string keys; `--flag` alone means True for a
-bool key); the type must match the default's (an int is accepted for a float). After all
-arguments, `preset_scale` (e.g. `--preset_scale=cpu`) shrinks a preset to a laptop-CPU run,
-except for keys given explicitly as `--key=value` (configurator.py). Every GPTConfig field is
-listed among the model constants below.
-
-The file reads top to bottom in the order a run happens: constants, configuration, setup, the
-training step, the periodic events (evaluation, HellaSwag, samples, checkpoints), the loop, the
-LR range test, main(). Infrastructure lives beside it in flat modules: configurator.py,
-dataloader.py, distributed.py, checkpoint.py, runlog.py.
+Configuration (nanoGPT style, configurator.py): the constants below are the defaults, then each
+argument in order: a `config/*.py` file (*Python code executed* in the constants' namespace: only
+run files you trust) or `--key=value` (a Python literal of the default's type); last,
+`preset_scale` shrinks the run except for keys given as `--key=value`. Every GPTConfig field is
+a constant. The file reads in the order a run happens: constants, configuration, setup, the
+training step, the periodic events, the loop, the LR range test, main(); infrastructure lives
+in flat modules beside it (configurator, dataloader, distributed, checkpoint, runlog, lr_finder).
 
 Outputs (rank 0): log/{run_name}.txt (the journal's line formats, flushed every line),
 log/{run_name}.jsonl (one JSON object per event), checkpoints log/{run_name}/ckpt_{step:06d}.pt,
@@ -50,7 +44,9 @@ import dataclasses
 import math
 import os
 import re
+import shlex
 import signal
+import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -58,17 +54,20 @@ from contextlib import nullcontext
 import torch
 
 import checkpoint
+import cli
 import configurator
+import distributed
 import fineweb
 import hellaswag as hellaswag_eval     # (the names hellaswag, tokenizer are constants)
 import lr_finder
+import runlock
 import runlog
 import tokenizer as tokenizers
 import tracking
 from configurator import ConfigError
-from dataloader import DataLoader, prepare_data
+from dataloader import DataLoader, prepare_data, to_device
 from distributed import DistContext
-from model import GPT, Block, GPTConfig
+from model import GPT, GPTConfig, exit_sample_seed
 from runlog import RunLog
 
 # ----------------------------------------------------------------------------------------------
@@ -108,6 +107,10 @@ stats_rows = 4                   # models without per-layer heads: logged steps 
                                  #   per-layer stats (allloss, SIZE) on this many sequences of the
                                  #   first micro batch in an extra no-grad forward (0: all B, in
                                  #   the training forward: L heads on every token, ~2x the FLOPs)
+stats_interval = 1               # models without per-layer heads: the stats above on logged
+                                 #   steps that are multiples of N (0: only on size_interval
+                                 #   steps); the other train lines print them as nan. N > 1
+                                 #   makes the plain path pay nothing for them (bench/)
 size_interval = 250              # SIZE COMPARISON block every N steps (0: never)
 sample_interval = 250            # text sample every N steps (0: never)
 sample_tokens = 32
@@ -115,6 +118,9 @@ num_samples = 4
 sample_prompt = "Hello, I'm a language model,"
 hellaswag = None                 # None: off | "hf": Rowan/hellaswag via datasets | a local jsonl
 hellaswag_limit = None           # only the first N examples
+exit_table = None                # after training: eval_exit.py's early-exit table at these
+                                 #   comma-separated thresholds ("0.3,0.5,0.9") on screen, in
+                                 #   log/<run>/exit_eval.md, and the plot img/<run>-pareto.png
 # checkpoints
 checkpoint_interval = 5000       # also at the last step, at stop_at_step and on SIGTERM/SIGINT
 keep_checkpoints = 3             # keep the newest N checkpoints
@@ -142,11 +148,14 @@ lr_find_end = 1.0
 device = "auto"                  # auto | cpu | cuda | cuda:N | mps
 dtype = "auto"                   # auto (bfloat16 on CUDA, float32 elsewhere) | float32 | bfloat16
 compile = None                   # None: on with CUDA; True compiles each Block (regional compile)
+parallel = "ddp"                 # under torchrun: ddp (replicas) | fsdp (FSDP2: params, grads and
+                                 #   AdamW state sharded over the ranks; distributed.wrap)
 seed = 1337
 preset_scale = None              # None | "cpu" | "tiny": shrink the config (configurator.scale_preset)
 # model: every GPTConfig field (model.py says more about each)
 block_size = 1024                # max sequence length
-vocab_size = 50304               # GPT-2's 50257 padded to a multiple of 64
+vocab_size = None                # None: the data's (fineweb.model_vocab_size: GPT-2's 50257
+                                 #   padded to 50304, a multiple of 64; a char vocabulary exactly)
 n_layer = 12                     # depth: number of block applications
 n_head = 12
 n_embd = 768
@@ -172,13 +181,17 @@ layerskip_scale = 1.0            # exit_loss="layerskip": e_scale of the per-lay
 layerskip_curriculum = "gradual" # layerskip: gradual | rotational | none
 layerskip_rotation = 2           # layerskip rotational curriculum: period R (in steps)
 prev_token_shift = 1             # reward-prev-token: 1 = the journal's diagram, 0 = same position
+exit_token_frac = 1.0            # cheap exits: heads of layers 1..L-1 (and the exit loss) on this
+                                 #   random fraction of token positions; last head on every token
+exit_layer_frac = 1.0            # cheap exits: heads on a random max(1, round(frac*(L-1))) of
+                                 #   layers 1..L-1 per micro step (+ the last), terms rescaled
 
 DEFAULTS = {k: v for k, v in dict(globals()).items()
             if not k.startswith("_") and isinstance(v, (bool, int, float, str, type(None)))}
 # types of the constants whose default is None (None stays allowed); NULLABLE: None also allowed
 NONE_TYPES = {"dataset_source": str, "tokenizer": str, "min_lr": float, "hellaswag": str,
               "hellaswag_limit": int, "resume": str, "stop_at_step": int, "compile": bool,
-              "preset_scale": str}
+              "preset_scale": str, "vocab_size": int, "exit_table": str}
 NULLABLE = {"residual_limit"}
 LR_SCHEDULES = ("cosine", "onecycle")
 SIGNALS = (None, "SIGTERM", "SIGINT")   # stop["signal"] values, in the order ranks agree on
@@ -212,9 +225,11 @@ def parse_config(argv):
 
 
 def model_config(cfg):
-    """GPTConfig from the constants; bad values -> ConfigError."""
+    """GPTConfig from the constants (vocab_size None: GPTConfig's, until the data sets it); bad
+    values -> ConfigError."""
     try:
-        return GPTConfig(**{f.name: cfg[f.name] for f in dataclasses.fields(GPTConfig)})
+        return GPTConfig(**{f.name: cfg[f.name] for f in dataclasses.fields(GPTConfig)
+                            if cfg[f.name] is not None})
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
 
@@ -227,7 +242,8 @@ def validate_config(cfg, world_size):
         if cfg[k] <= 0:
             raise ConfigError(f"{k} must be positive, got {cfg[k]}")
     for k in ("eval_interval", "log_interval", "size_interval", "sample_interval",
-              "checkpoint_interval", "warmup_steps", "sample_tokens", "stats_rows"):
+              "checkpoint_interval", "warmup_steps", "sample_tokens", "stats_rows",
+              "stats_interval"):
         if cfg[k] < 0:
             raise ConfigError(f"{k} must be >= 0, got {cfg[k]}")
     if cfg["T"] > mcfg.block_size:
@@ -236,7 +252,8 @@ def validate_config(cfg, world_size):
     if cfg["total_batch_size"] % per:
         raise ConfigError(f"total_batch_size ({cfg['total_batch_size']}) is not divisible by "
                           f"B*T*world_size = {cfg['B']}*{cfg['T']}*{world_size} = {per}")
-    for key, known in (("lr_schedule", LR_SCHEDULES), ("dtype", DTYPES)):
+    for key, known in (("lr_schedule", LR_SCHEDULES), ("dtype", DTYPES),
+                       ("parallel", distributed.PARALLEL)):
         if cfg[key] not in known:
             raise ConfigError(f"unknown {key} {cfg[key]!r}; known: {', '.join(known)}")
     if cfg["tokenizer"] is not None and cfg["tokenizer"] not in ("gpt2", "char"):
@@ -252,14 +269,55 @@ def validate_config(cfg, world_size):
     if cfg["stop_at_step"] is not None and not 0 <= cfg["stop_at_step"] < cfg["max_steps"]:
         raise ConfigError(f"stop_at_step must be in [0, max_steps) = [0, {cfg['max_steps']}), "
                           f"got {cfg['stop_at_step']}")
+    if cfg["parallel"] == "fsdp" and "WORLD_SIZE" not in os.environ:
+        raise ConfigError("parallel='fsdp' needs torchrun (e.g. torchrun --standalone "
+                          "--nproc_per_node=8 train_gpt2.py ...); one process: parallel='ddp'")
     try:
         tracking.check(cfg)
     except tracking.TrackingError as e:
         raise ConfigError(str(e)) from None
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", cfg["run_name"]):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}", cfg["run_name"]):
         raise ConfigError(f"run_name {cfg['run_name']!r} must be a plain file name "
-                          f"(letters, digits, . _ + -)")
+                          f"(letters, digits, . _ + -; at most 200)")
+    _check_values(cfg)
+    try:
+        for key in ("log_dir", "img_dir"):
+            cli.check_output(cfg[key], key, is_dir=True)
+        cli.check_output(os.path.join(cfg["log_dir"], cfg["run_name"]), "checkpoint directory",
+                         is_dir=True)
+        if cfg["hellaswag"] not in (None, "hf"):
+            cli.check_input_file(cfg["hellaswag"], "hellaswag")
+        for key in ("dataset", "dataset_source"):
+            if cfg[key] is not None and "\0" in cfg[key]:
+                raise cli.UsageError(f"{key} {cfg[key]!r} contains a NUL byte")
+    except cli.UsageError as e:
+        raise ConfigError(str(e)) from None
     return mcfg, cfg["total_batch_size"] // per
+
+
+def _check_values(cfg):
+    """Ranges and consistency of the optimisation and evaluation constants (ConfigError)."""
+    min_lr = cfg["min_lr"] if cfg["min_lr"] is not None else cfg["max_lr"] * 0.1
+    checks = [
+        (min_lr <= cfg["max_lr"], f"min_lr ({min_lr}) must not exceed max_lr ({cfg['max_lr']})"),
+        (cfg["grad_clip"] >= 0, f"grad_clip must be >= 0 (0: no clipping), got {cfg['grad_clip']}"),
+        (cfg["weight_decay"] >= 0, f"weight_decay must be >= 0, got {cfg['weight_decay']}"),
+        (0 <= cfg["beta1"] < 1 and 0 <= cfg["beta2"] < 1,
+         f"beta1 and beta2 must be in [0, 1), got {cfg['beta1']}, {cfg['beta2']}"),
+        (cfg["onecycle_div"] > 0 and cfg["onecycle_final_div"] > 0,
+         "onecycle_div and onecycle_final_div must be > 0"),
+        (cfg["hellaswag_limit"] is None or cfg["hellaswag_limit"] > 0,
+         f"hellaswag_limit must be positive or None, got {cfg['hellaswag_limit']}"),
+        (cfg["seed"] >= 0, f"seed must be >= 0, got {cfg['seed']}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    for key in ("max_lr", "min_lr", "grad_clip", "weight_decay", "beta1", "beta2", "onecycle_pct",
+                "onecycle_div", "onecycle_final_div", "lr_find_start", "lr_find_end",
+                "residual_limit"):
+        if cfg[key] is not None and not math.isfinite(cfg[key]):
+            raise ConfigError(f"{key} must be finite, got {cfg[key]}")
 
 
 def get_lr(step, cfg):
@@ -311,6 +369,7 @@ class State:
     log: RunLog
     ckpt_dir: str                      # log/{run_name}/
     skipped: int = 0                   # steps skipped by skip_nonfinite
+    lock: object = None                # runlock.RunLock of the run (rank 0)
 
     @property
     def device_type(self):
@@ -339,9 +398,8 @@ def find_resume(cfg, ckpt_dir, mcfg, master, notes):
     return ck, path
 
 
-def build_model(cfg, mcfg, device, compile, ck):
-    """GPT (seeded init, or the checkpoint's weights) on device; regional compile: each stored
-    Block compiled in place, so state_dict keys, eval and generate are unchanged."""
+def build_model(cfg, mcfg, device, ck):
+    """GPT (seeded init, or the checkpoint's weights) on device."""
     torch.manual_seed(cfg["seed"])
     if device.startswith("cuda"):
         torch.cuda.manual_seed(cfg["seed"])
@@ -352,15 +410,43 @@ def build_model(cfg, mcfg, device, compile, ck):
     if ck is not None:
         model.load_state_dict(checkpoint.strip_prefixes(ck["model"]))
     model.to(device)
-    if compile:
-        for m in model.modules():
-            if isinstance(m, Block):
-                m.compile()
     return model
 
 
-def open_log(cfg, d, ckpt_dir, resumed, notes):
-    """RunLog of log/{run_name}(.txt|.jsonl); only called once every check has passed."""
+def check_resume_data(ck, ck_path, meta, cfg, train_loader):
+    """ConfigError when the dataset cannot continue the checkpoint's run: another vocabulary
+    (tokenizer, the characters behind char ids, size) or a data position it does not have."""
+    why = fineweb.vocabulary_mismatch(meta, ck.get("tokenizer"))
+    if why:
+        raise ConfigError(f"dataset {meta['data_dir']} has {why}: checkpoint {ck_path} was trained "
+                          f"on another vocabulary")
+    for key in ("loader", "loader_batch_start"):
+        if key in ck:
+            try:
+                train_loader.check_state(ck[key])
+            except ValueError as e:
+                raise ConfigError(f"checkpoint {ck_path} cannot continue on dataset "
+                                  f"{meta['data_dir']}: {e}") from None
+
+
+def take_run_lock(cfg, d):
+    """Rank 0 takes log/{run_name}.lock (runlock.py) -> the lock, None on other ranks;
+    ConfigError on every rank when another live process holds it."""
+    lock, err = None, None
+    if d.master:
+        try:
+            lock = runlock.acquire(cfg["log_dir"], cfg["run_name"] + ("_lr_find" if cfg["lr_find"] else ""))
+        except runlock.RunLocked as e:
+            err = e
+    if not d.all_ok(err is None):
+        raise ConfigError(str(err) if err else "the run is in use (lock held; see rank 0)")
+    return lock
+
+
+def open_log(cfg, d, ckpt_dir, ck, notes):
+    """RunLog of log/{run_name}(.txt|.jsonl); only called once every check has passed. A fresh
+    start moves an earlier run aside; a resume moves aside the checkpoints after its own."""
+    resumed = ck is not None
     name = cfg["run_name"] + ("_lr_find" if cfg["lr_find"] else "")
     txt = os.path.join(cfg["log_dir"], name + ".txt")
     jsl = os.path.join(cfg["log_dir"], name + ".jsonl")
@@ -372,6 +458,8 @@ def open_log(cfg, d, ckpt_dir, resumed, notes):
                          f"{', '.join(stale)}")
         if not resumed:
             notes += filter(None, [checkpoint.backup_previous((txt, jsl), ckpt_dir)])
+        else:
+            notes += filter(None, [checkpoint.set_aside_later(ckpt_dir, int(ck["step"]))])
     return RunLog(txt, jsl, d.master, append=resumed)
 
 
@@ -380,8 +468,8 @@ def load_hellaswag(cfg, log):
     if not cfg["hellaswag"]:
         return None
     try:
-        return hellaswag_eval.load_examples(None if cfg["hellaswag"] == "hf" else cfg["hellaswag"],
-                                       cfg["hellaswag_limit"])
+        return hellaswag_eval.load_examples(
+            None if cfg["hellaswag"] == "hf" else cfg["hellaswag"], cfg["hellaswag_limit"])
     except Exception as e:
         log.note(f"hellaswag disabled: {type(e).__name__}: {e}")
         return None
@@ -391,6 +479,10 @@ def setup(cfg, d, argv):
     """Validation (no file written on failure), then data, resume, model, optimizer, logs ->
     (State, checkpoint dict to resume from or None). Raises ConfigError / fineweb.DataError."""
     mcfg, grad_accum = validate_config(cfg, d.world)
+    try:
+        cli.check_device(cfg["device"], "device")
+    except cli.UsageError as e:
+        raise ConfigError(str(e)) from None
     device = d.pick_device(cfg["device"])
     dtype = (("bfloat16" if device.startswith("cuda") else "float32") if cfg["dtype"] == "auto"
              else cfg["dtype"])
@@ -403,23 +495,33 @@ def setup(cfg, d, argv):
             raise ConfigError(f"dirty_ok=False and tracked files have uncommitted changes "
                               f"({', '.join(changed[:5])}); commit them or pass --dirty_ok=True")
     d.init(device.split(":")[0])
-    meta = prepare_data(cfg, d)
+    vocab_from_data = cfg["vocab_size"] is None
+    meta = prepare_data(cfg, d)                  # sets an unset vocab_size from the manifest
+    mcfg = model_config(cfg)
     loaders = [DataLoader(fineweb.shard_paths(meta, split), cfg["B"], cfg["T"],
                           cfg["total_batch_size"], d.rank, d.world, int(meta["vocab_size"]),
                           split, shuffle=shuffle, seed=cfg["seed"])
                for split, shuffle in (("train", cfg["shuffle"]), ("val", False))]
     ckpt_dir = os.path.join(cfg["log_dir"], cfg["run_name"])
     notes = []
+    if vocab_from_data:
+        how = ("GPT-2's 50257, padded to a multiple of 64" if meta["tokenizer"] == "gpt2"
+               else f"the data's {meta['tokenizer']} vocabulary, exactly")
+        notes.append(f"vocab_size {cfg['vocab_size']}: {how} (vocab_size unset)")
     ck, ck_path = find_resume(cfg, ckpt_dir, mcfg, d.master, notes)
-    raw = build_model(cfg, mcfg, device, compile, ck)
+    if ck is not None:
+        check_resume_data(ck, ck_path, meta, cfg, loaders[0])
+    try:
+        raw = build_model(cfg, mcfg, device, ck)
+    except (MemoryError, RuntimeError) as e:     # sizes that cannot be allocated
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(f"cannot build the model on {device} ({type(e).__name__}: {first}); "
+                          f"smaller n_embd / n_layer / vocab_size?") from None
+    model = distributed.wrap(raw, cfg["parallel"], d, device, dtype)   # FSDP shards raw in place
     optimizer = raw.configure_optimizers(cfg["weight_decay"], cfg["max_lr"],
                                          (cfg["beta1"], cfg["beta2"]), device.split(":")[0])
-    model = raw
-    if d.initialized:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(raw, device_ids=[d.local_rank] if device.startswith("cuda") else None)
     if ck is not None:
-        optimizer.load_state_dict(ck["optimizer"])
+        distributed.load_optimizer_state(optimizer, ck["optimizer"])
     try:
         tok = tokenizers.get_tokenizer(meta["tokenizer"], meta.get("chars"))
     except Exception as e:
@@ -430,13 +532,21 @@ def setup(cfg, d, argv):
     s = State(cfg, mcfg, d, device, dtype, compile, autocast, raw, model, optimizer, *loaders,
               grad_accum, meta, tok, None, None, ckpt_dir)
     resolved = resolved_config(s)
-    try:                                 # wandb (tracking.py), before any log file is written
-        tracker = None if cfg["lr_find"] else tracking.start(cfg, resolved, ckpt_dir,
-                                                             ck is not None, d.master)
-    except tracking.TrackingError as e:
-        raise ConfigError(str(e)) from None
-    log = s.log = open_log(cfg, d, ckpt_dir, ck is not None, notes)
+    s.lock = take_run_lock(cfg, d)       # before the first file of the run is written
+    try:
+        try:                             # wandb (tracking.py), before any log file is written
+            tracker = None if cfg["lr_find"] else tracking.start(cfg, resolved, ckpt_dir,
+                                                                 ck is not None, d.master)
+        except tracking.TrackingError as e:
+            raise ConfigError(str(e)) from None
+        log = s.log = open_log(cfg, d, ckpt_dir, ck, notes)
+    except BaseException:
+        if s.lock is not None:
+            s.lock.release()
+        raise
     log.tracker = tracker
+    if compile:   # regional: each stored block's forward; a block that cannot be one graph
+        raw.compile_blocks(on_fallback=log.note)   # runs eager, with one log line
     runlog.write_header(log, cfg=cfg, resolved=resolved, argv=argv, resumed_from=ck_path,
                         device=device, device_type=s.device_type, world=d.world, dtype=dtype,
                         compile=compile, meta=meta, model=raw, grad_accum=grad_accum,
@@ -488,15 +598,16 @@ def train_step(s, batches, lr, step, guard=True, want_stats=True):
     rows = s.cfg["stats_rows"]
     sums = {"objective": torch.zeros((), device=s.device)}
     for micro, (x, y) in enumerate(batches):
-        x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
-        if s.dist.initialized:
-            s.model.require_backward_grad_sync = micro == n - 1
+        x, y = to_device(x, y, s.device)
+        distributed.set_grad_sync(s.model, micro == n - 1)
         sampled = micro < n_stats and not heads_on and 0 < rows < x.size(0)
+        # exit sampling (exit_token/layer_frac) is a function of (seed, step, global micro index):
+        # 2 ranks draw what 1 rank accumulating their micro steps draws; resume saves nothing
+        seed = exit_sample_seed(s.cfg["seed"], step, micro * s.dist.world + s.dist.rank)
         with s.autocast:
-            if micro < n_stats and not sampled:
-                _, loss, st = s.model(x, y, return_stats=True, return_logits=False)
-            else:
-                _, loss = s.model(x, y, return_logits=False)
+            out = s.model(x, y, return_stats=micro < n_stats and not sampled,
+                          return_logits=False, exit_sample_seed=seed)
+            loss, st = out.loss, out.stats
             if sampled:
                 st = sample_stats(s.raw, x[:rows], y[:rows])
         (loss / n).backward()
@@ -509,7 +620,7 @@ def train_step(s, batches, lr, step, guard=True, want_stats=True):
     # the train field: the last layer's CE (a model without per-layer heads has it as its loss)
     r["loss"] = r["layer_losses"][-1] if heads_on else r["objective"]
     clip = s.cfg["grad_clip"] if s.cfg["grad_clip"] and s.cfg["grad_clip"] > 0 else float("inf")
-    r["norm"] = float(torch.nn.utils.clip_grad_norm_(s.raw.parameters(), clip))
+    r["norm"] = float(distributed.full(torch.nn.utils.clip_grad_norm_(s.raw.parameters(), clip)))
     r["lr"], r["skip"] = lr, False
     problem = check_guards(s, r, step) if guard else None
     if problem is not None:
@@ -548,7 +659,7 @@ def sample_stats(raw, x, y):
     forward of a few sequences x, y (b, T) (eval mode: no dropout, so no RNG is drawn)."""
     raw.eval()
     try:
-        return raw(x, y, return_stats=True, return_logits=False)[2]
+        return raw(x, y, return_stats=True, return_logits=False).stats
     finally:
         raw.train()
 
@@ -567,7 +678,7 @@ def check_guards(s, r, step):
         return True, f"step {step}: non-finite loss ({r['objective']}){where}"
     if not math.isfinite(r["norm"]):
         name = next((pn for pn, p in s.raw.named_parameters()
-                     if p.grad is not None and not torch.isfinite(p.grad).all()), "?")
+                     if p.grad is not None and not torch.isfinite(distributed.local(p.grad)).all()), "?")
         return True, f"step {step}: non-finite grad norm ({r['norm']}); first non-finite grad: {name}"
     lim = s.cfg["residual_limit"]
     for l, row in enumerate(r.get("residual_std") or []):
@@ -605,8 +716,9 @@ def evaluate(s, step):
         for _ in range(n):
             x, y = s.val_loader.next_batch()
             with s.autocast:
-                _, loss, st = s.raw(x.to(s.device), y.to(s.device), return_stats=True,
-                                    return_logits=False)
+                out = s.raw(*to_device(x, y, s.device), return_stats=True,
+                            return_logits=False)
+                loss, st = out.loss, out.stats
             for k, v in (("objective", loss), ("exit_depth", st["exit_depth"]),
                          ("exit_ce", st["exit_ce"]), ("layer_losses", st["layer_losses"])):
                 sums[k] = sums[k] + v.float() / n
@@ -688,11 +800,12 @@ def decode(s, ids):
 def save_checkpoint(s, step, loader_start, why):
     """All ranks call this (RNG states are gathered); rank 0 writes atomically and prunes."""
     rngs = s.dist.gather_object(checkpoint.rng_state(s.device_type))
+    msd, osd = distributed.full_state(s.raw, s.optimizer)    # whole tensors, whatever the mode
     path, err = checkpoint.path_for(s.ckpt_dir, step), None
     if s.dist.master:
-        obj = {"model": {k: v.detach().cpu() for k, v in checkpoint.strip_prefixes(s.raw.state_dict()).items()},
+        obj = {"model": checkpoint.strip_prefixes(msd),
                "model_config": dataclasses.asdict(s.mcfg), "train_config": resolved_config(s),
-               "step": step, "optimizer": s.optimizer.state_dict(),
+               "step": step, "optimizer": osd,
                "loader": s.train_loader.state_dict(), "loader_batch_start": loader_start,
                "rng": rngs, "world_size": s.dist.world, "skipped": s.skipped,
                "tokenizer": {"name": s.meta["tokenizer"], "chars": s.meta.get("chars"),
@@ -734,9 +847,13 @@ def restore(s, ck):
     return start, loader_start, [s.train_loader.next_batch() for _ in range(s.grad_accum)]
 
 
-def log_train(s, step, r, peak):
-    """The train line and its jsonl event (peak: the GPU's bf16 FLOP/s for MFU, or None)."""
-    cfg, k = s.cfg, s.cfg["batch_reuse"]
+def log_train(s, step, r):
+    """The train line and its jsonl event; per-layer statistics not computed this step
+    (stats_interval) are nan."""
+    cfg, k, nan = s.cfg, s.cfg["batch_reuse"], float("nan")
+    r = {"allloss": nan, "confloss": nan, "targetloss": nan, "earlystop": nan,
+         "exit_depth": nan, "earlystopdict": [nan] * s.mcfg.n_layer,
+         "layer_losses": [nan] * s.mcfg.n_layer, **r}
     s.log.line(runlog.format_train_line(step, r, k, s.skipped if cfg["skip_nonfinite"] else None))
     mem = runlog.peak_memory(s.device)
     s.log.event("train", step=step, loss=r["loss"], objective=r["objective"], allloss=r["allloss"],
@@ -744,8 +861,7 @@ def log_train(s, step, r, peak):
                 targetloss=r["targetloss"], earlystop=r["earlystop"],
                 earlystopdict=r["earlystopdict"], layer_losses=r["layer_losses"],
                 exit_depth=r["exit_depth"], lr=r["lr"], norm=r["norm"], dt_ms=r["dt"] * 1000,
-                tok_sec=r["tok_sec"], flops=r["tflops"],
-                mfu=(r["tflops"] * 1e12 / peak) if peak else None, peak_mem_bytes=mem,
+                tok_sec=r["tok_sec"], flops=r["tflops"], mfu=r["mfu"], peak_mem_bytes=mem,
                 batch_reuse=k, skipped=s.skipped, skipped_step=r["skip"])
 
 
@@ -758,13 +874,15 @@ def train(s, ck, stop):
     flops_tok = s.raw.flops_per_token(cfg["T"])
     known = runlog.peak_bf16_flops(runlog.device_names(s.device_type)[0])
     peak = known[1] if known and s.dtype == "bfloat16" else None     # MFU only against it
-    last_val = None
+    last_val, ckpt = None, None
     for step in range(start, steps):
         last = step == steps - 1
         if (cfg["eval_interval"] and step % cfg["eval_interval"] == 0) or last:
-            last_val = evaluate(s, step)
+            with distributed.gathered(s.raw):
+                last_val = evaluate(s, step)
         if cfg["sample_interval"] and ((step > 0 and step % cfg["sample_interval"] == 0) or last):
-            sample(s, step)
+            with distributed.gathered(s.raw):
+                sample(s, step)
         t0 = time.time()
         if batches is None or step % k == 0:
             loader_start = s.train_loader.state_dict()
@@ -772,14 +890,14 @@ def train(s, ck, stop):
         s.raw.set_progress(step / steps, step)
         log_now = step % max(1, cfg["log_interval"]) == 0 or last
         size_now = bool(cfg["size_interval"]) and step % cfg["size_interval"] == 0
-        r = train_step(s, batches, get_lr(step, cfg), step, want_stats=log_now or size_now)
+        stats_now = log_now and bool(cfg["stats_interval"]) and step % cfg["stats_interval"] == 0
+        r = train_step(s, batches, get_lr(step, cfg), step, want_stats=stats_now or size_now)
         if s.device_type == "cuda":
             torch.cuda.synchronize()
         r["dt"] = time.time() - t0
-        r["tok_sec"] = cfg["total_batch_size"] / r["dt"]
-        r["tflops"] = flops_tok * cfg["total_batch_size"] / s.dist.world / r["dt"] / 1e12
+        r.update(runlog.throughput(flops_tok, cfg["total_batch_size"], s.dist.world, r["dt"], peak))
         if log_now:
-            log_train(s, step, r, peak)
+            log_train(s, step, r)
         if size_now:
             for line in runlog.format_size_lines(r["residual_std"]):
                 log.line(line)
@@ -790,7 +908,7 @@ def train(s, ck, stop):
         if last or sig or at_stop or interval:
             why = ("final" if last else f"signal {sig}" if sig
                    else "stop_at_step" if at_stop else "interval")
-            save_checkpoint(s, step, loader_start, why)
+            ckpt = save_checkpoint(s, step, loader_start, why)
         if sig or at_stop:
             why = f"received {sig}" if sig else f"stop_at_step={step} reached"
             log.note(f"stopping after step {step}: {why}; resume with --resume=auto")
@@ -802,7 +920,51 @@ def train(s, ck, stop):
         import plot
         for note in plot.plot_run(s.log.txt_path, cfg["img_dir"]):
             log.note(note)
+        if ckpt is not None:
+            next_steps(s, ckpt, exit_table(s, ckpt) if cfg["exit_table"] else None)
     return 0
+
+
+def exit_table(s, ckpt):
+    """`eval_exit.py --summary` on the final checkpoint at the exit_table thresholds (rank 0; a
+    child process: the trainer does not import the tools that read it): its short table on
+    screen and in the log, the full one in log/<run>/exit_eval.md, the Pareto plot
+    img/<run>-pareto.png -> the threshold it suggests, or None."""
+    cfg, batches, rows_per = s.cfg, 16, 8
+    img = os.path.join(cfg["img_dir"], f"{cfg['run_name']}-pareto.png")
+    cmd = [sys.executable, os.path.join(runlog.ROOT, "eval_exit.py"), "--ckpt", ckpt, "--data",
+           cfg["dataset"], "--thresholds", cfg["exit_table"], "--batches", str(batches),
+           "--batch-size", str(rows_per), "--img", img, "--device", s.device, "--summary"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        s.log.note(f"exit table skipped: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+        return None
+    n_tok = batches * rows_per * min(cfg["T"], s.mcfg.block_size)
+    s.log.note(f"early exit on {n_tok:,} val tokens (a token exits at the first layer whose "
+               f"{s.mcfg.confidence} confidence >= threshold; decode: greedy, batch 1):")
+    for line in r.stdout.strip().splitlines():
+        s.log.note("  " + line)
+    m = re.search(r"^suggested: --exit_threshold (\S+)", r.stdout, flags=re.M)
+    return float(m.group(1)) if m else None
+
+
+def next_steps(s, ckpt, thr):
+    """The last lines on screen: what to run next with this run's checkpoint (thr: the exit
+    threshold to suggest; None: exit_threshold)."""
+    cfg = s.cfg
+    thr = cfg["exit_threshold"] if thr is None else thr
+    log_dir = "" if os.path.normpath(cfg["log_dir"]) == "log" else f" --log_dir {shlex.quote(cfg['log_dir'])}"
+    data = shlex.quote(cfg["dataset"])
+    s.log.note("next:")
+    if s.mcfg.layer_heads or s.mcfg.early_exit:
+        s.log.note(f"  python sample.py --ckpt {cfg['run_name']}{log_dir} --exit_threshold {thr:g} "
+                   "--show_depth      # text, each token marked with the layer it exited at")
+    else:
+        s.log.note(f"  python sample.py --ckpt {cfg['run_name']}{log_dir}      # text samples")
+    s.log.note(f"  python eval_exit.py --ckpt {shlex.quote(ckpt)} --data {data} "
+               "--thresholds 0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.01      # the full trade-off")
+    s.log.note(f"  python train_gpt2.py config/4-test.py --preset_scale=cpu --dataset={data}"
+               "      # a journal experiment (any config/*.py), CPU-sized")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -839,6 +1001,15 @@ def lr_find(s):
 # ----------------------------------------------------------------------------------------------
 # entry point
 
+def help_text():
+    """--help: the usage, then every constant with its default and its comment above."""
+    import model
+    return cli.constants_help(
+        __file__, all_defaults(), "usage: python train_gpt2.py [config.py ...] [--key=value ...]",
+        cli.doc_head(__doc__), fields_path=model.__file__,
+        fields_title="model: GPTConfig fields not listed above (model.py)")
+
+
 def main(argv=None):
     """Returns the exit code (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -849,6 +1020,9 @@ def main(argv=None):
             print(f"error: {msg}", file=sys.stderr, flush=True)
         return code
 
+    if "--help" in argv or "-h" in argv:
+        print(help_text(), end="")
+        return 0
     try:
         cfg, _ = parse_config(argv)
     except ConfigError as e:
@@ -900,6 +1074,8 @@ def main(argv=None):
     finally:
         if s is not None:
             s.log.close()
+            if s.lock is not None:
+                s.lock.release()
         d.destroy(sync=clean)
         for sig, h in handlers.items():
             signal.signal(sig, h)

@@ -5,8 +5,9 @@ one H100/H200; uses every local GPU for the training run).
     python bench.py --gpu-check --dry-run       # the same plumbing on CPU at a tiny shape
 
 Items (each PASS/FAIL with its numbers; a failing item does not stop the others):
-  compile      eager vs regional torch.compile (GPT.compile_blocks, inductor): step time, and
-               the losses of the same steps agree (shared + all heads + early exit, bf16)
+  compile      eager vs regional torch.compile (GPT.compile_blocks; inductor, --dry-run: Dynamo
+               capture only): step time, and the losses of the same steps agree (shared + all
+               heads + early exit, bf16)
   bf16         bf16 autocast vs fp32 losses of the same steps agree within 2 %
   memory       peak memory (max_memory_allocated) of naive vs fused all-layer heads at 124M, and
                each against bench/memory_model.py's prediction (within 15 %)
@@ -14,14 +15,16 @@ Items (each PASS/FAIL with its numbers; a failing item does not stop the others)
                (compiled, bf16; against the GPU's dense bf16 peak)
   torchrun     `torchrun --nproc_per_node=<all GPUs> train_gpt2.py config/4-test.py` for 100
                steps on the builtin corpus: the loss falls, every train line has the journal's
-               format, the final checkpoint loads (GPT.from_checkpoint) and a resumed run
+               format, the final checkpoint loads (checkpoint.load_model) and a resumed run
                continues from it
 Each model case runs in a fresh process (bench.py's worker). Writes <out>/<gpu>-<date>.md.
 Exit status: 0 all PASS, 1 some FAIL, 2 bad input / no CUDA without --dry-run.
 """
 import argparse
+import contextlib
 import datetime
 import glob
+import io
 import json
 import os
 import re
@@ -48,7 +51,7 @@ GPU = dict(shape=dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, B=16,
            train_args=["--B=16", "--T=1024"], corpus_chars=4_000_000, timeout=600)
 DRY = dict(shape=dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512, B=4, T=64),
            mem_shape=dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512, B=8, T=256),
-           mem_B=4, warmup=1, steps=3, backend="aot_eager", train_steps=6, resume_steps=2,
+           mem_B=4, warmup=1, steps=2, backend="eager", train_steps=4, resume_steps=2,
            train_args=["--B=4", "--T=64", "--n_layer=2", "--n_head=2", "--n_embd=64",
                        "--block_size=64", "--device=cpu", "--compile=False"],
            corpus_chars=300_000, timeout=300)
@@ -153,16 +156,17 @@ class Check:
             mfu = r["tflops"] * 1e12 / peak
             ok &= 0.0 < mfu <= 1.0
             out.append(f"{label} {mfu:.3f} ({r['tok_per_s']:,.0f} tok/s, "
-                       f"{r['flops_per_token'] / 1e9:.2f} GFLOP/token)")
-        return ok, "MFU " + "; ".join(out) + f" against {peak / 1e12:.0f} TFLOP/s ({src})"
+                       f"{r['flops_per_token'] / 1e9:.3g} GFLOP/token)")
+        return ok, "MFU " + "; ".join(out) + f" against {peak / 1e12:.3g} TFLOP/s ({src})"
 
     def torchrun(self):
         cfg, work = self.cfg, self.work
         nproc = _gpu_count() if self.dev == "cuda" else 1
         data = os.path.join(work, "builtin")
         if not os.path.isfile(os.path.join(data, fineweb.MANIFEST)):
-            rc = fineweb.main(["--source", "builtin", "--out", data, "--max-chars",
-                               str(cfg["corpus_chars"]), "--quiet"])
+            with contextlib.redirect_stdout(io.StringIO()):    # its per-shard lines
+                rc = fineweb.main(["--source", "builtin", "--out", data, "--max-chars",
+                                   str(cfg["corpus_chars"]), "--quiet"])
             if rc not in (0, None):
                 return False, f"fineweb.py --source builtin failed (rc {rc})"
         steps = cfg["train_steps"]
@@ -188,19 +192,20 @@ class Check:
         lines = open(log).read().splitlines()
         train = [ln for ln in lines if re.match(r"^@ \d+ train ", ln)]
         bad = [ln for ln in train if not TRAIN_LINE.match(ln)]
-        losses = [float(TRAIN_LINE.match(ln).group(2)) for ln in train if TRAIN_LINE.match(ln)]
+        with open(os.path.join(work, "log", "gpu-check.jsonl")) as f:   # full-precision losses
+            losses = [e["loss"] for e in map(json.loads, f) if e.get("event") == "train"]
         k = max(1, len(losses) // 10)
         first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
         ckpts = sorted(glob.glob(os.path.join(work, "log", "gpu-check", "ckpt_*.pt")))
-        from model import GPT
-        m = GPT.from_checkpoint(ckpts[-1]) if ckpts else None
+        import checkpoint
+        m = checkpoint.load_model(ckpts[-1])[0] if ckpts else None
         run(steps + cfg["resume_steps"], ["--resume=auto"])
         resumed = [int(m_.group(1)) for m_ in map(TRAIN_LINE.match, open(log).read().splitlines())
                    if m_ and int(m_.group(1)) >= steps]
         ok = (len(train) == steps and not bad and last < first and m is not None
               and resumed == list(range(steps, steps + cfg["resume_steps"])))
         return ok, (f"{nproc} process(es), {len(train)} train lines ({len(bad)} malformed), "
-                    f"loss {first:.3f} -> {last:.3f} (mean of first/last {k}), "
+                    f"loss {first:.4g} -> {last:.4g} (mean of first/last {k}), "
                     f"checkpoint {os.path.basename(ckpts[-1]) if ckpts else 'missing'} "
                     f"{'loads' if m is not None else 'does not load'}, resume logged steps "
                     f"{resumed[:1] + resumed[-1:] if resumed else 'none'}")
@@ -270,7 +275,8 @@ def main(argv=None):
     path = os.path.join(args.out, name)
     fineweb.write_text_atomic(path, render(dev, info, chk.rows, command, args.dry_run))
     n_ok = sum(ok for _, ok, _ in chk.rows)
-    print(f"{n_ok}/{len(chk.rows)} PASS; wrote {os.path.relpath(path)}")
+    rel = os.path.relpath(path)
+    print(f"{n_ok}/{len(chk.rows)} PASS; wrote {path if rel.startswith('..') else rel}")
     return 0 if n_ok == len(chk.rows) else 1
 
 

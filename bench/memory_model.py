@@ -18,7 +18,8 @@ What is counted (bytes; a = autocast activation size, 2 for bf16 / 4 for fp32; f
   head keeps for backward (naive: its input cast + the fp32 log-softmax (N, V); checkpoint and
   fused: the fp32 input h (N, C)) and ~36 bytes per token of per-token outputs, plus the
   transient of the head's forward and backward (naive: one / two fp32 (N, V); checkpoint: two /
-  three; fused: its logits tiles, two fp32 tiles and two tile casts in backward, plus
+  three; fused: its logits tiles, two fp32 tiles and two tile casts in backward (one each
+  when one tile covers the head), plus
   grad_h / grad_W accumulators and the h / W casts).
 Peak = static + the largest of: forward (all activations + the last head's forward transient),
 start of backward (all activations + the head's backward transient), the last block's backward
@@ -62,6 +63,10 @@ CASES = [
     ("shared + early exit (4-test, sample), fused", dict(share_weights=True, early_exit=True,
                                                          exit_mode="sample", exit_loss="4-test",
                                                          head_impl="fused")),
+    ("shared + all heads, naive, exit_token_frac=0.25", dict(share_weights=True, exit_loss="all-layers",
+                                                           head_impl="naive", exit_token_frac=0.25)),
+    ("shared + all heads, naive, exit_layer_frac=0.25", dict(share_weights=True, exit_loss="all-layers",
+                                                           head_impl="naive", exit_layer_frac=0.25)),
 ]
 VALIDATION_SHAPES = [   # small enough for 2 CPU cores, activations >> parameters
     dict(n_layer=2, n_head=2, n_embd=64, vocab_size=512, B=8, T=256),
@@ -120,7 +125,8 @@ def head_terms(impl, N, C, V, a, device):
     several = N > rows or V > cols
     casts = (a * NC + a * VC) if cast else 0
     fwd = casts + (a * tile if cast else 0) + f * tile * (2 if several else 1)
-    tile_bwd = (2 * f + 2 * a) * tile if cast else 2 * f * tile
+    # backward keeps the previous tile's z (and its cast g) while the next is computed
+    tile_bwd = ((2 * f + 2 * a) if cast else 2 * f) * tile if several else ((f + a) if cast else f) * tile
     onehot = ((a + 2 * f) if cast else 2 * f) * NC + (f + (a if cast else 0)) * tile
     bwd = f * NC + f * VC + casts + max(tile_bwd, onehot)
     return f * NC + small, fwd, bwd
@@ -143,7 +149,7 @@ def estimate(shape, overrides, dtype="bf16", device="cuda"):
     n_blocks = 1 if cfg.share_weights else L
     layer = (2 * f + 14 * a) * BTC + 2 * 2 * f * N + f * nh * N
     weight_casts = a * pc["block_matmul"] if cast else 0
-    n_heads = L if (cfg.layer_heads or cfg.early_exit) else 1
+    n_heads = cfg.n_head_evals()     # full-width heads: cheap exits run fewer tokens / layers
     h_saved, h_fwd, h_bwd = head_terms(cfg.head_impl, N, C, V, a, device)
     head_cast = a * V * C if (cast and cfg.head_impl != "fused") else 0   # autocast's W copy
     heads_saved = n_heads * (h_saved + 2 * f * N) + f * BTC + head_cast
@@ -256,7 +262,7 @@ def table(shape=GPT2_124M, cases=CASES, dtype="bf16", budget=BUDGET_80GB):
              f"autocast, fp32 weights, fused AdamW (GiB; `python bench.py --memory`). "
              f"Fits 80 GB: peak <= {budget / GIB:.0f} GiB.",
              "",
-             "| case | params | grads | AdamW | activations | head buffers | transient (phase) "
+             "| case | params | grads (within the phases) | AdamW | activations | head buffers | transient (phase) "
              "| **peak** | fits 80 GB at B=%d | largest B that fits |" % B,
              "|---|---:|---:|---:|---:|---:|---|---:|---|---:|"]
     for label, ov in cases:

@@ -18,6 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train_gpt2.py")
 sys.path.insert(0, ROOT)
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes > ~5 s; `pytest -m 'not slow'` skips it")
+
+
 # tiny model + data; every test run adds its own --key=value overrides
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--vocab_size=64",
         "--T=16", "--B=2", "--total_batch_size=64", "--max_steps=6", "--warmup_steps=2",

@@ -14,17 +14,27 @@ import subprocess
 
 import pytest
 
-from conftest import make_char_dataset
+from conftest import TINY, make_char_dataset
 
 import bench
 import eval_exit
+import export_hf
 import fineweb
 import hellaswag
 import plot
+import sample
 import sweep
+import train_gpt2
+
+
+def _lm_eval_exit(argv):             # imports lm-eval (seconds) only when its cases run
+    import lm_eval_exit
+    return lm_eval_exit.main(argv)
+
 
 SCRIPTS = {"fineweb": fineweb.main, "eval_exit": eval_exit.main, "hellaswag": hellaswag.main,
-           "plot": plot.main, "sweep": sweep.main, "bench": bench.main}
+           "plot": plot.main, "sweep": sweep.main, "bench": bench.main, "train_gpt2": train_gpt2.main,
+           "sample": sample.main, "export_hf": export_hf.main, "lm_eval_exit": _lm_eval_exit}
 
 # {name} in an argument is replaced by the workspace path of that fixture file:
 #   src.txt (text source), data/ (a dataset), ck.pt (a checkpoint stand-in), run.txt (a log),
@@ -94,6 +104,11 @@ EVAL_CASES = [
     (EV, ["--device", "tpu"], "--device 'tpu' is not a device"),
     (EV, ["--device", "cuda:99"], "--device cuda:99: "),
     (EV, ["--device", "meta"], "--device meta: device type 'meta' is not supported"),
+    (EV, ["--decode-rounds", "0"], "argument --decode-rounds: must be in [1, 1000], got 0"),
+    (EV, ["--decode-rounds", "x"], "argument --decode-rounds: expected an integer, got 'x'"),
+    (EV, ["--img", UNDER_FILE], "--img {afile}/sub: {afile} is a file, not a directory"),
+    (EV, ["--img", READ_ONLY], "--img {ro}/sub: cannot create it, {ro} is not writable"),
+    (EV, ["--summary=yes"], "argument --summary: ignored explicit argument 'yes'"),
 ]
 
 HS = ["--ckpt", "{ck.pt}", "--data", "{hs.jsonl}"]
@@ -151,6 +166,10 @@ SWEEP_CASES = [
 BE = ["--quick", "--device", "cpu", "--out", "res"]
 BENCH_CASES = [
     (BE, ["--quick=1"], "argument --quick: ignored explicit argument '1'"),
+    (BE, ["--memory=1"], "argument --memory: ignored explicit argument '1'"),
+    (BE, ["--decode=1"], "argument --decode: ignored explicit argument '1'"),
+    (BE, ["--gpu-check=yes"], "argument --gpu-check: ignored explicit argument 'yes'"),
+    (BE, ["--cheap-exits=no"], "argument --cheap-exits: ignored explicit argument 'no'"),
     (BE, ["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
     (BE, ["--out", UNDER_FILE], "--out {afile}/sub: {afile} is a file, not a directory"),
     (BE, ["--out", READ_ONLY], "--out {ro}/sub: cannot create it, {ro} is not writable"),
@@ -168,12 +187,175 @@ BENCH_CASES = [
     (BE, ["--timeout", "0"], "argument --timeout: must be a finite number >= 1, got 0"),
     (BE, ["--timeout", "nan"], "argument --timeout: must be a finite number >= 1, got nan"),
     (BE, ["--n_embd", "30", "--n_head", "4"], "n_embd 30 not divisible by n_head 4"),
-] + [(BE, [f"--{k}", v], f"argument --{k}: " + ("must be in [1, 1048576]" if v != "x" else
+] + [([], ["--decode", *a], m) for a, m in [                  # bench/decode_bench.py
+    (["--rounds", "0"], "argument --rounds: must be in [1, 1000], got 0"),
+    (["--new-tokens", "x"], "argument --new-tokens: expected an integer, got 'x'"),
+    (["--prompt-len", "0"], "argument --prompt-len: must be >= 1, got 0"),
+    (["--val-batches", "0"], "argument --val-batches: must be >= 1, got 0"),
+    (["--threads", "-1"], "argument --threads: must be in [0, 4096], got -1"),
+    (["--thresholds", "0.5,x"], "--thresholds must be a comma-separated list"),
+    (["--thresholds", "-1"], "--thresholds must be numbers >= 0"),
+    (["--spec", "2by4"], "--spec entries are DxK"),
+    (["--batch-sizes", "0"], "--batch-sizes must be >= 1"),
+    (["--device", "tpu"], "--device 'tpu' is not a device"),
+    (["--out", UNDER_FILE], "--out {afile}/sub: {afile} is a file, not a directory"),
+    (["--ckpt", "{afile}x", "--data", "{data}"], "checkpoint not found: {afile}x"),
+    (["--data", "{afile}x", "--ckpt", "{ck.pt}"], "{afile}x"),
+]] + [(BE, [f"--{k}", v], f"argument --{k}: " + ("must be in [1, 1048576]" if v != "x" else
                                                  "expected an integer, got 'x'"))
      for k in bench.FULL_SHAPE for v in ("0", "x", str(1 << 30))]
 
-MATRIX = {"fineweb": FINEWEB_CASES, "eval_exit": EVAL_CASES, "hellaswag": HELLASWAG_CASES,
-          "plot": PLOT_CASES, "sweep": SWEEP_CASES, "bench": BENCH_CASES}
+SA = ["--ckpt", "{ck.pt}"]
+SAMPLE_CASES = [
+    ([], ["--prompt", "hi"], "one of the arguments --ckpt --init_from is required"),
+    ([], ["--ckpt", "{ck.pt}", "--init_from", "gpt2"], "argument --init_from: not allowed with argument --ckpt"),
+    ([], ["--ckpt", "norun", "--log_dir", "{afile}x"], "checkpoint not found: norun (neither a file nor a run under {afile}x/)"),
+    ([], ["--ckpt", "{ro}"], "no checkpoint ckpt_*.pt in {ro}"),
+    (SA, ["--prompt", "FILE:{afile}x"], "cannot read prompt file '{afile}x'"),
+    (SA, ["--num_samples", "0"], "argument --num_samples: must be in [1, 10000], got 0"),
+    (SA, ["--max_new_tokens", "x"], "argument --max_new_tokens: expected an integer, got 'x'"),
+    (SA, ["--temperature", "-1"], "argument --temperature: must be a finite number >= 0, got -1"),
+    (SA, ["--temperature", "nan"], "argument --temperature: must be a finite number >= 0, got nan"),
+    (SA, ["--top_k", "-1"], "argument --top_k: must be >= 0, got -1"),
+    (SA, ["--seed", "-1"], "argument --seed: must be in [0, 9223372036854775807], got -1"),
+    (SA, ["--device", "tpu"], "--device 'tpu' is not a device"),
+    (SA, ["--exit_threshold", "-0.5"], "argument --exit_threshold: must be a finite number >= 0"),
+    (SA, ["--show_depth=1"], "argument --show_depth: ignored explicit argument '1'"),
+    (SA, ["--draft_layers", "0"], "argument --draft_layers: must be >= 1, got 0"),
+    (SA, ["--draft_layers", "x"], "argument --draft_layers: expected an integer, got 'x'"),
+    (SA, ["--draft_layers", "1", "--draft_tokens", "0"], "argument --draft_tokens: must be in [1, 1024], got 0"),
+    (SA, ["--draft_layers", "1", "--exit_threshold", "0.5"], "--draft_layers (self-speculative decoding"),
+]
+
+EX = ["--ckpt", "{ck.pt}", "--out", "hfout"]
+EXPORT_CASES = [
+    ([], [], "the following arguments are required: --ckpt, --out"),
+    (EX, ["--bogus"], "unrecognized arguments: --bogus"),
+    (EX, ["--depth", "0"], "argument --depth: must be >= 1, got 0"),
+    (EX, ["--depth", "x"], "argument --depth: expected an integer, got 'x'"),
+    (["--out", "hfout"], ["--ckpt", "{ck.pt}.nope"], "--ckpt {ck.pt}.nope: no such file"),
+    (["--out", "hfout"], ["--ckpt", "{ro}"], "--ckpt {ro}: not a regular file"),
+    (["--ckpt", "{ck.pt}"], ["--out", UNDER_FILE], "--out {afile}/sub: {afile} is a file, not a directory"),
+    (["--ckpt", "{ck.pt}"], ["--out", READ_ONLY], "--out {ro}/sub: cannot create it, {ro} is not writable"),
+    (["--ckpt", "{ck.pt}"], ["--out", "{afile}"], "--out {afile}: exists and is not a directory"),
+    (["--ckpt", "{ck.pt}"], ["--out", NUL], "contains a NUL byte"),
+    (["--out", "hfout"], ["--ckpt", "{ck.pt}"], "checkpoint {ck.pt} is unreadable"),
+]
+
+LE = ["--ckpt", "{ck.pt}", "--tasks", "t"]
+LM_EVAL_CASES = [
+    ([], [], "the following arguments are required: --ckpt, --tasks"),
+    (LE, ["--thresholds", "-1"],
+     "argument --thresholds: threshold must be a finite number >= 0 or none, got '-1'"),
+    (LE, ["--thresholds", ","], "argument --thresholds: no thresholds in ','"),
+    (LE, ["--thresholds", "x"], "argument --thresholds: could not convert string to float: 'x'"),
+    (LE, ["--limit", "-1"], "argument --limit: must be a finite number >= 0, got -1"),
+    (LE, ["--num_fewshot", "x"], "argument --num_fewshot: expected an integer, got 'x'"),
+    (LE, ["--batch_size", "0"], "argument --batch_size: must be in [1, 65536], got 0"),
+    (LE, ["--device", "tpu"], "--device 'tpu' is not a device"),
+    (LE, ["--include_path", "{afile}"], "--include_path {afile}: not a directory"),
+    (LE, ["--out", READ_ONLY], "--out {ro}/sub: cannot create it, {ro} is not writable"),
+    (["--ckpt", "{ck.pt}"], ["--tasks", ","], "--tasks ',': no task names"),
+    (["--tasks", "t"], ["--ckpt", "{ck.pt}.nope"], "--ckpt {ck.pt}.nope: no such file"),
+    (LE, ["--thresholds", "0.5"], "checkpoint {ck.pt} is unreadable"),
+]
+
+# the trainer: every constant gets a value of the wrong type; then ranges, consistency, paths
+TR = TINY + ["--dataset={data}", "--log_dir=logs", "--img_dir=logs/img", "--run_name=bad"]
+
+
+def _wrong_type(key, default):
+    """A bool/int/float key gets a string on the command line; a str key (where any text is a
+    string) gets an int from a config file, wt_{key}.py in the workspace."""
+    want = train_gpt2.NONE_TYPES.get(key, type(default))
+    if want is str:
+        return (TR, [f"{{wt_{key}.py}}"], f"error: {key} expects str")
+    value = {bool: "3", int: "'x'", float: "'x'"}[want]
+    return (TR, [f"--{key}={value}"], f"error: {key} expects {want.__name__}")
+
+
+TRAIN_CASES = [_wrong_type(k, v) for k, v in train_gpt2.all_defaults().items()] + [
+    (TR, ["--bogus=1"], "error: unknown config key 'bogus'"),
+    (TR, ["{afile}"], "{afile}"),
+    (TR, ["--T=0"], "T must be positive, got 0"),
+    (TR, ["--max_steps=-5"], "max_steps must be positive, got -5"),
+    (TR, ["--eval_iters=0"], "eval_iters must be positive, got 0"),
+    (TR, ["--batch_reuse=0"], "batch_reuse must be positive, got 0"),
+    (TR, ["--keep_checkpoints=0"], "keep_checkpoints must be positive, got 0"),
+    (TR, ["--lr_find_steps=0"], "lr_find_steps must be positive, got 0"),
+    (TR, ["--num_samples=0"], "num_samples must be positive, got 0"),
+    (TR, ["--eval_interval=-1"], "eval_interval must be >= 0, got -1"),
+    (TR, ["--log_interval=-1"], "log_interval must be >= 0, got -1"),
+    (TR, ["--size_interval=-2"], "size_interval must be >= 0, got -2"),
+    (TR, ["--sample_interval=-1"], "sample_interval must be >= 0, got -1"),
+    (TR, ["--checkpoint_interval=-1"], "checkpoint_interval must be >= 0, got -1"),
+    (TR, ["--sample_tokens=-1"], "sample_tokens must be >= 0, got -1"),
+    (TR, ["--stats_rows=-1"], "stats_rows must be >= 0, got -1"),
+    (TR, ["--warmup_steps=-1"], "warmup_steps must be >= 0, got -1"),
+    (TR, ["--max_lr=0"], "max_lr must be > 0"),
+    (TR, ["--min_lr=-0.1"], "min_lr >= 0"),
+    (TR, ["--min_lr=0.1"], "min_lr (0.1) must not exceed max_lr (0.01)"),
+    (TR, ["--max_lr=1e999"], "max_lr must be finite, got inf"),
+    (TR, ["--grad_clip=-1.0"], "grad_clip must be >= 0 (0: no clipping), got -1.0"),
+    (TR, ["--weight_decay=-0.1"], "weight_decay must be >= 0, got -0.1"),
+    (TR, ["--beta1=1.0"], "beta1 and beta2 must be in [0, 1), got 1.0, 0.95"),
+    (TR, ["--beta2=-0.5"], "beta1 and beta2 must be in [0, 1), got 0.9, -0.5"),
+    (TR, ["--lr_schedule=onecycle", "--onecycle_pct=1.5"], "onecycle_pct must be in (0, 1), got 1.5"),
+    (TR, ["--onecycle_div=0"], "onecycle_div and onecycle_final_div must be > 0"),
+    (TR, ["--onecycle_final_div=-1"], "onecycle_div and onecycle_final_div must be > 0"),
+    (TR, ["--lr_find_start=0"], "lr_find needs 0 < lr_find_start < lr_find_end"),
+    (TR, ["--lr_find_end=1e-9"], "lr_find needs 0 < lr_find_start < lr_find_end"),
+    (TR, ["--residual_limit=0"], "residual_limit must be > 0 or None, got 0"),
+    (TR, ["--stop_at_step=-1"], "stop_at_step must be in [0, max_steps) = [0, 6), got -1"),
+    (TR, ["--seed=-1"], "seed must be >= 0, got -1"),
+    (TR, ["--hellaswag_limit=0"], "hellaswag_limit must be positive or None, got 0"),
+    (TR, ["--hellaswag={afile}x"], "hellaswag {afile}x: no such file"),
+    (TR, ["--hellaswag={data}"], "hellaswag {data}: not a regular file"),
+    (TR, ["--dataset={data}x"], "data directory does not exist: {data}x"),
+    (TR, ["--dataset={ro}"], "no manifest meta.json in {ro}"),
+    (TR, ["--dataset={ro}/new", "--dataset_source={afile}x.txt"],
+     "could not build {ro}/new from dataset_source '{afile}x.txt': source path does not exist"),
+    (TR, ["--dataset=new", "--dataset_source={afile}.csv"], "source path does not exist"),
+    (TR, ["--dataset=new", "--dataset_source={src.txt}", "--tokenizer=char", "--vocab_size=64",
+          "--log_dir={ro}/logs"], "log_dir {ro}/logs: cannot create it, {ro} is not writable"),
+    (TR, ["--tokenizer=bpe"], "unknown tokenizer 'bpe'; known: gpt2, char"),
+    (TR, ["--tokenizer=gpt2"], "tokenizer 'gpt2' does not match the data's 'char'"),
+    (TR, ["--shuffle=None"], "shuffle expects bool"),
+    (TR, ["--log_dir={afile}/sub"], "log_dir {afile}/sub: {afile} is a file, not a directory"),
+    (TR, ["--log_dir={ro}/sub"], "log_dir {ro}/sub: cannot create it, {ro} is not writable"),
+    (TR, ["--log_dir={ro}"], "log_dir {ro}: not writable"),
+    (TR, ["--img_dir={afile}/img"], "img_dir {afile}/img: {afile} is a file, not a directory"),
+    (TR, ["--img_dir={ro}/img"], "img_dir {ro}/img: cannot create it, {ro} is not writable"),
+    (TR, ["--run_name=" + "r" * 300], "must be a plain file name"),
+    (TR, ["--run_name=../up"], "must be a plain file name"),
+    (TR, ["--run_name=afile", "--log_dir=."], "checkpoint directory "),
+    (TR, ["--resume={afile}x"], "resume checkpoint not found: {afile}x"),
+    (TR, ["--resume={afile}"], "is unreadable"),
+    (TR, ["--device=tpu"], "device 'tpu' is not a device"),
+    (TR, ["--device=cuda:99"], "device cuda:99: "),
+    (TR, ["--device=meta"], "device meta: device type 'meta' is not supported"),
+    (TR, ["--parallel=zero3"], "unknown parallel 'zero3'; known: "),
+    (TR, ["--dtype=float16"], "unknown dtype 'float16'; known: auto, float32, bfloat16"),
+    (TR, ["--preset_scale=huge"], "unknown preset_scale 'huge'"),
+    (TR, ["--compile=1"], "compile expects bool"),
+    (TR, ["--n_layer=0"], "n_layer must be a positive int, got 0"),
+    (TR, ["--n_head=-2"], "n_head must be a positive int, got -2"),
+    (TR, ["--block_size=0"], "block_size must be a positive int, got 0"),
+    (TR, ["--vocab_size=32"], "data vocab_size 40 > model vocab_size 32"),
+    (TR, ["--n_embd=274877906944", "--n_head=1"], "cannot build the model on cpu"),
+    (TR, ["--dropout=1.0"], "dropout must be in [0, 1), got 1.0"),
+    (TR, ["--exit_threshold=-0.5"], "exit_threshold must be >= 0"),
+    (TR, ["--rope_base=0.0"], "rope_base must be > 0"),
+    (TR, ["--layerskip_rotation=0"], "layerskip_rotation must be an int >= 1, got 0"),
+    (TR, ["--prev_token_shift=2"], "prev_token_shift must be 0 or 1, got 2"),
+    (TR, ["--layerskip_scale=-1.0"], "layerskip_scale must be >= 0"),
+] + [(TR, [f"--{k}=nope"], f"unknown {k} 'nope'; known: ")
+     for k in ("block_type", "pos_encoding", "exit_mode", "confidence", "exit_loss", "head_impl",
+               "layerskip_curriculum")]
+
+MATRIX = {"train_gpt2": TRAIN_CASES, "fineweb": FINEWEB_CASES, "eval_exit": EVAL_CASES, "hellaswag": HELLASWAG_CASES,
+          "plot": PLOT_CASES, "sweep": SWEEP_CASES, "bench": BENCH_CASES, "sample": SAMPLE_CASES,
+          "export_hf": EXPORT_CASES, "lm_eval_exit": LM_EVAL_CASES}
 
 
 def _immutable(path, on):
@@ -197,6 +379,9 @@ def ws(tmp_path_factory):
     (d / "bad_grid.py").write_text("GRID = {'n_embd': []}\n")
     (d / "bad_key.py").write_text("GRID = {'n-embd': [32]}\n")
     (d / "afile").write_text("a regular file\n")
+    for key, value in train_gpt2.all_defaults().items():
+        if train_gpt2.NONE_TYPES.get(key, type(value)) is str:
+            (d / f"wt_{key}.py").write_text(f"{key} = 5\n")
     ro = d / "ro"
     ro.mkdir()
     ro.chmod(0o555)
@@ -262,7 +447,12 @@ def test_help_lists_defaults_and_matrix_covers_every_option(script, capsys):
     options = set(re.findall(r"^\s+(--[\w-]+)", text, re.M)) - {"--help"}
     assert options, text
     used = {a.split("=")[0] for _, args, _ in MATRIX[script] for a in args if a.startswith("--")}
+    used |= {"--" + a[4:-4] for _, args, _ in MATRIX[script] for a in args if a.startswith("{wt_")}
     used |= {a for base, _, _ in MATRIX[script] for a in base if a.startswith("--")} & \
         {a for _, args, m in MATRIX[script] for a in args}
     assert options <= used, f"options without a bad-input case: {sorted(options - used)}"
-    assert "(default: " in text
+    if script == "train_gpt2":       # generated from the constants: --key=default  comment
+        assert f"--max_steps={train_gpt2.max_steps}  " in text and "--B=64 " in text
+        assert re.search(r"--grad_clip=1\.0 +max grad norm", text), text
+    else:
+        assert "(default: " in text

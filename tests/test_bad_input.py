@@ -177,6 +177,9 @@ def test_incomplete_build(capsys, env):
     (["--exit_loss=nope"], "error: unknown exit_loss 'nope'; known: "),
     (["--pos_encoding=nope"], "error: unknown pos_encoding 'nope'; known: "),
     (["--confidence=nope"], "error: unknown confidence 'nope'; known: "),
+    (["--exit_token_frac=0.0"], "error: exit_token_frac must be a number in (0, 1], got 0.0"),
+    (["--exit_token_frac=1.5"], "error: exit_token_frac must be a number in (0, 1], got 1.5"),
+    (["--exit_layer_frac=-0.5"], "error: exit_layer_frac must be a number in (0, 1], got -0.5"),
     (["--preset_scale=gpu"], "error: unknown preset_scale 'gpu'; known: none, cpu, tiny"),
     (["no/such/config.py"], "error: no such config file: no/such/config.py"),
     (["--stop_at_step=6"], "error: stop_at_step must be in [0, max_steps) = [0, 6), got 6"),
@@ -211,6 +214,7 @@ def test_resume_checkpoint_with_other_model_config(capsys, env):
     assert _bad(capsys, env, f"--resume={junk}").startswith(f"error: checkpoint {junk} is unreadable")
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_and_exits_2(env):
     logs, data = env
     before = _snapshot(logs, data)

@@ -47,6 +47,7 @@ def test_flops_per_token_counts_every_head():
     assert bench.flops_per_token(heads, 16) - bench.flops_per_token(plain, 16) == 6 * 32 * 96 * 2
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_results(tmp_path):
     """Two cases at a tiny shape: both run, the report names the CPU, ratios are present and
     consistent with the per-case numbers, and LATEST.md is the same table."""
@@ -74,6 +75,7 @@ def test_tiny_run_writes_results(tmp_path):
     assert (out / "LATEST.md").read_text().startswith(md)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,msg", [
     (["--cases", "plain,nope"], "unknown case(s) ['nope']"),
     (["--exit-loss", "bogus"], "unknown --exit-loss 'bogus'"),

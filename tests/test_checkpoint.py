@@ -67,6 +67,7 @@ def _one_error_line(capsys):
     return err[0]
 
 
+@pytest.mark.slow
 def test_trainer_resume_from_corrupted(corrupted, capsys, tmp_path):
     bad, data, _ = corrupted
     code = tg.main(tiny_args(data, tmp_path, "r", f"--resume={bad}"))
@@ -76,6 +77,7 @@ def test_trainer_resume_from_corrupted(corrupted, capsys, tmp_path):
     assert not (tmp_path / "r.txt").exists()
 
 
+@pytest.mark.slow
 def test_eval_exit_corrupted(corrupted, capsys, tmp_path):
     bad, data, _ = corrupted
     with pytest.raises(SystemExit) as e:
@@ -87,6 +89,7 @@ def test_eval_exit_corrupted(corrupted, capsys, tmp_path):
     assert not (tmp_path / "x.md").exists()
 
 
+@pytest.mark.slow
 def test_hellaswag_corrupted(corrupted, capsys):
     bad, _, _ = corrupted
     with pytest.raises(SystemExit) as e:

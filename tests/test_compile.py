@@ -9,6 +9,7 @@ backward through AOT autograd, where a custom autograd.Function's backward must 
 neither builds C++. One slow test runs inductor (what CUDA uses) for compiled == eager.
 """
 import os
+import subprocess
 import sys
 
 import pytest
@@ -89,6 +90,7 @@ def test_head_backward_traces_and_matches_eager(head_impl):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_no_recompile_over_early_exit_steps_nor_between_train_eval_sample(monkeypatch):
     """compile_blocks on a shared early-exit model: 20 training steps whose exit masks change
     every step compile the block once (aot_eager: forward and backward graphs); evaluation
@@ -111,7 +113,8 @@ def test_no_recompile_over_early_exit_steps_nor_between_train_eval_sample(monkey
     for step in range(20):
         x, y = _batch(cfg, B=8, seed=step)
         m.set_progress(step / 20, step)
-        _, loss, st = m(x, y, return_stats=True, return_logits=False)
+        out = m(x, y, return_stats=True, return_logits=False)
+        loss, st = out.loss, out.stats
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -190,3 +193,26 @@ def test_graph_break_block_runs_eager_with_one_message():
                and "data-dependent" in s and "\n" not in s for s in msgs), msgs
     for g in got:
         torch.testing.assert_close(g, ref, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_trainer_logs_one_line_and_trains_eager_for_a_graph_break_block(tmp_path):
+    """train_gpt2.py --compile=True with a block that has a graph break: one `# compile: ...`
+    line in the log, then training runs (eager) to the end. The block is registered by a
+    wrapper script, the trainer runs as a real process."""
+    from conftest import make_char_dataset, parse_train_lines, tiny_args, ROOT as R
+    data = make_char_dataset(str(tmp_path / "data"))
+    script = ("import sys; sys.path[:0] = [%r, %r]\n"
+              "import model, test_compile, train_gpt2\n"
+              "model.BLOCKS['test-graph-break'] = test_compile._GraphBreakBlock\n"
+              "sys.exit(train_gpt2.main(sys.argv[1:]))\n") % (R, os.path.join(R, "tests"))
+    args = tiny_args(data, str(tmp_path / "log"), "gb", "--compile=True",
+                     "--block_type=test-graph-break", "--share_weights=True", "--max_steps=3")
+    p = subprocess.run([sys.executable, "-c", script] + args, capture_output=True, text=True,
+                       timeout=300, cwd=R, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    log = open(tmp_path / "log" / "gb.txt").read().splitlines()
+    notes = [ln for ln in log if "compile:" in ln]
+    assert len(notes) == 1 and notes[0].startswith(
+        "# compile: block 'test-graph-break' runs eager (UserError: "), notes
+    assert [s for s, _, _ in parse_train_lines(str(tmp_path / "log" / "gb.txt"))] == [0, 1, 2]

@@ -37,11 +37,11 @@ def test_parse_config_types_and_order(tmp_path):
     import dataclasses
     from model import GPTConfig
     d = tg.all_defaults()
-    for f in dataclasses.fields(GPTConfig):
-        assert d[f.name] == f.default
+    for f in dataclasses.fields(GPTConfig):                  # vocab_size None: the data's
+        assert d[f.name] == (None if f.name == "vocab_size" else f.default)
     assert tg.model_config(d) == GPTConfig()                 # defaults = GPT-2 124M
     assert (d["total_batch_size"], d["B"], d["T"], d["max_lr"], d["warmup_steps"], d["max_steps"],
-            d["vocab_size"]) == (524288, 64, 1024, 6e-4, 715, 19073, 50304)
+            d["vocab_size"]) == (524288, 64, 1024, 6e-4, 715, 19073, None)
 
 
 def test_preset_scale_applies_unless_explicit(tmp_path):
@@ -89,7 +89,9 @@ def test_every_model_field_is_a_constant_and_no_test_hooks():
     from model import GPTConfig
     missing = [f.name for f in dataclasses.fields(GPTConfig) if f.name not in tg.DEFAULTS]
     assert not missing, f"GPTConfig fields not listed among train_gpt2.py's constants: {missing}"
-    assert all(tg.DEFAULTS[f.name] == f.default for f in dataclasses.fields(GPTConfig))
+    assert all(tg.DEFAULTS[f.name] == f.default for f in dataclasses.fields(GPTConfig)
+               if f.name != "vocab_size")
+    assert tg.DEFAULTS["vocab_size"] is None                  # the data's (tests/test_vocab.py)
     assert not [k for k in tg.DEFAULTS if "debug" in k or "inject" in k]
 
 

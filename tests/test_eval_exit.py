@@ -59,6 +59,7 @@ def argv(tmp, ckpt, data, *extra):
             "--batch-size", "2", "--decode-tokens", "4", "--img-dir", str(tmp / "img"), *extra]
 
 
+@pytest.mark.slow
 def test_eval_exit_table(setup, capsys):
     tmp, ckpt, data = setup
     rows, ref, md, run_name = eval_exit.run(eval_exit.parse_args(argv(tmp, ckpt, data)))

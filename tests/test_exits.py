@@ -11,6 +11,7 @@ import torch
 
 import exits
 import heads
+from model import GPTConfig
 
 B, T, L, V = 2, 3, 3, 3
 # exit layer of each token (0-based; L-1 = ran to the end); every case appears
@@ -19,6 +20,11 @@ LOSS_NAMES = sorted(exits.EXIT_LOSSES)
 
 
 # ------------------------------------------------------------------------------ fixtures
+
+
+def loss_ctx(n_layer, progress=0.0, targets=None, step=0, **fields):
+    """exits.LossContext over a GPTConfig of depth n_layer with the given loss fields."""
+    return exits.LossContext(GPTConfig(n_layer=n_layer, **fields), progress, targets, step)
 
 
 def make_case(seed=0, confidence="max-prob", scale=2.0):
@@ -239,7 +245,7 @@ def test_every_loss_has_a_reference():
 def test_loss_value_and_grad_match_reference(name, kw, confidence):
     kw = {"progress": 0.7, **kw}
     logits, targets = make_case(seed=1)
-    ctx = exits.LossContext(n_layer=L, targets=targets, **kw)
+    ctx = loss_ctx(L, targets=targets, **kw)
     terms = exits.EXIT_LOSSES[name](build_layers(logits, targets, confidence), ctx)
     got = torch.autograd.grad(terms.loss, logits, allow_unused=True)
     ref_logits = [x.detach().clone().requires_grad_() for x in logits]
@@ -264,7 +270,7 @@ def test_reward_prev_token_case_has_matches_and_mismatches():
 def test_gradient_flows_only_where_formula_says(name):
     logits, targets = make_case(seed=2)
     layers = build_layers(logits, targets, leaves=True)
-    terms = exits.EXIT_LOSSES[name](layers, exits.LossContext(L, 0.7, targets))
+    terms = exits.EXIT_LOSSES[name](layers, loss_ctx(L, 0.7, targets))
     terms.loss.backward()
     fields = ("xe", "confidence", "p_max", "p_second", "p_target")
     for l, o in enumerate(layers):
@@ -290,7 +296,7 @@ def test_gradient_flows_only_where_formula_says(name):
 def test_terms_sum_and_need_targets(name):
     logits, targets = make_case(seed=3)
     layers = build_layers(logits, targets)
-    t = exits.EXIT_LOSSES[name](layers, exits.LossContext(L, 0.7, targets))
+    t = exits.EXIT_LOSSES[name](layers, loss_ctx(L, 0.7, targets))
     assert t.loss.shape == t.confloss.shape == t.targetloss.shape == ()
     if name in ("final", "all-layers"):
         assert float(t.confloss) == 0.0 and float(t.targetloss) == 0.0
@@ -302,13 +308,13 @@ def test_terms_sum_and_need_targets(name):
     for o in layers:
         o.xe = None
     with pytest.raises(ValueError, match="needs targets"):
-        exits.EXIT_LOSSES[name](layers, exits.LossContext(L, 0.7, None))
+        exits.EXIT_LOSSES[name](layers, loss_ctx(L, 0.7, None))
 
 
 def test_layer_count_mismatch_is_an_error():
     logits, targets = make_case()
     with pytest.raises(ValueError, match="n_layer"):
-        exits.EXIT_LOSSES["final"](build_layers(logits, targets), exits.LossContext(L + 1))
+        exits.EXIT_LOSSES["final"](build_layers(logits, targets), loss_ctx(L + 1))
 
 
 def test_log_clamps_keep_losses_finite():
@@ -318,7 +324,7 @@ def test_log_clamps_keep_losses_finite():
     for o in layers:
         o.p_max = torch.ones(B, T, requires_grad=True)
         o.xe = torch.zeros(B, T, requires_grad=True)
-    ctx = exits.LossContext(L, 0.5, targets)
+    ctx = loss_ctx(L, 0.5, targets)
     for name, sign in (("confidence-penalty", 1), ("confidence-penalty-literal", -1), ("2-test", 1)):
         t = exits.EXIT_LOSSES[name](layers, ctx)
         t.loss.backward()

@@ -45,6 +45,14 @@ def save_ckpt(path, tokenizer="char", seed=0, **cfg):
     return checkpoint.load_model(path)[0]
 
 
+def export(argv):
+    """export_hf.main(argv) -> exit code (errors exit through SystemExit)."""
+    try:
+        return export_hf.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 def ours_at_depth(model, idx, depth):
     """Our logits of the exit head after layer `depth`: the same model run with n_layer=depth
     (blocks are looked up by depth, so the first `depth` blocks run, then ln_f and lm_head)."""
@@ -78,8 +86,8 @@ def test_round_trip_logits(tmp_path, case):
     ckpt = str(tmp_path / "ckpt.pt")
     model = save_ckpt(ckpt, **overrides)
     out = str(tmp_path / "hf")
-    assert export_hf.main(["--ckpt", ckpt, "--out", out] + ([] if depth is None else
-                                                              ["--depth", str(depth)])) == 0
+    assert export(["--ckpt", ckpt, "--out", out] + ([] if depth is None else
+                                                     ["--depth", str(depth)])) == 0
     cfg = json.load(open(os.path.join(out, "config.json")))
     L = depth or TINY["n_layer"]
     assert (cfg["model_type"], cfg["n_layer"], cfg["architectures"]) == ("gpt2", L, ["GPT2LMHeadModel"])
@@ -91,7 +99,7 @@ def test_round_trip_logits(tmp_path, case):
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
     # independent of the reference above: the model's own per-layer loss at layer L
     with torch.no_grad():
-        _, _, stats = model(idx[:, :-1], idx[:, 1:], return_stats=True)
+        stats = model(idx[:, :-1], idx[:, 1:], return_stats=True).stats
     ce = F.cross_entropy(theirs[:, :-1].flatten(0, 1), idx[:, 1:].flatten())
     assert abs(float(ce) - float(stats["layer_losses"][L - 1])) < 1e-4
 
@@ -100,7 +108,7 @@ def test_shared_weights_become_identical_copies(tmp_path):
     ckpt = str(tmp_path / "ckpt.pt")
     save_ckpt(ckpt, share_weights=True)
     out = str(tmp_path / "hf")
-    assert export_hf.main(["--ckpt", ckpt, "--out", out]) == 0
+    assert export(["--ckpt", ckpt, "--out", out]) == 0
     hf = transformers.GPT2LMHeadModel.from_pretrained(out)
     h = hf.transformer.h
     assert len(h) == TINY["n_layer"]
@@ -114,7 +122,7 @@ def test_pretrained_round_trip_is_exact(tmp_path):
     ckpt = str(tmp_path / "ckpt.pt")
     model = save_ckpt(ckpt)
     out = str(tmp_path / "hf")
-    assert export_hf.main(["--ckpt", ckpt, "--out", out]) == 0
+    assert export(["--ckpt", ckpt, "--out", out]) == 0
     back = GPT.from_pretrained(out)
     sd, sd_back = model.state_dict(), back.state_dict()
     assert sd.keys() == sd_back.keys()
@@ -127,13 +135,13 @@ def test_pretrained_round_trip_is_exact(tmp_path):
     ({"block_type": "res-attn2"}, [], "block_type='res-attn2'"),
     ({"block_type": "ln-x-attn"}, [], "block_type='ln-x-attn'"),
     ({}, ["--depth", "5"], "--depth must be in 1..4"),
-    ({}, ["--depth", "0"], "--depth must be in 1..4"),
+    ({}, ["--depth", "0"], "argument --depth: must be >= 1, got 0"),
 ])
 def test_unrepresentable_is_one_error_line(tmp_path, capsys, overrides, args, field):
     ckpt = str(tmp_path / "ckpt.pt")
     save_ckpt(ckpt, **overrides)
     out = tmp_path / "hf"
-    assert export_hf.main(["--ckpt", ckpt, "--out", str(out)] + args) == 2
+    assert export(["--ckpt", ckpt, "--out", str(out)] + args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ") and field in err, err
     assert sorted(os.listdir(tmp_path)) == ["ckpt.pt"]        # no --out, no temp dir
@@ -145,22 +153,21 @@ def test_bad_paths(tmp_path, capsys):
     full = tmp_path / "full"
     full.mkdir()
     (full / "keep.txt").write_text("mine")
-    assert export_hf.main(["--ckpt", ckpt, "--out", str(full)]) == 2
+    assert export(["--ckpt", ckpt, "--out", str(full)]) == 2
     assert "exists and is not an empty directory" in capsys.readouterr().err
     assert os.listdir(full) == ["keep.txt"]
-    assert export_hf.main(["--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")]) == 2
-    assert capsys.readouterr().err == \
-        f"error: checkpoint {tmp_path / 'nope.pt'} is unreadable (no such file)\n"
+    assert export(["--ckpt", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"error: --ckpt {tmp_path / 'nope.pt'}: no such file\n"
     flipped = str(tmp_path / "flipped.pt")
     shutil.copyfile(ckpt, flipped)
     flip_bit_in_largest_tensor(flipped)
-    assert export_hf.main(["--ckpt", flipped, "--out", str(tmp_path / "o")]) == 2
+    assert export(["--ckpt", flipped, "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == (f"error: checkpoint {flipped} is unreadable "
                                        "(content digest mismatch (corrupted data))\n")
     assert not (tmp_path / "o").exists()
     empty = tmp_path / "empty"
     empty.mkdir()                                   # an empty directory is filled
-    assert export_hf.main(["--ckpt", ckpt, "--out", str(empty)]) == 0
+    assert export(["--ckpt", ckpt, "--out", str(empty)]) == 0
     assert "model.safetensors" in os.listdir(empty)
 
 
@@ -199,7 +206,7 @@ def test_gpt2_tokenizer_files_encode_like_tiktoken(tmp_path):
     ckpt = str(tmp_path / "ckpt.pt")
     save_ckpt(ckpt, tokenizer="gpt2", n_layer=2, vocab_size=50304)
     out = str(tmp_path / "hf")
-    assert export_hf.main(["--ckpt", ckpt, "--out", out]) == 0
+    assert export(["--ckpt", ckpt, "--out", out]) == 0
     files = set(os.listdir(out))
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "vocab.json", "merges.txt"} <= files

@@ -142,6 +142,7 @@ def _kill_step():
 # ---------------------------------------------------------------------------------------------
 # kill -9
 
+@pytest.mark.slow
 def test_kill9_single_process_then_resume_auto(char_data, tmp_path, reference):
     k = _kill_step()
     args = tiny_args(char_data, tmp_path, "run", *LONG)
@@ -162,6 +163,7 @@ def test_kill9_single_process_then_resume_auto(char_data, tmp_path, reference):
     faultlog.survived(f"kill -9 single process at step ~{k}")
 
 
+@pytest.mark.slow
 def test_kill9_one_rank_of_two_then_resume_auto(char_data, tmp_path, reference):
     k = _kill_step()
     args = tiny_args(char_data, tmp_path, "run", *LONG)
@@ -179,6 +181,7 @@ def test_kill9_one_rank_of_two_then_resume_auto(char_data, tmp_path, reference):
     faultlog.survived(f"kill -9 rank 1 of 2 at step ~{k}")
 
 
+@pytest.mark.slow
 def test_torchrun_max_restarts_resumes_without_manual_step(char_data, tmp_path, reference):
     k = _kill_step()
     args = tiny_args(char_data, tmp_path, "run", *LONG)      # no --resume: the restart sets it
@@ -192,6 +195,26 @@ def test_torchrun_max_restarts_resumes_without_manual_step(char_data, tmp_path, 
     assert "# torchrun restart 1: resume=auto" in text and "# resumed from " in text
     _assert_continues_exactly(reference[2], tmp_path / "run.jsonl", 150)
     faultlog.survived(f"torchrun --max-restarts=1, rank 1 killed at step ~{k}")
+
+
+@pytest.mark.slow
+def test_kill9_with_exit_sampling_resumes_exactly(char_data, tmp_path):
+    """Cheap exits on (heads on sampled tokens and layers, dropout on): kill -9 at a random step,
+    --resume=auto continues with the uninterrupted run's losses, bit for bit (the exit sample is
+    a function of seed, step and micro step, so nothing about it is saved)."""
+    sampled = ["--share_weights=True", "--n_layer=3", "--exit_loss=all-layers",
+               "--exit_token_frac=0.25", "--exit_layer_frac=0.5", "--max_steps=40"]
+    _ok(run_train(tiny_args(char_data, tmp_path / "ref", "full", *LONG, *sampled)))
+    k = random.Random(time.time_ns()).randrange(6, 30)
+    args = tiny_args(char_data, tmp_path, "run", *LONG, *sampled)
+    proc = _popen(args)
+    _wait_for_step(proc, tmp_path / "run.jsonl", k)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    _ok(run_train(args + ["--resume=auto"]))
+    assert "# resumed from " in (tmp_path / "run.txt").read_text()
+    _assert_continues_exactly(tmp_path / "ref" / "full.jsonl", tmp_path / "run.jsonl", 40)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,6 +266,7 @@ def test_checkpoint_write_interrupted_at_any_byte(tmp_path, monkeypatch, how):
     assert checkpoint.load(str(d / "ckpt_000008.pt"))["step"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "bit-flip", "partial-temp"])
 def test_damaged_latest_checkpoint_resume_uses_previous(char_data, tmp_path, damage):
     _ok(run_train(tiny_args(char_data, tmp_path, "full", *SHORT)))
@@ -275,6 +299,7 @@ def test_damaged_latest_checkpoint_resume_uses_previous(char_data, tmp_path, dam
 # ---------------------------------------------------------------------------------------------
 # signals
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_finishes_step_saves_and_resumes_exactly(char_data, tmp_path, reference, sig):
     args = tiny_args(char_data, tmp_path, "run", *LONG)
@@ -296,6 +321,7 @@ def test_signal_finishes_step_saves_and_resumes_exactly(char_data, tmp_path, ref
     faultlog.survived(f"{sig.name}")
 
 
+@pytest.mark.slow
 def test_second_signal_aborts_at_once(char_data, tmp_path):
     """A second SIGINT while the first is being handled: exit 130 (Ctrl-C twice)."""
     args = tiny_args(char_data, tmp_path, "run", *LONG, "--max_steps=100000", "--checkpoint_interval=0")
@@ -316,6 +342,7 @@ def test_second_signal_aborts_at_once(char_data, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # guards: non-finite values and residual blow-up
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["output", "grad"])
 def test_nonfinite_stops_naming_step_layer_quantity(char_data, tmp_path, kind):
     p = run_train(tiny_args(char_data, tmp_path, "nan", *SHORT), nonfinite=(kind, 6))
@@ -338,6 +365,7 @@ def test_nonfinite_stops_naming_step_layer_quantity(char_data, tmp_path, kind):
     faultlog.survived(f"non-finite {kind}")
 
 
+@pytest.mark.slow
 def test_nonfinite_on_unlogged_step_names_no_wrong_layer(char_data, tmp_path):
     """Without per-layer heads, layer losses exist only on logged steps: a NaN on an unlogged
     step must not be blamed on layer 1 (the placeholder), the error says so instead."""
@@ -351,6 +379,7 @@ def test_nonfinite_on_unlogged_step_names_no_wrong_layer(char_data, tmp_path):
     faultlog.survived("non-finite loss on an unlogged step")
 
 
+@pytest.mark.slow
 def test_log_write_failure_is_one_error_line(char_data, tmp_path):
     """The log file cannot grow (a file-size limit standing in for a full disk) once training
     runs: one error line naming the OS error and the last good checkpoint, exit 1, no traceback."""
@@ -373,6 +402,7 @@ def test_log_write_failure_is_one_error_line(char_data, tmp_path):
     faultlog.survived("log write fails (file size limit)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["output", "grad"])
 def test_skip_nonfinite_skips_and_counts(char_data, tmp_path, kind):
     p = run_train(tiny_args(char_data, tmp_path, "skip", *SHORT, "--skip_nonfinite=True"),
@@ -391,6 +421,7 @@ def test_skip_nonfinite_skips_and_counts(char_data, tmp_path, kind):
     faultlog.survived(f"non-finite {kind} with skip_nonfinite")
 
 
+@pytest.mark.slow
 def test_residual_limit_stops_with_layer_and_quantity(char_data, tmp_path):
     p = run_train(tiny_args(char_data, tmp_path, "res", *SHORT, "--size_interval=1",
                             "--residual_limit=0.5"))
@@ -407,6 +438,7 @@ def test_residual_limit_stops_with_layer_and_quantity(char_data, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # disk full
 
+@pytest.mark.slow
 def test_disk_full_while_saving_checkpoint(char_data, tmp_path, monkeypatch, capsys):
     real_save = torch.save
     calls = []
@@ -472,3 +504,29 @@ def test_disk_full_while_writing_a_shard(tmp_path, monkeypatch, capsys):
     assert {n: (out / n).read_bytes() for n in os.listdir(out)} == \
         {n: (tmp_path / "ref" / n).read_bytes() for n in os.listdir(tmp_path / "ref")}
     faultlog.survived("disk full while writing a shard")
+
+
+# ---------------------------------------------------------------------------------------------
+# the same faults under FSDP (parallel=fsdp): sharded state is gathered into whole checkpoints
+
+@pytest.mark.slow
+def test_fsdp_kill9_under_max_restarts_resumes_exactly(char_data, tmp_path):
+    """parallel=fsdp, 2 ranks, shared weights + heads + early exit: rank 1 killed -9 under
+    torchrun --max-restarts=1; the group restarts, resumes from the last whole checkpoint by
+    itself and every step's loss equals an uninterrupted FSDP run's, bit for bit."""
+    fs = ["--parallel=fsdp", "--share_weights=True", "--layer_heads=True", "--early_exit=True",
+          "--exit_threshold=0.05", "--exit_loss=all-layers"]
+    long = [a if not a.startswith("--max_steps") else "--max_steps=60" for a in LONG]
+    _ok(run_train(tiny_args(char_data, tmp_path / "ref", "full", *long, *fs), nproc=2))
+    args = tiny_args(char_data, tmp_path, "run", *long, *fs)
+    proc = _popen(args, nproc=2, extra=["--max-restarts=1"])
+    k = random.Random(time.time_ns()).randrange(6, 40)
+    _wait_for_step(proc, tmp_path / "run.jsonl", k)
+    os.kill(_worker_pid(proc.pid, 1), signal.SIGKILL)
+    faultlog.inject(f"FSDP: torchrun --max-restarts=1, rank 1 killed at step ~{k}")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    text = (tmp_path / "run.txt").read_text()
+    assert "# torchrun restart 1: resume=auto" in text and "# resumed from " in text
+    _assert_continues_exactly(tmp_path / "ref" / "full.jsonl", tmp_path / "run.jsonl", 60)
+    faultlog.survived(f"FSDP: torchrun --max-restarts=1, rank 1 killed at step ~{k}")

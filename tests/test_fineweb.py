@@ -67,6 +67,7 @@ def write_jsonl(path, docs, key="text"):
             f.write(json.dumps({key: d, "id": len(d)}) + "\n")
 
 
+@pytest.mark.slow
 def test_jsonl_gpt2_first_shard_val(tmp_path, capsys, enc):
     src, out = tmp_path / "docs.jsonl", tmp_path / "out"
     write_jsonl(src, DOCS)
@@ -158,6 +159,7 @@ def test_default_source_is_fineweb_edu(tmp_path, capsys, monkeypatch, enc, strea
     np.testing.assert_array_equal(np.concatenate([val, train]), expected_gpt2(enc, DOCS))
 
 
+@pytest.mark.slow
 def test_default_source_offline_error_subprocess(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     p = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--out", str(tmp_path / "o")],
@@ -210,6 +212,7 @@ def files_bytes(out):
     return {n: open(os.path.join(out, n), "rb").read() for n in sorted(os.listdir(out))}
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt(tmp_path, capsys, monkeypatch):
     src = tmp_path / "docs.jsonl"
     write_jsonl(src, DOCS)
@@ -241,6 +244,7 @@ def test_resume_after_interrupt(tmp_path, capsys, monkeypatch):
     assert rc == 0 and "nothing to do" in stdout and stat_of(out) == after
 
 
+@pytest.mark.slow
 def test_resume_after_kill_subprocess(tmp_path, capsys):
     """End to end: the real script, SIGKILLed after its first shard, resumes to the same bytes."""
     args = [sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", "builtin", "--max-chars", "300000",
@@ -397,6 +401,7 @@ def test_read_manifest_errors(built, tmp_path):
     expect("shard file missing")
 
 
+@pytest.mark.slow
 def test_shard_write_keeps_the_errno_of_a_partial_write(tmp_path):
     """A shard write that the OS cuts short (here a file-size limit, like a disk filling up
     mid-shard) surfaces as an OSError with its errno, so fineweb.main can say "disk full". numpy's

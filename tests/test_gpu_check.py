@@ -42,13 +42,13 @@ def test_unknown_item_is_one_error_line(tmp_path):
 
 
 def test_train_line_regex_matches_the_trainer_format():
-    import train_gpt2
+    import runlog
     r = {"loss": 3.25, "allloss": 40.0, "confloss": 0.5, "targetloss": -0.25, "earlystop": 0.5,
          "earlystopdict": [0.25, 0.75], "lr": 6e-4, "norm": 1.5, "dt": 0.1, "tok_sec": 1234.5,
          "tflops": 0.01}
-    assert gpu_check.TRAIN_LINE.match(train_gpt2.format_train_line(7, r, 1))
-    assert gpu_check.TRAIN_LINE.match(train_gpt2.format_train_line(7, r, 2, skipped=3))
-    assert not gpu_check.TRAIN_LINE.match(train_gpt2.format_train_line(7, r, 1) + " extra")
+    assert gpu_check.TRAIN_LINE.match(runlog.format_train_line(7, r, 1))
+    assert gpu_check.TRAIN_LINE.match(runlog.format_train_line(7, r, 2, skipped=3))
+    assert not gpu_check.TRAIN_LINE.match(runlog.format_train_line(7, r, 1) + " extra")
 
 
 def test_max_rel_and_render():
@@ -62,7 +62,7 @@ def test_max_rel_and_render():
 
 @pytest.mark.slow
 def test_dry_run_passes_every_item_and_writes_the_report(tmp_path):
-    p = _run("--gpu-check", "--dry-run", "--out", str(tmp_path), timeout=900)
+    p = _run("--gpu-check", "--dry-run", "--out", str(tmp_path), timeout=1800)   # ~3 min idle
     lines = [ln for ln in p.stdout.splitlines() if re.match(r"^(PASS|FAIL) ", ln)]
     assert [ln.split(":")[0] for ln in lines] == [f"PASS {i}" for i in gpu_check.ITEMS], p.stdout + p.stderr
     assert p.returncode == 0

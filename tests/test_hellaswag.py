@@ -147,6 +147,7 @@ def test_real_gpt_padding_does_not_change_losses():
     assert total == 4 and 0 <= n_norm <= 4 and 0 <= n <= 4
 
 
+@pytest.mark.slow
 def test_bad_input(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"ctx": "x", "endings": ["a", "b"], "label": 0}) + "\n")
@@ -158,6 +159,7 @@ def test_bad_input(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_trainer_hellaswag_lines_one_and_two_ranks(tmp_path):
     """train_gpt2.py with --hellaswag=<fixture>: the step-0 line equals hellaswag.evaluate on the
     same initial model (rebuilt from the trainer's own config and seed), and 2 gloo ranks (each

@@ -74,6 +74,7 @@ def hf_dir(tmp_path_factory):
     return str(d), hf
 
 
+@pytest.mark.slow
 def test_from_pretrained_logits_match_hf(hf_dir):
     d, hf = hf_dir
     model = GPT.from_pretrained(d).eval()
@@ -246,7 +247,8 @@ def test_lm_head_bias_in_every_layer_head(head_impl):
     hs = []
     for blk in m.transformer.h:
         blk.register_forward_hook(lambda mod, a, out: hs.append(out[0]))
-    logits, loss, st = m(idx, y, return_stats=True)
+    out = m(idx, y, return_stats=True)
+    logits, loss, st = out.logits, out.loss, out.stats
     ref = [F.cross_entropy((m.transformer.ln_f(h) @ m.lm_head.weight.T + m.lm_head.bias).view(-1, 64),
                            y.view(-1)) for h in hs]
     torch.testing.assert_close(st["layer_losses"], torch.stack(ref).detach())
@@ -398,7 +400,9 @@ def test_last_layer_loss_is_final_loss(share, layer_heads):
     logits, loss = m(idx, y)
     ref = F.cross_entropy(logits.view(-1, 64), y.view(-1))
     torch.testing.assert_close(loss, ref)
-    _, loss2, st = m(idx, y, return_stats=True, return_logits=False)
+    out = m(idx, y, return_stats=True, return_logits=False)
+    _, loss2 = out
+    st = out.stats
     torch.testing.assert_close(st["layer_losses"][-1], ref)
     torch.testing.assert_close(loss2, ref)
     assert st["layer_losses"].shape == (3,)
@@ -425,7 +429,8 @@ def test_residual_std_next_is_sqrt_c_over_c_minus_1(block_type):
     with torch.no_grad():   # O(1) activations, so LayerNorm's eps=1e-5 is negligible
         for p in m.parameters():
             p.mul_(15.0)
-    _, _, st = m(*batch(), return_stats=True)
+    out = m(*batch(), return_stats=True)
+    st = out.stats
     assert st["residual_std"].shape == (3, 3)
     torch.testing.assert_close(st["residual_std"][:, 2], torch.full((3,), math.sqrt(C / (C - 1))),
                                atol=1e-4, rtol=0)
@@ -439,7 +444,8 @@ def test_residual_std_matches_hand_recount_pre_ln():
     for blk in m.transformer.h:
         blk.register_forward_pre_hook(lambda mod, a: ins.append(a[0].detach()))
         blk.attn.register_forward_hook(lambda mod, a, out: mids.append(out.detach()))
-    _, _, st = m(idx, y, return_stats=True)
+    out = m(idx, y, return_stats=True)
+    st = out.stats
     rows = []
     for l in range(3):
         mid = ins[l] + mids[l]                            # x + attn(ln_1(x))
@@ -455,7 +461,9 @@ def test_residual_std_matches_hand_recount_pre_ln():
 def test_stats_without_targets_and_logits_flag():
     m = GPT(tiny(layer_heads=True))
     idx, _ = batch()
-    logits, loss, st = m(idx, return_stats=True)
+    out = m(idx, return_stats=True)
+    logits, loss = out
+    st = out.stats
     assert logits.shape == (2, 12, 64) and loss is None
     assert torch.isnan(st["layer_losses"]).all()
     logits, loss = m(idx, batch()[1], return_logits=False)
@@ -468,7 +476,9 @@ def test_bf16_autocast_close_to_fp32():
     idx, y = batch()
     _, ref = m(idx, y)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, loss, st = m(idx, y, return_stats=True, return_logits=False)
+        out = m(idx, y, return_stats=True, return_logits=False)
+        _, loss = out
+        st = out.stats
     loss.backward()
     assert loss.dtype == torch.float32
     assert abs(loss.item() - ref.item()) < 0.05

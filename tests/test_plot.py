@@ -173,6 +173,7 @@ def test_plot_loss_two_runs_colours(tmp_path):
     np.testing.assert_array_equal(lines["run-b:train"].get_ydata(), wb["train"])  # smooth=0: raw
 
 
+@pytest.mark.slow
 def test_plot_residuals_heatmap_exits(log, tmp_path):
     path, want = log
     r = plot.parse_log(path)
@@ -207,6 +208,7 @@ def test_missing_data_raises(tmp_path):
         plot.plot_layer_heatmap(str(p))
 
 
+@pytest.mark.slow
 def test_cli_writes_all_and_errors(log, tmp_path):
     path, _ = log
     out = tmp_path / "figs"
@@ -224,6 +226,7 @@ def test_cli_writes_all_and_errors(log, tmp_path):
 from conftest import char_text_file  # noqa: E402
 
 
+@pytest.mark.slow
 def test_real_short_run_log(tmp_path):
     """A log written by train_gpt2.py itself (tiny CPU run, 4 layers): every figure is written and
     the plotted values equal the numbers of its jsonl twin, which the text log (read here with

@@ -24,7 +24,8 @@ def test_quickstart_tiny(char_data, tmp_path, capsys):
     assert full[:2] == ["#", "off"] and t0[:2] == ["#", "0"] and t101[:2] == ["#", "1.01"]
     assert t0[4:6] == ["1.00", "/"] and t101[4:6] == ["3.00", "/"]
     assert t101[2] == full[2] and t101[3] == "+0.0%"
-    assert out[i + 5].startswith("# exit table written: ")
+    assert out[i + 5].startswith("#   suggested: --exit_threshold ")
+    assert out[i + 6] == (f"#   wrote {log}/quickstart/exit_eval.md and {img}/quickstart-pareto.png")
     assert (log / "quickstart" / "exit_eval.md").is_file()
     for name in ("", "-layers", "-exits", "-residuals", "-pareto"):
         assert (img / f"quickstart{name}.png").stat().st_size > 1000, name

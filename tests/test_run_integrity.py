@@ -124,7 +124,7 @@ def test_rollback_branch_owns_the_run(char_data, tmp_path):
     _ok(run_train(tiny_args(char_data, tmp_path, "rb", *SHORT, *every2)))
     d = tmp_path / "rb"
     assert sorted(os.listdir(d)) == [f"ckpt_{s:06d}.pt" for s in (2, 4, 6, 8, 10, 11)]
-    old = {s: (d / f"ckpt_{s:06d}.pt").read_bytes() for s in (8, 10, 11)}
+    old = {s: (d / f"ckpt_{s:06d}.pt").read_bytes() for s in (6, 8, 10, 11)}
     faultlog.inject("resume from an older checkpoint, then resume=auto")
     p = run_train(tiny_args(char_data, tmp_path, "rb", *SHORT, "--checkpoint_interval=2",
                             "--keep_checkpoints=2", f"--resume={d / 'ckpt_000004.pt'}",
@@ -135,6 +135,7 @@ def test_rollback_branch_owns_the_run(char_data, tmp_path):
     moved = [l for l in text.splitlines() if "abandoned" in l]
     assert moved, text
     aside = [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if r != str(d)]
+    assert sorted(os.path.basename(a) for a in aside) == [f"ckpt_{s:06d}.pt" for s in old], aside
     assert sorted(open(a, "rb").read() for a in aside) == sorted(old.values())
     p = run_train(tiny_args(char_data, tmp_path, "rb", *SHORT, "--checkpoint_interval=2",
                             "--keep_checkpoints=2", "--resume=auto"))

@@ -18,10 +18,12 @@ RUN = "sample_tiny"
 
 @pytest.fixture(scope="module")
 def ckpt(char_data, tmp_path_factory):
-    """A shared-weight 3-layer char model with a head per layer, trained 6 steps."""
+    """A shared-weight 3-layer char model with a head per layer, trained 6 steps with early exit
+    on (its config says early_exit=True; sample.py decodes full depth unless told otherwise)."""
     log = str(tmp_path_factory.mktemp("samplelog"))
     r = run_train(tiny_args(char_data, log, RUN, "--n_layer=3", "--share_weights=True",
-                            "--layer_heads=True", "--exit_loss=all-layers"))
+                            "--layer_heads=True", "--exit_loss=all-layers", "--early_exit=True",
+                            "--exit_threshold=0.2"))
     assert r.returncode == 0, r.stderr
     path = os.path.join(log, RUN, "ckpt_000005.pt")
     assert os.path.isfile(path)
@@ -35,8 +37,10 @@ def run_main(capsys, *argv):
 
 
 def reference(path, prompt, n, **kw):
-    """Text of model.generate on the same checkpoint (greedy)."""
+    """Text of model.generate on the same checkpoint (greedy; full depth unless kw say else)."""
     model, tok = sample.load_from_ckpt(path)
+    assert model.config.early_exit
+    model.config.early_exit = False
     idx = sample.encode_prompt(tok, prompt, model.config.block_size)
     out = model.generate(idx, n, temperature=0, **kw)
     return sample.decode(tok, out[0].tolist()), model
@@ -51,6 +55,17 @@ def test_greedy_equals_generate(ckpt, capsys, threshold):
     kw = {} if threshold is None else {"exit_threshold": threshold}
     want, _ = reference(ckpt, "abc", 12, **kw)
     assert out == want + "\n---------------\n"
+
+
+@pytest.mark.parametrize("draft", [1, 2])
+def test_self_speculative_equals_full_depth_greedy(ckpt, capsys, draft):
+    rc, out, err = run_main(capsys, "--ckpt", ckpt, "--prompt", "abc", "--temperature", "0",
+                            "--num_samples", "1", "--max_new_tokens", "12",
+                            "--draft_layers", str(draft), "--draft_tokens", "3")
+    assert rc == 0, err
+    want, _ = reference(ckpt, "abc", 12)
+    assert out == want + "\n---------------\n"
+    assert want == reference(ckpt, "abc", 12, draft_layers=draft, draft_tokens=3)[0]
 
 
 def test_show_depth_plain_markers(ckpt, capsys):
@@ -103,7 +118,11 @@ def test_seed_reproducible(ckpt, capsys):
 
 
 def one_error(capsys, *argv):
-    rc, out, err = run_main(capsys, *argv)
+    try:
+        rc = sample.main(list(argv))
+    except SystemExit as e:          # refused while parsing the arguments
+        rc = e.code
+    out, err = capsys.readouterr()
     assert rc == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -126,10 +145,11 @@ def test_corrupt_checkpoint(ckpt, capsys, tmp_path):
     data[at] ^= 0x10
     flipped = tmp_path / "ckpt_000001.pt"
     flipped.write_bytes(bytes(data))
-    assert "content digest mismatch" in one_error(capsys, "--ckpt", str(flipped))
+    assert one_error(capsys, "--ckpt", str(flipped)) == \
+        f"error: checkpoint {flipped} is unreadable (content digest mismatch (corrupted data))"
     cut = tmp_path / "ckpt_000002.pt"
     cut.write_bytes(open(ckpt, "rb").read()[:5000])
-    assert f"cannot load checkpoint {cut}:" in one_error(capsys, "--ckpt", str(cut))
+    assert one_error(capsys, "--ckpt", str(cut)).startswith(f"error: checkpoint {cut} is unreadable (")
 
 
 def test_bad_prompt_file(ckpt, capsys, tmp_path):
@@ -150,8 +170,14 @@ def test_prompt_file_read(ckpt, capsys, tmp_path):
 
 
 def test_bad_numbers(ckpt, capsys):
-    assert "--max_new_tokens must be >= 1" in one_error(capsys, "--ckpt", ckpt, "--max_new_tokens", "0")
-    assert "--exit_threshold must be >= 0" in one_error(capsys, "--ckpt", ckpt, "--exit_threshold", "-1")
+    assert "--max_new_tokens: must be >= 1, got 0" in one_error(capsys, "--ckpt", ckpt, "--max_new_tokens", "0")
+    assert "--exit_threshold: must be a finite number >= 0" in one_error(capsys, "--ckpt", ckpt, "--exit_threshold", "-1")
+    assert "--draft_tokens: must be in [1, 1024], got 0" in one_error(capsys, "--ckpt", ckpt, "--draft_layers", "1",
+                                                             "--draft_tokens", "0")
+    assert one_error(capsys, "--ckpt", ckpt, "--draft_layers", "3") == \
+        "error: --draft_layers must be in 1..2 (n_layer 3), got 3"
+    assert "goes with neither --exit_threshold nor --show_depth" in one_error(
+        capsys, "--ckpt", ckpt, "--draft_layers", "1", "--exit_threshold", "0.5")
 
 
 @pytest.mark.slow

@@ -168,6 +168,7 @@ def test_parallel_gpu_slots(tmp_path):
     assert gpus[:2] == ["0", "1"] and set(gpus) == {"0", "1"}
 
 
+@pytest.mark.slow
 def test_end_to_end_tiny_sweep(tmp_path):
     """Two real train_gpt2.py runs on char-level tiny Shakespeare (a few steps), table written,
     rerun skips both."""

@@ -18,6 +18,9 @@ from dataloader import DataLoader
 
 EARLY = ["--share_weights=True", "--layer_heads=True", "--early_exit=True",
          "--exit_threshold=0.05", "--exit_loss=all-layers"]
+# cheap exits: layers 1..2 of 3 sample one head per micro step, each on half of the tokens
+SAMPLED = ["--share_weights=True", "--n_layer=3", "--exit_loss=all-layers",
+           "--exit_token_frac=0.5", "--exit_layer_frac=0.5"]
 
 
 def _ok(p):
@@ -27,6 +30,7 @@ def _ok(p):
 # ---------------------------------------------------------------------------------------------
 # 1. log formats
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["vanilla", "early-exit"])
 def test_log_lines_match_journal_format(char_data, tmp_path, variant):
     # vanilla: B=4 (no accumulation), so the stats' micro batch is the whole step's batch
@@ -147,10 +151,11 @@ def test_val_is_ce_whatever_the_exit_loss(char_data, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 2. DDP (gloo, 2 processes) == 1 process with gradient accumulation
 
-@pytest.mark.parametrize("variant", ["vanilla", "shared+early-exit"])
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["vanilla", "shared+early-exit", "sampled-exits"])
 def test_ddp_two_procs_equals_grad_accum(char_data, tmp_path, variant):
-    extra = (EARLY if variant != "vanilla" else []) + ["--max_steps=4", "--sample_interval=0",
-                                                        "--size_interval=0"]
+    mode = {"vanilla": [], "shared+early-exit": EARLY, "sampled-exits": SAMPLED}[variant]
+    extra = mode + ["--max_steps=4", "--sample_interval=0", "--size_interval=0"]
     p1 = run_train(tiny_args(char_data, tmp_path / "one", "r", *extra))
     _ok(p1)
     p2 = run_train(tiny_args(char_data, tmp_path / "two", "r", *extra), nproc=2)
@@ -167,12 +172,20 @@ def test_ddp_two_procs_equals_grad_accum(char_data, tmp_path, variant):
         assert abs(a["norm"] - b["norm"]) < 1e-4
         if variant != "vanilla":   # stats over every micro step: equal too
             assert np.allclose(a["earlystopdict"], b["earlystopdict"], atol=1e-5)
+            assert abs(a["allloss"] - b["allloss"]) < 1e-4   # the same exit samples drawn
+    if variant == "sampled-exits":   # header names the mode; train lines keep their format
+        txt = tmp_path / "one" / "r.txt"
+        assert ("# exit heads of 1 random of layers 1..2 per micro step (exit_layer_frac=0.5) "
+                "on a random 0.5 of the tokens (exit_token_frac), layer 3's on every token: "
+                "1.5 head evaluations per token in training") in txt.read_text()
+        assert [s for s, _, _ in parse_train_lines(txt)] == [0, 1, 2, 3]
     v1 = [e["loss"] for e in one if e["event"] == "val"]
     v2 = [e["loss"] for e in two if e["event"] == "val"]
     assert len(v1) == 2 and np.allclose(v1, v2, atol=1e-5)
     assert t1[-1]["loss"] < t1[0]["loss"]
 
 
+@pytest.mark.slow
 def test_sampled_stats_leave_training_unchanged(char_data, tmp_path):
     """Plain GPT (no per-layer heads): per-layer stats from stats_rows sequences in a separate
     no-grad forward give the same training (loss, norm, val: bit-identical, dropout on) as
@@ -194,9 +207,30 @@ def test_sampled_stats_leave_training_unchanged(char_data, tmp_path):
     assert len(sizes) == 6 and all(len(e["residual_std"]) == 2 for e in sizes)
 
 
+@pytest.mark.slow
+def test_stats_interval_skips_plain_stats_only(char_data, tmp_path):
+    """stats_interval=3 on a plain GPT: per-layer stats on steps 0 and 3 (equal to every-step
+    stats there), nan on the other train lines, training bit-identical; SIZE steps (size
+    interval 5) still get them."""
+    extra = ["--B=4", "--dropout=0.1", "--size_interval=5", "--stats_rows=1"]
+    _ok(run_train(tiny_args(char_data, tmp_path, "every", *extra)))
+    _ok(run_train(tiny_args(char_data, tmp_path, "sparse", *extra, "--stats_interval=3")))
+    every, sparse = train_events(tmp_path / "every.jsonl"), train_events(tmp_path / "sparse.jsonl")
+    assert [(e["loss"], e["norm"]) for e in every] == [(e["loss"], e["norm"]) for e in sparse]
+    for a, b in zip(every, sparse):
+        if b["step"] in (0, 3, 5):
+            assert b["allloss"] == a["allloss"] and b["layer_losses"] == a["layer_losses"]
+        else:
+            assert math.isnan(b["allloss"]) and all(math.isnan(v) for v in b["earlystopdict"])
+    lines = [l for l in (tmp_path / "sparse.txt").read_text().splitlines() if l.startswith("@ ") and " train " in l]
+    assert ", allloss: nan, " in lines[1] and ", earlystopdict: [nan, nan], " in lines[1]
+    assert TRAIN_RE.match(lines[3])
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. resume
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reuse,stop", [(1, 9), (2, 10)])
 def test_resume_matches_uninterrupted(char_data, tmp_path, reuse, stop):
     extra = ["--max_steps=20", "--dropout=0.1", "--shuffle=True", f"--batch_reuse={reuse}",
@@ -221,6 +255,7 @@ def test_resume_matches_uninterrupted(char_data, tmp_path, reuse, stop):
     assert "train config differs" not in text   # resume/stop_at_step only; min_lr etc. resolved alike
 
 
+@pytest.mark.slow
 def test_resume_notes_changed_train_config(char_data, tmp_path):
     """Resuming with a different optimisation constant works and says what changed."""
     extra = ["--max_steps=6", "--eval_interval=0", "--size_interval=0", "--sample_interval=0",
@@ -242,6 +277,7 @@ def _can_compile():
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_can_compile() is not None, reason=str(_can_compile()))
 def test_compile_trains_evaluates_samples(char_data, tmp_path):
     extra = ["--max_steps=3", "--eval_interval=2", "--sample_interval=2", "--size_interval=0"]
@@ -262,6 +298,7 @@ def test_compile_trains_evaluates_samples(char_data, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 5. LR finder  (kill -9, signals, corrupt checkpoints, guards, disk full: test_faults.py)
 
+@pytest.mark.slow
 def test_lr_find_writes_plot_and_suggestion(char_data, tmp_path):
     p = run_train(tiny_args(char_data, tmp_path, "lrf", "--lr_find", "--lr_find_steps=40",
                             "--lr_find_start=1e-5", "--lr_find_end=10.0"))

@@ -1,0 +1,318 @@
+"""Decode-speed benchmark: full depth vs early exit vs self-speculative, interleaved rounds.
+
+    python bench.py --decode [--ckpt log/decode_bench_cpu/ckpt_XXXXXX.pt] [--rounds 5]
+    python bench/decode_bench.py ...                        # the same
+
+The checkpoint (default: the newest log/decode_bench_cpu/ckpt_*.pt) comes from
+`python train_gpt2.py config/decode_bench_cpu.py` (CPU minutes). For every batch size (default
+1 and 8) the cases run interleaved, A B C ... A B C, for --rounds rounds, each generating
+--new-tokens greedy tokens after --prompt-len tokens of distinct val-split prompts:
+
+  full         plain full-depth KV-cached decoding (the reference of every ratio)
+  exit@t       per-token early exit at threshold t (1.01: the check runs, never fires)
+  spec d×k     self-speculative: layers 1..d draft k tokens, the full model verifies
+
+Per case: tok/s median and min..max over rounds, speedup = ratio of medians to full at the same
+batch size, decode depth (average exit layer of the new tokens), ideal = n_layer / decode depth,
+speedup / ideal; for exit@t the val loss of exit-layer logits (eval_exit.evaluate) and its
+change vs full depth; for spec the acceptance rate, tokens per verification and whether the
+tokens equal full depth's (they must). Writes bench/results/decode-<device>-<date>.md / .json.
+"""
+import argparse
+import datetime
+import glob
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+DEFAULT_CKPT_GLOB = os.path.join("log", "decode_bench_cpu", "ckpt_*.pt")
+TRAIN_CMD = "python train_gpt2.py config/decode_bench_cpu.py"
+
+
+class BenchError(ValueError):
+    """Bad input: reported as one `error:` line."""
+
+
+def parse_list(text, kind, name):
+    try:
+        vals = [kind(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise BenchError(f"{name} must be a comma-separated list, got {text!r}") from None
+    if not vals:
+        raise BenchError(f"{name} is empty")
+    return vals
+
+
+def parse_spec(text):
+    """'2x4,3x6' -> [(2, 4), (3, 6)] (draft layers x draft tokens); '' -> []."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            d, k = (int(v) for v in part.lower().split("x"))
+        except ValueError:
+            raise BenchError(f"--spec entries are DxK (draft layers x tokens), got {part!r}") from None
+        out.append((d, k))
+    return out
+
+
+def parse_args(argv=None):
+    import cli
+    ap = cli.Parser(prog="bench.py --decode", description=cli.doc_head(__doc__))
+    ap.add_argument("--ckpt", default=None, help=f"checkpoint (None: the newest {DEFAULT_CKPT_GLOB})")
+    ap.add_argument("--data", default=os.path.join("data", "shakespeare_char"),
+                    help="data directory (fineweb.py) for prompts and val loss")
+    ap.add_argument("--thresholds", default="1.01,0.6,0.4,0.3,0.25,0.2",
+                    help="early-exit thresholds (1.01 never fires)")
+    ap.add_argument("--spec", default="1x4,1x8,2x6", help="self-speculative DxK cases")
+    ap.add_argument("--batch-sizes", default="1,8")
+    ap.add_argument("--rounds", type=cli.int_arg(1, 1000), default=9)
+    ap.add_argument("--new-tokens", type=cli.int_arg(1), default=64)
+    ap.add_argument("--prompt-len", type=cli.int_arg(1), default=32)
+    ap.add_argument("--val-batches", type=cli.int_arg(1), default=8,
+                    help="val batches (8 x 128) for the loss")
+    ap.add_argument("--threads", type=cli.int_arg(0, 4096), default=1,
+                    help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
+    args = ap.parse_args(argv)
+    try:
+        args.threshold_list = parse_list(args.thresholds, float, "--thresholds")
+        args.spec_list = parse_spec(args.spec)
+        args.batch_list = parse_list(args.batch_sizes, int, "--batch-sizes")
+        if any(t != t or t < 0 for t in args.threshold_list):
+            raise BenchError(f"--thresholds must be numbers >= 0, got {args.thresholds!r}")
+        if any(b < 1 for b in args.batch_list):
+            raise BenchError(f"--batch-sizes must be >= 1, got {args.batch_sizes!r}")
+        args.device = str(cli.check_device(args.device))
+        cli.check_output(args.out, "--out", is_dir=True)
+    except (BenchError, cli.UsageError) as e:
+        cli.fail(e)
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# measurement
+
+
+def time_generate(model, prompts, n_new, kw):
+    """One timed greedy generate -> (tokens (B, T+n), wall tok/s, CPU-time tok/s, stats).
+    CPU time is this thread's (time.thread_time): with one torch thread it is the compute the
+    decode used, whatever else shares the CPU (meaningless on CUDA)."""
+    if prompts.is_cuda:
+        import torch
+        torch.cuda.synchronize()
+    t0, c0 = time.perf_counter(), time.thread_time()
+    out = model.generate(prompts, n_new, temperature=0, **kw)
+    dt, dc = time.perf_counter() - t0, time.thread_time() - c0   # generate syncs CUDA
+    n = prompts.size(0) * n_new
+    return out, n / dt, n / max(dc, 1e-9), dict(model.last_generate_stats)
+
+
+def measure_interleaved(model, prompts, n_new, cases, rounds):
+    """cases: {name: generate keywords}. Every round runs each case once, in order (after one
+    untimed warm-up each). -> {name: {"tok_s": [per round], "depth", "acceptance",
+    "tokens_per_verify", "out": tokens of the last round}}."""
+    res = {name: {"tok_s": [], "cpu_tok_s": []} for name in cases}
+    for name, kw in cases.items():                             # warm-up
+        model.generate(prompts, min(4, n_new), temperature=0, **kw)
+    for _ in range(rounds):
+        for name, kw in cases.items():
+            out, tok_s, cpu_tok_s, st = time_generate(model, prompts, n_new, kw)
+            r = res[name]
+            r["tok_s"].append(tok_s)
+            r["cpu_tok_s"].append(cpu_tok_s)
+            r.update(depth=st["avg_exit_depth"], acceptance=st.get("acceptance_rate"),
+                     tokens_per_verify=st.get("tokens_per_verify"), out=out)
+    for r in res.values():
+        r["median"] = statistics.median(r["tok_s"])
+        r["min"], r["max"] = min(r["tok_s"]), max(r["tok_s"])
+    return res
+
+
+def summarize(res, n_layer, ref="full"):
+    """Adds speedup (ratio of medians to `ref`), spread of that ratio (min/max over rounds of
+    case / ref in the same round), the same ratio of CPU-time medians, ideal (n_layer / depth)
+    and speedup / ideal."""
+    base = res[ref]
+    for r in res.values():
+        r["speedup"] = r["median"] / base["median"]
+        r["cpu_speedup"] = statistics.median(r["cpu_tok_s"]) / statistics.median(base["cpu_tok_s"])
+        per_round = [a / b for a, b in zip(r["tok_s"], base["tok_s"])]
+        r["speedup_min"], r["speedup_max"] = min(per_round), max(per_round)
+        r["ideal"] = n_layer / r["depth"]
+        r["of_ideal"] = r["speedup"] / r["ideal"]
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+
+
+def fmt(v, spec):
+    return "–" if v is None or v != v else format(v, spec)
+
+
+def render_table(res, losses, ref_loss):
+    lines = ["| case | decode depth | tok/s median | tok/s min..max | speedup (median ratio) "
+             "| per-round ratio min..max | ideal L/depth | speedup / ideal | CPU-time speedup "
+             "| val loss | Δ loss | acceptance | tokens / verify | = full depth |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for name, r in res.items():
+        loss = losses.get(name)
+        d_loss = None if loss is None else 100 * (loss / ref_loss - 1)
+        lines.append(
+            f"| {name} | {r['depth']:.2f} | {r['median']:,.1f} | {r['min']:,.1f}..{r['max']:,.1f} "
+            f"| **{r['speedup']:.2f}x** | {r['speedup_min']:.2f}..{r['speedup_max']:.2f} "
+            f"| {r['ideal']:.2f} | {r['of_ideal']:.2f} | {r['cpu_speedup']:.2f}x | {fmt(loss, '.4f')} "
+            f"| {'–' if d_loss is None else f'{d_loss:+.2f} %'} | {fmt(r['acceptance'], '.2f')} "
+            f"| {fmt(r['tokens_per_verify'], '.2f')} | {r.get('identical', '–')} |")
+    return "\n".join(lines)
+
+
+def newest_ckpt(pattern):
+    paths = sorted(glob.glob(pattern))
+    return paths[-1] if paths else None
+
+
+def run(args):
+    import torch
+    import checkpoint
+    import eval_exit
+
+    thresholds, specs, batch_sizes = args.threshold_list, args.spec_list, args.batch_list
+    ckpt = args.ckpt or newest_ckpt(os.path.join(ROOT, DEFAULT_CKPT_GLOB))
+    if ckpt is None or not os.path.isfile(ckpt):
+        raise BenchError(f"checkpoint not found: {ckpt or DEFAULT_CKPT_GLOB}; train it with "
+                         f"`{TRAIN_CMD}`")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    T = 128                                         # val batches (8, T) for the loss
+    n_val = max(args.val_batches * 8 * T, max(batch_sizes) * args.prompt_len) + 1
+    tokens, _ = eval_exit.load_val_tokens(args.data, n_val)
+    try:
+        model, _ = checkpoint.load_model(ckpt)
+    except checkpoint.CheckpointError as e:
+        raise BenchError(str(e)) from None
+    model.to(device).eval()
+    cfg = model.config
+    L = cfg.n_layer
+    for d, k in specs:
+        if not 1 <= d < L or k < 1:
+            raise BenchError(f"--spec {d}x{k}: need 1 <= D < n_layer ({L}) and K >= 1")
+    if args.prompt_len + args.new_tokens > cfg.block_size:
+        raise BenchError(f"--prompt-len + --new-tokens = {args.prompt_len + args.new_tokens} > "
+                         f"block_size {cfg.block_size}")
+    batches = eval_exit.val_batches(tokens, 8, min(T, cfg.block_size), args.val_batches)
+    if not batches:
+        raise BenchError(f"val split of {args.data} is too short ({len(tokens)} tokens)")
+
+    with torch.no_grad():
+        ref_loss = eval_exit.evaluate(model, batches, None, device)["val_loss"]
+        losses, fwd_depth = {}, {}
+        for t in thresholds:
+            ev = eval_exit.evaluate(model, batches, t, device)
+            losses[f"exit@{t:g}"], fwd_depth[f"exit@{t:g}"] = ev["val_loss"], ev["exit_depth"]
+    eval_exit.set_exit(model, None)
+    losses["full"] = ref_loss
+    for d, k in specs:
+        losses[f"spec {d}x{k}"] = ref_loss                    # lossless: full model's tokens
+
+    cases = {"full": {}}
+    cases.update({f"exit@{t:g}": {"exit_threshold": t} for t in thresholds})
+    cases.update({f"spec {d}x{k}": {"draft_layers": d, "draft_tokens": k} for d, k in specs})
+    per_batch = {}
+    for B in batch_sizes:
+        stride = len(tokens) // B
+        prompts = torch.stack([torch.from_numpy(tokens[i * stride: i * stride + args.prompt_len])
+                               for i in range(B)]).to(device)
+        print(f"batch {B}: {len(cases)} cases x {args.rounds} rounds ...", flush=True)
+        res = summarize(measure_interleaved(model, prompts, args.new_tokens, cases, args.rounds), L)
+        full_out = res["full"]["out"]
+        for name, r in res.items():
+            if name.startswith("spec"):
+                r["identical"] = "yes" if torch.equal(r["out"], full_out) else "NO"
+            del r["out"]
+        per_batch[B] = res
+    return dict(ckpt=ckpt, device=device, n_layer=L, config=cfg, ref_loss=ref_loss,
+                losses=losses, fwd_depth=fwd_depth, per_batch=per_batch, thresholds=thresholds)
+
+
+def within_1pct(report):
+    """The exit@t case of lowest forward exit depth whose val loss is within 1 % of full."""
+    ok = [(report["fwd_depth"][n], n) for n, loss in report["losses"].items()
+          if n.startswith("exit@") and loss <= 1.01 * report["ref_loss"]]
+    return min(ok)[1] if ok else None
+
+
+def render(report, args, command):
+    import torch
+    sys.path.insert(0, ROOT)
+    from bench import cpu_info
+    cfg = report["config"]
+    dev = report["device"]
+    name = torch.cuda.get_device_name(0) if dev == "cuda" else cpu_info()["cpu"]
+    load = cpu_info()["loadavg"]
+    pick = within_1pct(report)
+    lines = [f"# Decode benchmark — {name}, {datetime.date.today().isoformat()}", "",
+             f"`{command}`  ",
+             f"device: {dev} ({name}), torch {torch.__version__}, threads "
+             f"{torch.get_num_threads()}, load avg at the end {load}  ",
+             f"checkpoint `{os.path.relpath(report['ckpt'], ROOT)}`: n_layer {cfg.n_layer}, "
+             f"n_embd {cfg.n_embd}, share_weights {cfg.share_weights}, exit_loss "
+             f"{cfg.exit_loss}, vocab {cfg.vocab_size}; val loss full depth "
+             f"{report['ref_loss']:.4f}  ",
+             f"{args.rounds} interleaved rounds (full, exit@…, spec … in turn), {args.new_tokens} "
+             f"greedy tokens after {args.prompt_len}-token val prompts; tok/s counts new tokens of "
+             "all rows. Speedups are wall clock (ratio of medians) unless marked CPU-time (the "
+             "decoding thread's CPU time, insensitive to other jobs on a shared CPU).", ""]
+    if pick:
+        lines += [f"Threshold with the smallest exit depth within 1 % of full-depth val loss: "
+                  f"**{pick}** (val loss {report['losses'][pick]:.4f}, forward exit depth "
+                  f"{report['fwd_depth'][pick]:.2f}).", ""]
+    for B, res in report["per_batch"].items():
+        lines += [f"## batch {B}", "", render_table(res, report["losses"], report["ref_loss"]), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    command = shlex.join(["python", "bench.py", "--decode"] + list(sys.argv[1:] if argv is None
+                                                                  else argv))
+    try:
+        import fineweb
+        errors = (BenchError, fineweb.DataError)
+    except ImportError:
+        errors = (BenchError,)
+    try:
+        report = run(args)
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    md = render(report, args, command)
+    import fineweb
+    os.makedirs(args.out, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in report["device"]).strip("-")
+    base = os.path.join(args.out, f"decode-{slug}-{datetime.date.today().isoformat()}")
+    js = {k: v for k, v in report.items() if k != "config"}
+    js["ckpt"] = os.path.relpath(report["ckpt"], ROOT)
+    js["config"] = dict(vars(report["config"]))
+    js["command"] = command
+    js["within_1pct"] = within_1pct(report)
+    fineweb.write_text_atomic(base + ".json", json.dumps(js, indent=1, default=str) + "\n")
+    fineweb.write_text_atomic(base + ".md", md + "\n")
+    print(md)
+    print(f"wrote {base}.md and {base}.json")
+
+
+if __name__ == "__main__":
+    main()

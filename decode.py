@@ -1,0 +1,463 @@
+"""KV-cached generation for model.GPT: full depth, per-token early exit, self-speculative.
+
+    out = decode.generate(model, idx, max_new_tokens, temperature=1.0, top_k=None,
+                          exit_threshold=None, draft_layers=None, draft_tokens=4,
+                          generator=None, step_logits=None)       # idx (B, T) -> (B, T + n)
+
+`GPT.generate` forwards here with the same keywords. Three modes, chosen by the keywords:
+
+- full depth (default): every new token runs all n_layer blocks, one head at the end.
+- early exit (`exit_threshold=t`, or config.early_exit with config.exit_mode/exit_threshold):
+  a token stops at the first layer whose confidence (config.confidence) triggers the exit rule;
+  its logits are that layer's head. Its state is frozen for the deeper layers (CALM state
+  propagation), and the K/V those layers keep for later tokens are projected from it
+  (`Block.frozen_kv`; with shared weights one projection serves every remaining depth).
+  Only the last position's head runs in a decode step, only for rows still running; rows (and,
+  in the prompt, tokens) that exited are gathered out of the deeper blocks, so they cost
+  nothing there. Equal to model.forward with exit_propagate=True (tests, every step's logits).
+- self-speculative (`draft_layers=d, draft_tokens=k`): the first d layers and their head
+  draft k tokens one at a time; one forward of layers d..L-1 over the k + 1 positions verifies
+  them, reusing the draft's layer 1..d hidden states and K/V (the draft *is* the verifier's
+  first d layers). Greedy keeps the longest prefix the full model agrees with plus its own next
+  token: output identical to full-depth greedy. With sampling, draft token x is kept with
+  probability min(1, p(x) / q(x)) and the first rejected one is resampled from
+  normalise(max(0, p - q)) (speculative sampling), so tokens follow the full model's p.
+  With batch > 1 every row keeps the batch's shortest accepted prefix (still exact per row).
+
+A context longer than block_size is cropped to the last block_size tokens and re-encoded every
+step (nanoGPT). After a call, model.last_generate_stats = {"avg_exit_depth", "tokens_per_s",
+"new_tokens", "acceptance_rate", "tokens_per_verify"} (the last two for speculative decoding:
+accepted draft tokens / drafted, new tokens per verification forward).
+"""
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+import exits
+
+
+# ----------------------------------------------------------------------------------------------
+# K/V storage and the per-attention view the attention module writes through
+
+
+class DecodeCache:
+    """K/V of every depth and attention module for B rows: k, v (L, n_attn, B, nh, cap, hd),
+    cap = block_size. `len` positions are filled at every depth (the shared length)."""
+
+    def __init__(self, model, B, device, dtype):
+        cfg = model.config
+        self.n_attn = len(model.block(0).attentions())
+        hd = cfg.n_embd // cfg.n_head
+        shape = (cfg.n_layer, self.n_attn, B, cfg.n_head, cfg.block_size, hd)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.len = 0
+
+    def slots(self, l, start, end, rows=None, pos=None):
+        """One KVSlot per attention module of depth l (the `caches` a Block takes)."""
+        return [KVSlot(self.k[l, i], self.v[l, i], start, end, rows, pos)
+                for i in range(self.n_attn)]
+
+    def put_frozen(self, lo, hi, i, rows, pos, k, v):
+        """Write k, v (N, nh, 1, hd) of N exited tokens into attention i at depths lo..hi-1 (the
+        same K/V at each: a shared block's one projection). Token j is (rows[j], pos[j]), or,
+        with rows None, row j at the one position pos (a decode step where all rows exit)."""
+        for store, t in ((self.k, k), (self.v, v)):
+            if rows is None:
+                store[lo:hi, i, :, :, pos] = t[:, :, 0]
+            else:
+                store[lo:hi, i].permute(1, 3, 0, 2, 4)[rows, pos] = t[:, :, 0].unsqueeze(1)
+
+
+class KVSlot:
+    """What CausalSelfAttention sees as `cache`: one attention module at one depth.
+
+    Contiguous (pos None): the T new keys of `rows` (all rows if None; a subset only with T = 1)
+    go to positions start..start+T-1; the queries see keys 0..end-1 causally. Packed (rows, pos (N,)): the
+    queries are N tokens of one sequence (1, N), token j being row rows[j] at position pos[j];
+    it sees the keys of its own row at positions <= pos[j] (every row's keys 0..end-1 laid out
+    as one sequence of B * end, masked)."""
+    __slots__ = ("k", "v", "start", "end", "rows", "pos")
+
+    def __init__(self, k, v, start, end, rows=None, pos=None):
+        self.k, self.v, self.start, self.end = k, v, start, end
+        self.rows, self.pos = rows, pos
+
+    def attend(self, q, k, v):
+        """Store k, v (R, nh, T, hd) of the new tokens; attend with q (R, nh, T, hd) over all
+        keys they see -> (R, nh, T, hd)."""
+        sdpa = F.scaled_dot_product_attention
+        end = self.end
+        if self.pos is not None:                    # packed: q, k, v (1, nh, N, hd)
+            self.k[self.rows, :, self.pos] = k[0].transpose(0, 1)
+            self.v[self.rows, :, self.pos] = v[0].transpose(0, 1)
+            B, nh, _, hd = self.k.shape
+            K, V = (t[:, :, :end].transpose(0, 1).reshape(1, nh, B * end, hd)
+                    for t in (self.k, self.v))
+            key = torch.arange(B * end, device=q.device)
+            mask = (((key // end)[None] == self.rows[:, None])
+                    & ((key % end)[None] <= self.pos[:, None]))                # (N, B * end)
+            return sdpa(q, K, V, attn_mask=mask[None, None])
+        T, s = q.size(2), self.start
+        if self.rows is None:
+            self.k[:, :, s:s + T], self.v[:, :, s:s + T] = k, v
+            K, V = self.k[:, :, :end], self.v[:, :, :end]
+            if T == 1:
+                return sdpa(q, K, V)
+            if T == end:
+                return sdpa(q, K, V, is_causal=True)
+            mask = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(end - T)
+            return sdpa(q, K, V, attn_mask=mask)
+        # a decode step (T = 1) of the rows still running: their queries go into a batch of
+        # every row, which attends over the whole cache in place (no copy of the rows' K/V)
+        self.k[self.rows, :, s:s + 1], self.v[self.rows, :, s:s + 1] = k, v
+        qb = q.new_zeros((self.k.size(0),) + q.shape[1:])
+        qb[self.rows] = q
+        return sdpa(qb, self.k[:, :, :end], self.v[:, :, :end])[self.rows]
+
+
+# ----------------------------------------------------------------------------------------------
+# pieces shared by the three modes
+
+
+def _rope_at(model, pos):
+    """RoPE tables for positions pos (R, n): (cos, sin) (R, 1, n, hd/2), or None."""
+    if model.config.pos_encoding != "rope":
+        return None
+    return model.rope_cos[pos][:, None], model.rope_sin[pos][:, None]
+
+
+def _rope_range(model, p0, n):
+    """RoPE tables for positions p0..p0+n-1: (cos, sin) (n, hd/2), or None."""
+    if model.config.pos_encoding != "rope":
+        return None
+    return model.rope_cos[p0:p0 + n], model.rope_sin[p0:p0 + n]
+
+
+def _logits(model, x):
+    """Head on states x (..., C): ln_f then the tied lm_head -> (..., V) fp32. (F.layer_norm on
+    ln_f's parameters: the module call costs as much as the op on one decode row.)"""
+    ln = model.transformer.ln_f
+    h = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    return F.linear(h, model.lm_head.weight).float()
+
+
+def _run_layers(model, cache, x, p0, lo, hi):
+    """Blocks lo..hi-1 on every row of x (B, n, C) at positions p0..p0+n-1; writes their K/V."""
+    rope = _rope_range(model, p0, x.size(1))
+    end = p0 + x.size(1)
+    for l in range(lo, hi):
+        x, _ = model.block(l)(x, rope, cache.slots(l, p0, end))
+    return x
+
+
+def _fill_frozen(model, cache, lo, x, rows, pos):
+    """N tokens exited before depth lo with frozen states x (N, C) at (rows, pos) (N,) each, or
+    rows None: every row at position pos (int). Writes the K/V deeper layers keep for them: one
+    projection for all depths with shared weights, one per depth without."""
+    L = model.config.n_layer
+    if lo >= L:
+        return
+    rope = _rope_range(model, pos, 1) if rows is None else _rope_at(model, pos[:, None])
+    shared = model.config.share_weights
+    for l in range(lo, L if not shared else lo + 1):
+        for i, (k, v) in enumerate(model.block(l).frozen_kv(x[:, None], rope)):
+            cache.put_frozen(l, L if shared else l + 1, i, rows, pos, k, v)
+
+
+class _HeadStats:
+    """The heads.HeadOut fields a confidence reads, from probs (N, V), each computed only when
+    read: max-prob costs one amax, not a top-2."""
+    ce = p_target = None
+
+    def __init__(self, probs):
+        self.probs = probs
+
+    @property
+    def p_max(self):
+        return self.probs.amax(dim=-1)
+
+    @property
+    def p_second(self):
+        return self.probs.topk(2, dim=-1).values[:, 1]
+
+    @property
+    def argmax(self):
+        return self.probs.argmax(dim=-1)
+
+
+def _exit_trigger(confidence, logits, rule, threshold):
+    """Exit rule on the confidence (exits.CONFIDENCES entry) of logits (N, V) -> bool (N,)."""
+    return rule(confidence(_HeadStats(F.softmax(logits, dim=-1))), threshold)
+
+
+def _run_exit_step(model, cache, x, p0, rule, threshold):
+    """One decode step with per-token early exit: x (B, 1, C) at position p0 -> (logits (B, V)
+    fp32, exit depth (B,)). Each layer's head runs only on the rows still running; exited rows
+    leave the batch (their deeper K/V filled from the frozen state)."""
+    L, B = model.config.n_layer, x.size(0)
+    confidence = exits.CONFIDENCES[model.config.confidence]
+    rope = _rope_range(model, p0, 1)
+    rows = None                                     # None: every row still runs
+    logits_out = torch.empty(B, model.config.vocab_size, device=x.device)
+    depth = torch.full((B,), float(L), device=x.device)
+    for l in range(L):
+        x, _ = model.block(l)(x, rope, cache.slots(l, p0, p0 + 1, rows))
+        lg = _logits(model, x[:, 0])                                        # (R, V)
+        if l == L - 1:
+            break
+        trig = _exit_trigger(confidence, lg, rule, threshold)               # (R,)
+        if trig.numel() == 1:                       # one row: one host sync per layer
+            if not bool(trig):
+                continue
+        elif not bool(trig.any()):
+            continue
+        if rows is None and (B == 1 or bool(trig.all())):    # every row exits here
+            _fill_frozen(model, cache, l + 1, x[:, 0], None, p0)
+            return lg, depth.fill_(float(l + 1))
+        if rows is None:
+            rows = torch.arange(B, device=x.device)
+        ex = trig.nonzero(as_tuple=True)[0]
+        ex_rows = rows[ex]
+        _fill_frozen(model, cache, l + 1, x[ex, 0], ex_rows, torch.full_like(ex_rows, p0))
+        logits_out[ex_rows], depth[ex_rows] = lg[ex], float(l + 1)
+        keep = (~trig).nonzero(as_tuple=True)[0]
+        if keep.numel() == 0:
+            return logits_out, depth
+        rows, x = rows[keep], x[keep]
+    if rows is None:
+        return lg, depth
+    logits_out[rows] = lg
+    return logits_out, depth
+
+
+def _run_exit(model, cache, x, p0, rule, threshold):
+    """Prompt encoding with per-token early exit: x (B, T, C) at positions p0..p0+T-1 ->
+    (logits (B, V) fp32 and exit depth (B,) of each row's last position).
+
+    Until the first exit the (B, T) batch runs as is. Then the tokens still running are packed
+    into one sequence xs (1, N, C) with their rows (N,) and positions (N,); each attends to its
+    own row's keys (KVSlot packed mode), so deeper blocks run on exactly the N running tokens.
+    Exited tokens' deeper K/V are filled from their frozen state before anyone attends to them."""
+    L, (B, T, _) = model.config.n_layer, x.shape
+    if T == 1:
+        return _run_exit_step(model, cache, x, p0, rule, threshold)
+    confidence = exits.CONFIDENCES[model.config.confidence]
+    dev, last = x.device, p0 + T - 1
+    logits_out = torch.empty(B, model.config.vocab_size, device=dev)
+    depth = torch.full((B,), float(L), device=dev)
+    rows = pos = None                               # None: not packed yet, all (B, T) run
+    rope, xs = _rope_range(model, p0, T), x
+    for l in range(L):
+        if rows is None:
+            xs, _ = model.block(l)(xs, rope, cache.slots(l, p0, last + 1))
+            h = xs.flatten(0, 1)                                            # (B*T, C)
+        else:
+            slots = cache.slots(l, p0, last + 1, rows=rows, pos=pos)
+            xs, _ = model.block(l)(xs, _rope_at(model, pos[None]), slots)
+            h = xs[0]                                                       # (N, C)
+        if l == L - 1:                              # everyone left exits; last positions only
+            if rows is None:
+                logits_out = _logits(model, xs[:, -1])
+            else:
+                at_last = pos == last
+                logits_out[rows[at_last]] = _logits(model, h[at_last])
+            break
+        lg = _logits(model, h)                                              # (N, V)
+        trig = _exit_trigger(confidence, lg, rule, threshold)               # (N,)
+        if not bool(trig.any()):
+            continue
+        if rows is None:
+            rows = torch.arange(B, device=dev).repeat_interleave(T)
+            pos = torch.arange(p0, p0 + T, device=dev).repeat(B)
+        ex_rows, ex_pos = rows[trig], pos[trig]
+        _fill_frozen(model, cache, l + 1, h[trig], ex_rows, ex_pos)
+        at_last = ex_pos == last
+        logits_out[ex_rows[at_last]] = lg[trig][at_last]
+        depth[ex_rows[at_last]] = float(l + 1)
+        keep = ~trig
+        if not bool(keep.any()):
+            break
+        rows, pos, xs = rows[keep], pos[keep], h[keep][None]
+    return logits_out, depth
+
+
+def _probs(logits, temperature, top_k):
+    """Sampling distribution (N, V) of logits (N, V) at temperature > 0 with optional top-k."""
+    logits = logits / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], -float("inf"))
+    return F.softmax(logits, dim=-1)
+
+
+def _pick(logits, temperature, top_k, generator):
+    """Next token (N, 1) from logits (N, V): argmax at temperature 0, else a sample."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    return torch.multinomial(_probs(logits, temperature, top_k), 1, generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------
+# self-speculative decoding
+
+
+def _speculate(model, cache, tok, d, k, temperature, top_k, generator):
+    """One draft-and-verify round. tok (B, 1) is the newest token, not yet in the cache (at
+    position cache.len). Returns (new tokens (B, m + 1), their verifier logits (B, m + 1, V),
+    m accepted draft tokens); the cache then holds tok and the m accepted tokens."""
+    L, p0 = model.config.n_layer, cache.len
+    greedy = temperature == 0
+    hs, drafts, qs, cur = [], [], [], tok
+    for j in range(k + 1):                          # k drafts; the last token only runs layers 1..d
+        x, _ = model._embed(cur, p0 + j)
+        h = _run_layers(model, cache, x, p0 + j, 0, d)
+        hs.append(h)
+        if j == k:
+            break
+        lg = _logits(model, h[:, -1])
+        if greedy:
+            cur = lg.argmax(dim=-1, keepdim=True)
+        else:
+            q = _probs(lg, temperature, top_k)
+            cur = torch.multinomial(q, 1, generator=generator)
+            qs.append(q)
+        drafts.append(cur)
+    h = _run_layers(model, cache, torch.cat(hs, dim=1), p0, d, L)         # (B, k + 1, C)
+    lg = _logits(model, h)                                                  # (B, k + 1, V)
+    B = tok.size(0)
+    D = torch.cat(drafts, dim=1) if drafts else tok.new_empty(B, 0)         # (B, k)
+    if greedy:
+        target = lg.argmax(dim=-1)                                          # (B, k + 1)
+        n_ok = torch.cumprod((D == target[:, :k]).long(), dim=1).sum(1)     # (B,)
+        m = int(n_ok.min())
+        nxt = target[:, m:m + 1]
+    else:
+        p = _probs(lg.flatten(0, 1), temperature, top_k).view(B, k + 1, -1)
+        Q = torch.stack(qs, dim=1) if qs else p.new_empty(B, 0, p.size(-1))
+        n_ok, own = speculative_accept(p, Q, D, generator)
+        m = int(n_ok.min())                         # every row keeps the shortest prefix
+        nxt = (torch.where(n_ok > m, D[:, m], own) if m < k else own)[:, None]
+    cache.len = p0 + m + 1
+    return torch.cat([D[:, :m], nxt], dim=1), lg[:, :m + 1], m
+
+
+def speculative_accept(p, q, drafts, generator=None):
+    """Speculative sampling's accept rule, per row. p (B, k + 1, V) the verifier's and q (B, k, V)
+    the draft's distributions, drafts (B, k) drawn from q. Draft j is kept with probability
+    min(1, p_j(x) / q_j(x)) while all before it were kept. Returns (n_ok (B,) drafts kept,
+    own (B,) the token after them: from normalise(max(0, p - q)) at the first rejection, from
+    p_k when all k were kept). Then drafts[:n_ok] + own are a sample of the full model's p."""
+    B, k = drafts.shape
+    rows = torch.arange(B, device=p.device)
+    if k:
+        p_x = p[:, :k].gather(2, drafts[..., None])[..., 0]
+        q_x = q.gather(2, drafts[..., None])[..., 0]
+        u = torch.rand(B, k, generator=generator, device=p.device)
+        n_ok = torch.cumprod((u * q_x < p_x).long(), dim=1).sum(1)          # u < p / q
+    else:
+        n_ok = torch.zeros(B, dtype=torch.long, device=p.device)
+    q_pad = torch.cat([q, torch.zeros_like(p[:, :1])], dim=1)               # q_k = 0: bonus p_k
+    resid = (p[rows, n_ok] - q_pad[rows, n_ok]).clamp_min(0)                # (B, V)
+    total = resid.sum(-1, keepdim=True)
+    resid = torch.where(total > 0, resid / total.clamp_min(1e-30), p[rows, n_ok])
+    return n_ok, torch.multinomial(resid, 1, generator=generator)[:, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# the entry point
+
+
+def _check(model, max_new_tokens, temperature, top_k, draft_layers, draft_tokens, early):
+    L = model.config.n_layer
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+            and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    if draft_layers is None:
+        return
+    if early:
+        raise ValueError("draft_layers (self-speculative decoding) and early exit "
+                         "(exit_threshold / config.early_exit) are exclusive")
+    if not isinstance(draft_layers, int) or not 1 <= draft_layers < L:
+        raise ValueError(f"draft_layers must be an int in 1..{L - 1} (n_layer {L}), "
+                         f"got {draft_layers!r}")
+    if not isinstance(draft_tokens, int) or draft_tokens < 1:
+        raise ValueError(f"draft_tokens must be an int >= 1, got {draft_tokens!r}")
+
+
+@torch.no_grad()
+def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_threshold=None,
+             draft_layers=None, draft_tokens=4, generator=None, step_logits=None):
+    """idx (B, T) int64 -> (B, T + max_new_tokens); see the module docstring for the modes.
+
+    temperature 0: greedy; top_k: sample among the k most likely; generator: torch.Generator
+    for sampling (and the speculative accept test). step_logits: a list that receives, for every
+    new token, the (B, V) fp32 logits it was chosen from (before temperature / top-k)."""
+    cfg = model.config
+    early = exit_threshold is not None or cfg.early_exit
+    _check(model, max_new_tokens, temperature, top_k, draft_layers, draft_tokens, early)
+    rule = exits.EXIT_RULES["threshold" if exit_threshold is not None else cfg.exit_mode]
+    thr = float(exit_threshold if exit_threshold is not None else cfg.exit_threshold)
+    L, cap = cfg.n_layer, cfg.block_size
+    B = idx.size(0)
+    dtype = next(model.parameters()).dtype
+    cache, depths, out = None, [], [idx]
+    n_done, drafted, accepted, rounds = 0, 0, 0, 0
+    t0 = time.perf_counter()
+
+    def step(ctx, p0):
+        """Run ctx (B, n) at positions p0.. through the model -> last position's logits, depth."""
+        x, _ = model._embed(ctx, p0)
+        if early:
+            return _run_exit(model, cache, x, p0, rule, thr)
+        h = _run_layers(model, cache, x, p0, 0, L)
+        return _logits(model, h[:, -1]), torch.full((B,), float(L), device=idx.device)
+
+    tok = None                                      # newest token, not yet in the cache
+    while n_done < max_new_tokens:
+        seq_len = idx.size(1) + n_done
+        if tok is not None and draft_layers is not None and seq_len <= cap:
+            k = min(draft_tokens, max_new_tokens - n_done - 1, cap - cache.len - 1)
+            new, lg, m = _speculate(model, cache, tok, draft_layers, k, temperature, top_k,
+                                    generator)
+            drafted, accepted, rounds = drafted + k, accepted + m, rounds + 1
+            new, lg = new[:, :max_new_tokens - n_done], lg[:, :max_new_tokens - n_done]
+            if step_logits is not None:
+                step_logits.extend(lg.unbind(1))
+            depths.extend([torch.full((B,), float(L), device=idx.device)] * new.size(1))
+            out.append(new)
+            n_done += new.size(1)
+            tok = new[:, -1:]
+            continue
+        if cache is None or seq_len > cap:             # (re)encode the cropped context
+            cache = DecodeCache(model, B, idx.device, dtype)
+            ctx = torch.cat(out, dim=1)[:, -cap:]
+            logits, depth = step(ctx, 0)
+            cache.len = ctx.size(1)
+        else:
+            logits, depth = step(tok, cache.len)
+            cache.len += 1
+        if step_logits is not None:
+            step_logits.append(logits)
+        depths.append(depth)
+        tok = _pick(logits, temperature, top_k, generator)
+        out.append(tok)
+        n_done += 1
+    if idx.is_cuda:
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    n = max_new_tokens * B
+    model.last_generate_stats = {
+        "avg_exit_depth": float(torch.stack(depths).mean()) if depths else float("nan"),
+        "tokens_per_s": n / dt if dt > 0 else float("nan"),
+        "new_tokens": n,
+        "acceptance_rate": accepted / drafted if drafted else float("nan"),
+        "tokens_per_verify": (n_done - 1) / rounds if rounds else float("nan"),
+    }
+    return torch.cat(out, dim=1)

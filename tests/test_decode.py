@@ -1,0 +1,313 @@
+"""decode.py: batched early-exit decoding and prefill that skip exited tokens, exact against the
+masked reference; self-speculative decoding (greedy identical to full depth, sampling with
+the full model's distribution)."""
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import decode   # noqa: E402
+from model import BLOCKS, GPT, GPTConfig   # noqa: E402
+
+torch.set_num_threads(1)
+L, V = 4, 64
+
+
+def make(block_type="pre-ln", share=True, pos_encoding="learned", n_layer=L, vocab=V, seed=0,
+         scale=5.0, **kw):
+    """Tiny model with peaky, layer-dependent confidences (random init is nearly uniform)."""
+    torch.manual_seed(seed)
+    m = GPT(GPTConfig(block_size=32, vocab_size=vocab, n_layer=n_layer, n_head=2, n_embd=32,
+                      share_weights=share, block_type=block_type, pos_encoding=pos_encoding,
+                      **kw)).eval()
+    with torch.no_grad():
+        m.transformer.wte.weight.mul_(10)
+        for p in m.transformer.h.parameters():
+            p.mul_(scale)
+    return m
+
+
+def prompts(B, T, seed=0, vocab=V):
+    return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def masked_reference(m, idx, n, thr):
+    """No cache, every layer on every token: model.forward with early exit and the exited
+    state propagated (torch.where), recomputed from scratch at every step. -> (tokens (B, T+n),
+    [(B, V) logits each step chose from])."""
+    cfg = m.config
+    keep = (cfg.early_exit, cfg.exit_threshold, cfg.exit_mode, cfg.exit_propagate)
+    cfg.early_exit, cfg.exit_threshold, cfg.exit_mode, cfg.exit_propagate = (
+        thr is not None, 2.0 if thr is None else thr, "threshold", True)
+    steps = []
+    try:
+        for _ in range(n):
+            with torch.no_grad():
+                logits, _ = m(idx[:, -cfg.block_size:])
+            steps.append(logits[:, -1].float())
+            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    finally:
+        cfg.early_exit, cfg.exit_threshold, cfg.exit_mode, cfg.exit_propagate = keep
+    return idx, steps
+
+
+def layer1_median_confidence(m, idx):
+    """A threshold near the median layer-1 confidence of idx: tokens exit at various depths."""
+    with torch.no_grad():
+        x, rope = m._embed(idx)
+        h, _ = m.block(0)(x, rope)
+        p = F.softmax(m.lm_head(m.transformer.ln_f(h)).float(), -1).amax(-1).flatten().sort().values
+    k = len(p) // 2
+    return float((p[k - 1] + p[k]) / 2)
+
+
+def count_mlp_rows(m):
+    """Forward hooks counting the token rows every block application's MLP sees."""
+    seen = []
+    hooks = [blk.mlp.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[:-1].numel()))
+             for blk in m.transformer.h]
+    return seen, hooks
+
+
+# ----------------------------------------------------------------------------------------------
+# batched early exit: exact, and exited tokens skip the deeper blocks
+
+
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("block_type", sorted(BLOCKS))
+def test_batched_early_exit_equals_masked_reference(block_type, share):
+    """Batch 3, prompts of 6 tokens (prefill packs the tokens still running), 12 new tokens
+    (rows leave the batch as they exit): every step's logits within fp32 tolerance (atol 1e-5)
+    of the masked reference."""
+    # weights x3 (x5 puts the multiplicative wirings' fp32 roundoff at ~5e-5 in the logits)
+    m = make(block_type, share, pos_encoding="rope" if share else "learned", scale=3.0)
+    idx = prompts(3, 6, seed=1)
+    thr = layer1_median_confidence(m, idx)
+    ref, ref_logits = masked_reference(m, idx, 12, thr)
+    got_logits = []
+    out = m.generate(idx, 12, temperature=0, exit_threshold=thr, step_logits=got_logits)
+    assert torch.equal(out, ref)
+    assert len(got_logits) == 12
+    for g, r in zip(got_logits, ref_logits):
+        torch.testing.assert_close(g, r)      # fp32: atol 1e-5, rtol 1.3e-6
+    assert 1.0 < m.last_generate_stats["avg_exit_depth"] < L
+
+
+@pytest.mark.parametrize("pos_encoding", ["learned", "rope", "sinusoidal", "none"])
+def test_batched_early_exit_past_block_size(pos_encoding):
+    """40 new tokens after 6 with block_size 32: the cropped context is re-encoded (prefill
+    with per-token exits) every step past the window, as the reference recomputes it."""
+    m = make(pos_encoding=pos_encoding)
+    idx = prompts(2, 6, seed=2)
+    thr = layer1_median_confidence(m, idx)
+    ref, ref_logits = masked_reference(m, idx, 40, thr)
+    got_logits = []
+    assert torch.equal(m.generate(idx, 40, temperature=0, exit_threshold=thr,
+                                  step_logits=got_logits), ref)
+    for g, r in zip(got_logits, ref_logits):
+        torch.testing.assert_close(g, r)      # fp32: atol 1e-5, rtol 1.3e-6
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_exited_tokens_skip_deeper_blocks(share):
+    """The MLP of every block application sees exactly the tokens still running: summed over
+    layers, the prompt's and every fed token's exit depth (per-token exits in the reference)."""
+    m = make(share=share)
+    idx = prompts(3, 8, seed=3)
+    thr = layer1_median_confidence(m, idx)
+    seen, hooks = count_mlp_rows(m)
+    try:
+        out = m.generate(idx, 10, temperature=0, exit_threshold=thr)
+    finally:
+        for h in hooks:
+            h.remove()
+    cfg = m.config
+    cfg.early_exit, cfg.exit_threshold, cfg.exit_propagate = True, thr, True
+    with torch.no_grad():     # exits depend only on the prefix: one forward gives every depth
+        r = m._trunk(out[:, :-1], early=True, threshold=thr, mode="threshold", heads_on=True)
+    depth = r["depth"]
+    assert sum(seen) == int(depth.sum())
+    assert sum(seen) < out[:, :-1].numel() * L                  # work was skipped
+    assert 1.0 < float(depth.mean()) < L
+
+
+def test_never_firing_threshold_runs_every_layer_once_per_row():
+    m = make()
+    idx = prompts(2, 5)
+    seen, hooks = count_mlp_rows(m)
+    out = m.generate(idx, 6, temperature=0, exit_threshold=1.01)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(out, m.generate(idx, 6, temperature=0))
+    assert seen == [10] * L + [2] * (L * 5)                   # prefill, then 5 single-token steps
+
+
+# ----------------------------------------------------------------------------------------------
+# self-speculative decoding
+
+
+@pytest.mark.parametrize("d,k,share", [(1, 1, True), (1, 4, True), (3, 8, True), (2, 3, True),
+                                       (2, 3, False)])
+def test_speculative_greedy_identical_to_full_depth(d, k, share):
+    """Greedy tokens identical to full-depth greedy for 24 prompts (batch 1 and batch 4), every
+    position, including steps past block_size; the logits each token came from match too."""
+    m = make(share=share, scale=2.0)
+    for seed in range(6):
+        for B in (1, 4):
+            idx = prompts(B, 3 + seed, seed=seed)
+            n = 36 - idx.size(1) if seed == 5 else 20            # seed 5 runs past block_size
+            full_logits, spec_logits = [], []
+            full = m.generate(idx, n, temperature=0, step_logits=full_logits)
+            spec = m.generate(idx, n, temperature=0, draft_layers=d, draft_tokens=k,
+                              step_logits=spec_logits)
+            assert torch.equal(spec, full), (seed, B)
+            assert len(spec_logits) == n
+            for a, b in zip(spec_logits, full_logits):
+                torch.testing.assert_close(a, b)
+    st = m.last_generate_stats
+    assert 0.0 <= st["acceptance_rate"] <= 1.0 and st["tokens_per_verify"] >= 1.0
+
+
+def test_speculative_greedy_accepts_when_draft_equals_model():
+    """A draft that always agrees (blocks past layer 1 add nothing: zeroed output projections)
+    accepts every drafted token: k + 1 tokens per verification."""
+    m = make(scale=1.0)
+    with torch.no_grad():
+        for blk in m.transformer.h:
+            blk.attn.c_proj.weight.zero_(); blk.attn.c_proj.bias.zero_()
+            blk.mlp.c_proj.weight.zero_(); blk.mlp.c_proj.bias.zero_()
+    idx = prompts(1, 4)
+    out = m.generate(idx, 21, temperature=0, draft_layers=2, draft_tokens=4)
+    st = m.last_generate_stats
+    assert torch.equal(out, m.generate(idx, 21, temperature=0))
+    assert st["acceptance_rate"] == 1.0
+    assert st["tokens_per_verify"] == 5.0                       # 1 from the prompt + 4 x 5
+
+
+def _exact_marginals(m, prompt, n, temperature):
+    """Exact distribution of each of the first n new tokens (n small, tiny vocab): list of (V,)."""
+    Vm = m.config.vocab_size
+    seqs, w = prompt.clone(), torch.ones(1, dtype=torch.float64)
+    marg = []
+    for _ in range(n):
+        with torch.no_grad():
+            logits, _ = m(seqs)
+        p = F.softmax(logits[:, -1].double() / temperature, -1)            # (S, V)
+        joint = w[:, None] * p
+        marg.append(joint.sum(0))
+        w = joint.flatten()
+        seqs = torch.cat([seqs.repeat_interleave(Vm, 0),
+                          torch.arange(Vm).repeat(seqs.size(0))[:, None]], dim=1)
+    return marg
+
+
+def _chi2(counts, probs):
+    exp = probs * counts.sum()
+    return float(((counts - exp) ** 2 / exp).sum())
+
+
+def test_speculative_accept_rule_samples_the_verifier():
+    """speculative_accept on 200,000 rows, vocab 5, k = 2, drafts drawn from q far from p: the
+    1st, 2nd and 3rd emitted tokens (draft kept, residual resample, or the bonus from p_2) follow
+    p_0, p_1, p_2 (chi-square, df 4, 99.9 % point 18.5); the drafts themselves do not."""
+    g = torch.Generator().manual_seed(0)
+    B, k, Vt = 200_000, 2, 5
+    p = F.softmax(torch.randn(k + 1, Vt, generator=g) * 1.5, -1)
+    q = F.softmax(torch.randn(k, Vt, generator=g) * 1.5, -1)
+    drafts = torch.stack([torch.multinomial(q[j], B, replacement=True, generator=g)
+                          for j in range(k)], 1)
+    n_ok, own = decode.speculative_accept(p.expand(B, -1, -1), q.expand(B, -1, -1), drafts, g)
+    emitted = torch.cat([drafts, torch.full((B, 1), -1)], 1)
+    emitted[torch.arange(B), n_ok] = own                     # row: drafts[:n_ok] + own
+    for j in range(k + 1):
+        reached = n_ok >= j                                   # rows that emitted a j-th token
+        counts = torch.bincount(emitted[reached, j], minlength=Vt).double()
+        assert _chi2(counts, p[j].double()) < 18.5, (j, counts / counts.sum(), p[j])
+    assert _chi2(torch.bincount(drafts[:, 0], minlength=Vt).double(), p[0].double()) > 1000
+    assert 0.1 < float((n_ok == k).float().mean()) < 0.9     # all three paths taken
+
+
+def test_speculative_sampling_matches_full_model_distribution():
+    """End to end: vocab 6, 3 layers, draft 1 layer x 2 tokens, temperature 1, 3000 rows of one
+    prompt in one call (each row keeps the batch's shortest accepted prefix: still exact per row).
+    Each of the 4 new tokens' marginal fits the full model's exact one (chi-square, df 5,
+    99.9 % point 20.5); sampling from the 1-layer draft alone does not."""
+    m = make(n_layer=3, vocab=6, scale=3.0, seed=4)
+    with torch.no_grad():
+        m.transformer.wte.weight.mul_(0.3)
+    prompt = prompts(1, 3, seed=5, vocab=6).expand(3000, 3).contiguous()
+    exact = _exact_marginals(m, prompt[:1], 4, 1.0)
+    g = torch.Generator().manual_seed(0)
+    spec = m.generate(prompt, 4, temperature=1.0, draft_layers=1, draft_tokens=2, generator=g)
+    draft = m.generate(prompt, 4, temperature=1.0, exit_threshold=0.0, generator=g)
+    chi = [[_chi2(torch.bincount(out[:, 3 + j], minlength=6).double(), exact[j])
+            for j in range(4)] for out in (spec, draft)]
+    assert max(chi[0]) < 20.5, chi
+    assert max(chi[1]) > 30.0, chi
+
+
+def test_speculative_sampling_batch_is_per_row_exact_and_top_k():
+    """Batch 4 with top_k 1 is greedy (the accept test then accepts exactly the agreeing drafts);
+    the bonus / residual paths keep shapes and prompt."""
+    m = make(scale=2.0)
+    idx = prompts(4, 5, seed=7)
+    g = torch.Generator().manual_seed(0)
+    greedy = m.generate(idx, 15, temperature=0)
+    assert torch.equal(m.generate(idx, 15, top_k=1, draft_layers=2, draft_tokens=3, generator=g),
+                       greedy)
+    out = m.generate(idx, 15, temperature=0.9, top_k=10, draft_layers=1, draft_tokens=5,
+                     generator=g)
+    assert out.shape == (4, 20) and torch.equal(out[:, :5], idx)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(draft_layers=0), "draft_layers must be an int in 1..3"),
+    (dict(draft_layers=4), "draft_layers must be an int in 1..3"),
+    (dict(draft_layers=2, draft_tokens=0), "draft_tokens must be an int >= 1"),
+    (dict(draft_layers=2, exit_threshold=0.5), "are exclusive"),
+    (dict(temperature=-1.0), "temperature must be"),
+    (dict(top_k=0), "top_k must be"),
+])
+def test_generate_rejects_bad_arguments(kw, msg):
+    m = make()
+    with pytest.raises(ValueError, match=msg):
+        m.generate(prompts(1, 3), 4, **kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# the decode benchmark (bench/decode_bench.py)
+
+
+def test_decode_bench_summarize_ratio_of_medians():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "bench"))
+    import decode_bench
+    res = {"full": {"tok_s": [10.0, 20.0, 30.0], "cpu_tok_s": [10.0, 10.0, 10.0], "depth": 4.0},
+           "exit": {"tok_s": [30.0, 20.0, 90.0], "cpu_tok_s": [25.0, 25.0, 25.0], "depth": 2.0}}
+    for r in res.values():
+        r["median"] = sorted(r["tok_s"])[1]
+    out = decode_bench.summarize(res, n_layer=4)
+    assert out["exit"]["speedup"] == 30.0 / 20.0            # ratio of medians, not of means
+    assert (out["exit"]["speedup_min"], out["exit"]["speedup_max"]) == (1.0, 3.0)
+    assert out["exit"]["cpu_speedup"] == 2.5
+    assert out["exit"]["ideal"] == 2.0 and out["exit"]["of_ideal"] == 0.75
+
+
+def test_decode_bench_end_to_end(tmp_path, capsys):
+    import bench
+    from test_eval_exit import write_ckpt, write_data
+    ckpt = write_ckpt(tmp_path / "log" / "r" / "ckpt_000000.pt")
+    data = write_data(tmp_path / "data")
+    bench.main(["--decode", "--ckpt", str(ckpt), "--data", str(data), "--prompt-len", "4",
+                "--new-tokens", "4", "--rounds", "2", "--spec", "1x2", "--thresholds", "1.01",
+                "--val-batches", "1", "--batch-sizes", "1,2", "--out", str(tmp_path / "out")])
+    (md,) = (tmp_path / "out").glob("decode-cpu-*.md")
+    text = md.read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| full") or ln.startswith("| spec")]
+    assert len(rows) == 4                                     # batch 1 and 2
+    assert all(ln.startswith("| full | 3.00 |") and "**1.00x**" in ln for ln in rows[::2])
+    assert all(ln.rstrip().endswith("| yes |") for ln in rows[1::2])   # identical to full depth
+    assert "## batch 2" in text and "wrote" in capsys.readouterr().out
