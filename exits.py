@@ -62,11 +62,10 @@ def top2_margin(out):
 @register_confidence("target-prob")
 def target_prob(out):
     """p_target: probability of the true next token (the journal's "confidence of target",
-    6-test). Needs targets; only defined in training / evaluation with targets."""
-    if out.p_target is None:
-        raise ValueError("confidence 'target-prob' needs targets (p_target is None); "
-                         "use 'max-prob' or 'top2-margin' for generation")
-    return out.p_target
+    6-test). Without targets (generation, HellaSwag) the target is the token the model would
+    emit greedily, so its probability is p_max: the same measure with the model's own
+    prediction as the target."""
+    return out.p_max if out.p_target is None else out.p_target
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,17 +186,27 @@ def exit_summary(layers, early_exit=True):
                         sums to 1. All zeros when early_exit is False (the journal's logs).
     earlystop ():       fraction exiting before the last layer.
     exit_depth ():      mean 1-based exit layer (= L when nothing exits early).
+    exit_ce ():         mean over tokens of the CE of the head at each token's exit layer: the
+                        loss of what an early-exit model predicts (the last layer's CE without
+                        early exit; NaN without targets).
     """
     L = layers[-1].layer + 1
     jt = torch.stack([o.just_triggered.detach().float() for o in layers])   # (L, B, T)
     device = jt.device
+    if any(o.xe is None for o in layers):
+        exit_ce = torch.tensor(float("nan"), device=device)
+    elif early_exit:
+        exit_ce = (torch.stack([o.xe.detach().float() for o in layers]) * jt).sum(0).mean()
+    else:
+        exit_ce = layers[-1].xe.detach().float().mean()
     if not early_exit:
         z = torch.zeros(L, device=device)
         return {"earlystop": z.new_zeros(()), "earlystopdict": z,
-                "exit_depth": torch.tensor(float(L), device=device)}
+                "exit_depth": torch.tensor(float(L), device=device), "exit_ce": exit_ce}
     esd = jt.flatten(1).mean(1)                                             # (L,)
     depth = (esd * torch.arange(1, L + 1, device=device, dtype=esd.dtype)).sum()
-    return {"earlystop": esd[:-1].sum(), "earlystopdict": esd, "exit_depth": depth}
+    return {"earlystop": esd[:-1].sum(), "earlystopdict": esd, "exit_depth": depth,
+            "exit_ce": exit_ce}
 
 
 # ----------------------------------------------------------------------------------------------

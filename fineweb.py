@@ -22,6 +22,8 @@ Sources (`--source`):
 Splits: `--val-fraction F` puts the first F of all tokens in val shards (needs the token count:
 one extra tokenisation pass unless the corpus fits in memory); `--val-fraction 0` makes the first
 shard val. Default: 0 for Hugging Face datasets, 0.1 for builtin and local files.
+`--val-position last` puts the last F in val instead: train = the first int(n * (1 - F)) tokens,
+val the rest, nanoGPT's shakespeare_char split (`data[:int(n*0.9)]`, `data[int(n*0.9):]`).
 
 Output (`--out`): shards `{prefix}_{split}_{i:06d}.npy` (1-D uint16, np.save format) and
 `meta.json` = {source, tokenizer, vocab_size, eot, dtype, [chars], shards: [{file, split, tokens,
@@ -622,11 +624,15 @@ class ShardWriter:
     """Fills shards from a tokenised stream; commits each with a manifest update.
 
     Split rule: val_tokens=None -> the first shard is val; else the first val_tokens tokens are
-    val (in shards of at most shard_size) and the rest train.
+    val (in shards of at most shard_size) and the rest train; with val_last=True (needs the
+    corpus' total) the first total - val_tokens tokens are train and the rest val.
     """
 
-    def __init__(self, out, meta, shard_size, val_tokens, progress=lambda total, desc: None):
+    def __init__(self, out, meta, shard_size, val_tokens, progress=lambda total, desc: None,
+                 val_last=False, total=None):
         self.out, self.meta, self.shard_size, self.val_tokens = out, meta, shard_size, val_tokens
+        self.val_last = val_last
+        self.edge = None if val_tokens is None else (total - val_tokens if val_last else val_tokens)
         self.written = sum(s["tokens"] for s in meta["shards"])
         self.buf = np.empty(shard_size, dtype=np.uint16)
         self.fill = 0
@@ -638,11 +644,12 @@ class ShardWriter:
     def _split(self):
         if self.val_tokens is None:
             return "val" if not self.meta["shards"] else "train"
-        return "val" if self.written < self.val_tokens else "train"
+        before = self.written < self.edge     # in the first part (val, or train with val_last)
+        return ("train" if before else "val") if self.val_last else ("val" if before else "train")
 
     def _capacity(self):
-        if self._split() == "val" and self.val_tokens is not None:
-            return min(self.shard_size, self.val_tokens - self.written)
+        if self.val_tokens is not None and self.written < self.edge:   # shards end at the edge
+            return min(self.shard_size, self.edge - self.written)
         return self.shard_size
 
     def _bar(self):
@@ -772,6 +779,11 @@ def build(args):
     if val_fraction is None:
         val_fraction = 0.0 if isinstance(source, HFSource) else 0.1
     cfg["val_fraction"] = val_fraction
+    val_last = args.val_position == "last"
+    if val_last:      # (absent for "first": manifests built before the option stay resumable)
+        if val_fraction <= 0:
+            raise DataError("--val-position last needs --val-fraction > 0")
+        cfg["val_position"] = "last"
 
     meta = _resume_state(out, cfg)
     if meta is not None and meta.get("complete"):
@@ -812,7 +824,8 @@ def build(args):
         raise DataError(f"empty corpus: {source.label} has no tokens")
     val_tokens = None
     if val_fraction > 0:
-        val_tokens = int(round(val_fraction * total))
+        val_tokens = (total - int(total * (1 - val_fraction)) if val_last
+                      else int(round(val_fraction * total)))
         if not 0 < val_tokens < total:
             raise DataError(f"--val-fraction {val_fraction} of {total} tokens leaves val or train empty: "
                             f"{source.label}")
@@ -832,7 +845,8 @@ def build(args):
     if resumed:
         print(f"resuming {out} after {len(meta['shards'])} finished shards (document {doc:,})", file=sys.stderr)
 
-    writer = ShardWriter(out, meta, args.shard_size, val_tokens, progress=lambda n, d: _progress(args, n, d))
+    writer = ShardWriter(out, meta, args.shard_size, val_tokens, progress=lambda n, d: _progress(args, n, d),
+                         val_last=val_last, total=total)
     stream = iter(cache) if cache is not None else \
         tokenize_documents(source.documents(skip=doc), kind, chars, args.procs, start=doc)
     trimmed = _trim(stream, doc, offset)
@@ -893,8 +907,11 @@ def parse_args(argv=None):
     p.add_argument("--shard-size", type=cli.int_arg(1, MAX_SHARD_SIZE), default=DEFAULT_SHARD_SIZE,
                    help="tokens per shard")
     p.add_argument("--val-fraction", type=cli.float_arg(0, 1, hi_open=True), default=None,
-                   help="first fraction of tokens that goes to val; 0 = the first shard is val "
+                   help="fraction of tokens that goes to val; 0 = the first shard is val "
                         "(None: 0 for HF datasets, 0.1 for builtin and local files)")
+    p.add_argument("--val-position", default="first", choices=("first", "last"),
+                   help="val is the first or the last --val-fraction of the tokens "
+                        "(last: nanoGPT's shakespeare_char split)")
     p.add_argument("--out", default=None, help="output directory (None: data/edu_fineweb10B for "
                                                 "FineWeb-Edu, data/<source name> otherwise)")
     p.add_argument("--procs", type=cli.int_arg(1, MAX_PROCS), default=max(1, (os.cpu_count() or 2) // 2),

@@ -41,6 +41,9 @@ class GPTConfig:
     share_weights: bool = False     # one Block applied n_layer times (the journal's weight reuse)
     block_type: str = "pre-ln"      # residual wiring, a name in BLOCKS
     ln_learnable: bool = True       # LayerNorms with scale/shift (False: elementwise_affine=False)
+    attention: str = "gpt2"         # attention module, a name in ATTENTIONS
+    activation: str = "gelu"        # MLP nonlinearity, a name in ACTIVATIONS (gelu = GPT-2's tanh form)
+    lm_head_bias: bool = False      # a bias in the (tied) lm_head, shared by every layer's head
     pos_encoding: str = "learned"   # learned (GPT-2 wpe) | sinusoidal | rope | none
     rope_base: float = 10000.0      # RoPE frequency base (pos_encoding="rope")
     layer_heads: bool = False       # a head after every layer (shared ln_f + tied lm_head)
@@ -83,6 +86,8 @@ class GPTConfig:
         if not float(self.rope_base) > 0.0:
             raise ValueError(f"rope_base must be > 0, got {self.rope_base!r}")
         _check_name("block_type", self.block_type, BLOCKS)
+        _check_name("attention", self.attention, ATTENTIONS)
+        _check_name("activation", self.activation, ACTIVATIONS)
         _check_name("pos_encoding", self.pos_encoding, POS_ENCODINGS)
         _check_name("head_impl", self.head_impl, heads.HEAD_IMPLS)
         _check_name("confidence", self.confidence, exits.CONFIDENCES)
@@ -174,28 +179,72 @@ def rope_rotate(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
+# attention variants: the journal's questions about the value matrix and c_proj, and seed 002's
+# per-head modules. Each maps x (B, T, C) -> (B, T, C) and exposes qkv / kv / out so the one
+# forward (SDPA, RoPE, KV cache) serves all of them.
+
+def _registrar(registry):
+    """A class decorator factory: @register(name) puts the class in registry under name."""
+    def register(name):
+        def wrap(cls):
+            registry[name] = cls
+            cls.name = name
+            return cls
+        return wrap
+    return register
+
+
+ATTENTIONS = {}   # name -> CausalSelfAttention subclass (GPTConfig.attention)
+register_attention = _registrar(ATTENTIONS)
+
+
+@register_attention("gpt2")
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention (SDPA). x (B, T, C) -> (B, T, C)."""
+    """Multi-head causal self-attention (SDPA), GPT-2's: one c_attn (C -> 3C) gives q, k, v of
+    every head; c_proj (C -> C) mixes the heads' outputs. x (B, T, C) -> (B, T, C)."""
+    has_value = True      # False: the values are x itself (no value matrix)
+    has_c_proj = True     # False: the heads' outputs are concatenated, not projected
 
     def __init__(self, config):
         super().__init__()
         C = config.n_embd
-        self.c_attn = nn.Linear(C, 3 * C, bias=config.bias)   # q, k, v for all heads
-        self.c_proj = nn.Linear(C, C, bias=config.bias)
-        self.c_proj.NANOGPT_SCALE_INIT = 1                     # residual projection
-        self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, C, config.dropout
+        self._make_qkv(config)
+        if self.has_c_proj:
+            self.c_proj = nn.Linear(C, C, bias=config.bias)
+            self.c_proj.NANOGPT_SCALE_INIT = 1                 # residual projection
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def _make_qkv(self, config):
+        C = config.n_embd
+        n = 3 if self.has_value else 2
+        self.c_attn = nn.Linear(C, n * C, bias=config.bias)   # q, k (, v) for all heads
 
     def _heads(self, t):
         B, T, C = t.shape
         return t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)   # (B, nh, T, hd)
 
-    def project_kv(self, x, rope=None):
-        """Keys and values only (B, nh, T, hd) each: what deeper layers of an exited token need."""
+    def qkv(self, x):
+        """x (B, T, C) -> q, k, v (B, nh, T, hd) each, before RoPE."""
+        parts = [self._heads(t) for t in self.c_attn(x).split(self.n_embd, dim=2)]
+        return parts if self.has_value else parts + [self._heads(x)]
+
+    def kv(self, x):
+        """x (B, T, C) -> k, v (B, nh, T, hd) without computing q."""
         C = self.n_embd
         b = self.c_attn.bias
-        kv = F.linear(x, self.c_attn.weight[C:], None if b is None else b[C:])
-        k, v = (self._heads(t) for t in kv.split(C, dim=2))
+        k = F.linear(x, self.c_attn.weight[C:2 * C], None if b is None else b[C:2 * C])
+        v = F.linear(x, self.c_attn.weight[2 * C:], None if b is None else b[2 * C:]) \
+            if self.has_value else x
+        return self._heads(k), self._heads(v)
+
+    def out(self, y):
+        """The heads' outputs concatenated, y (B, T, C) -> (B, T, C)."""
+        return self.c_proj(y) if self.has_c_proj else y
+
+    def project_kv(self, x, rope=None):
+        """Keys and values only (B, nh, T, hd) each: what deeper layers of an exited token need."""
+        k, v = self.kv(x)
         if rope is not None:
             k = rope_rotate(k, *rope)
         return k, v
@@ -205,7 +254,7 @@ class CausalSelfAttention(nn.Module):
         (B, nh, T, hd/2)) or None; cache None (causal over these T tokens) or a decode.KVSlot:
         `cache.attend(q, k, v)` stores the new keys/values and attends over all cached ones."""
         B, T, C = x.shape
-        q, k, v = (self._heads(t) for t in self.c_attn(x).split(C, dim=2))
+        q, k, v = self.qkv(x)
         if rope is not None:
             q, k = rope_rotate(q, *rope), rope_rotate(k, *rope)
         if cache is None:
@@ -214,22 +263,75 @@ class CausalSelfAttention(nn.Module):
         else:
             y = cache.attend(q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.out(y))
+
+
+@register_attention("no-c-proj")
+class NoProjAttention(CausalSelfAttention):
+    """The journal's "perhaps we can get rid of c_proj?": the heads' outputs, concatenated,
+    are the attention output (no C x C projection after the heads)."""
+    has_c_proj = False
+
+
+@register_attention("value-identity")
+class ValueIdentityAttention(CausalSelfAttention):
+    """The journal's "How necessary is the value matrix? ... Perhaps the value matrices should
+    just be the embedding itself": c_attn gives q, k only (C -> 2C); each head's values are its
+    slice of the attention input x (the normalised residual stream), v = heads(x)."""
+    has_value = False
+
+
+class _Head(nn.Module):
+    """One head's key, query and value maps C -> hd, without bias (ng-video-lecture's Head)."""
+
+    def __init__(self, C, hd):
+        super().__init__()
+        self.key = nn.Linear(C, hd, bias=False)
+        self.query = nn.Linear(C, hd, bias=False)
+        self.value = nn.Linear(C, hd, bias=False)
+
+
+@register_attention("per-head")
+class PerHeadAttention(CausalSelfAttention):
+    """Seed 002's `gpt` / `gpt_v2` (karpathy/ng-video-lecture's MultiHeadAttention): n_head
+    separate Head modules, each with bias-free key/query/value Linear(C, hd), softmax of
+    q k^T / sqrt(hd) under the causal mask, outputs concatenated, then c_proj (the lecture's
+    `proj`, with bias). The same function class as "gpt2" with a bias-free c_attn, but its own
+    parameters and layout."""
+
+    def _make_qkv(self, config):
+        hd = config.n_embd // config.n_head
+        self.heads = nn.ModuleList([_Head(config.n_embd, hd) for _ in range(config.n_head)])
+
+    def qkv(self, x):
+        return [torch.stack([getattr(h, n)(x) for h in self.heads], dim=1)
+                for n in ("query", "key", "value")]
+
+    def kv(self, x):
+        return [torch.stack([getattr(h, n)(x) for h in self.heads], dim=1) for n in ("key", "value")]
+
+
+# MLP activations (GPTConfig.activation): name -> module factory
+ACTIVATIONS = {
+    "gelu": lambda: nn.GELU(approximate="tanh"),   # GPT-2's gelu_new (also makemore's NewGELU)
+    "gelu-erf": nn.GELU,                           # exact GELU (nanoGPT's nn.GELU())
+    "relu": nn.ReLU,                               # ng-video-lecture (seed 002's gpt, gpt_v2)
+}
 
 
 class MLP(nn.Module):
-    """GPT-2 MLP: c_fc (C -> 4C), tanh-GELU (HF's gelu_new), c_proj (4C -> C)."""
+    """GPT-2 MLP: c_fc (C -> 4C), activation (tanh-GELU, HF's gelu_new, or ReLU), c_proj (4C -> C)."""
 
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")
+        self.act = ACTIVATIONS[config.activation]()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.c_proj.NANOGPT_SCALE_INIT = 1
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,14 +344,7 @@ class MLP(nn.Module):
 # stream after the attention sublayer (the journal's SIZE COMPARISON "mid").
 
 BLOCKS = {}   # name -> Block subclass
-
-
-def register_block(name):
-    def wrap(cls):
-        BLOCKS[name] = cls
-        cls.name = name
-        return cls
-    return wrap
+register_block = _registrar(BLOCKS)
 
 
 class Block(nn.Module):
@@ -262,7 +357,7 @@ class Block(nn.Module):
         super().__init__()
         if self.has_ln_1:
             self.ln_1 = make_ln(config)
-        self.attn = CausalSelfAttention(config)
+        self.attn = ATTENTIONS[config.attention](config)
         self.ln_2 = make_ln(config)
         self.mlp = MLP(config)
 
@@ -317,7 +412,7 @@ class ResAttn2Block(Block):
 
     def __init__(self, config):
         super().__init__(config)
-        self.attn2 = CausalSelfAttention(config)
+        self.attn2 = ATTENTIONS[config.attention](config)
 
     def attentions(self):
         return [self.attn, self.attn2]
@@ -348,6 +443,21 @@ class ResAttn2Mlp2Block(ResAttn2Block):
         mid = self._mid(res, rope, caches)
         m = self.ln_2(mid)
         return mid * self.mlp2(m) + self.mlp(m), mid
+
+
+@register_block("res-mul-attn")
+class ResMulAttnBlock(Block):
+    """The bare multiplicative attention of the journal's LN-without-params remark, "If we use
+    res*attn(x), weirdly (and as previously seen), the residuals blow up":
+        x = ln_1(res)
+        x = res * attn(x)              # mid; no additive residual around attention
+        x = x + mlp(ln_2(x))
+    ("res-attn2" is the other reading: the double attention res*attn2(x) + attn(x) seen before.)
+    """
+
+    def forward(self, res, rope=None, caches=None):
+        mid = res * self.attn(self.ln_1(res), rope, self._slot(caches, 0))
+        return mid + self.mlp(self.ln_2(mid)), mid
 
 
 @register_block("res-mul-mlp")
@@ -513,7 +623,7 @@ class GPT(nn.Module):
                        h=nn.ModuleList([block_cls(cfg) for _ in range(n_unique)]),
                        ln_f=make_ln(cfg))
         self.transformer = nn.ModuleDict(modules)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.lm_head_bias)
         self.transformer.wte.weight = self.lm_head.weight   # weight tying
         if cfg.pos_encoding == "sinusoidal":
             self.register_buffer("sin_pe", sinusoidal_table(cfg.block_size, cfg.n_embd)
@@ -597,10 +707,14 @@ class GPT(nn.Module):
         return self.transformer.drop(x), rope
 
     def _head(self, h, targets, grad):
-        """heads.head_outputs on h (B, T, C) -> HeadOut of (B*T,) tensors."""
+        """heads.head_outputs on h (B, T, C) -> HeadOut of (B*T,) tensors. An lm_head bias
+        enters as one more input feature, constant 1, whose weight column is the bias."""
         with torch.set_grad_enabled(grad):
-            return heads.head_outputs(h.reshape(-1, h.size(-1)), self.lm_head.weight,
-                                      targets, impl=self.config.head_impl)
+            h, w, b = h.reshape(-1, h.size(-1)), self.lm_head.weight, self.lm_head.bias
+            if b is not None:
+                h = torch.cat([h, h.new_ones(h.size(0), 1)], dim=1)
+                w = torch.cat([w, b[:, None].to(w.dtype)], dim=1)
+            return heads.head_outputs(h, w, targets, impl=self.config.head_impl)
 
     def _trunk(self, idx, targets=None, *, early=False, threshold=None,
                mode=None, heads_on=False, want_stats=False, propagate=None, sample=None):

@@ -22,11 +22,16 @@ plot img/{run_name}.png. Log formats (`#` lines are comments: header, notes, che
   SIZE COMPARISON prev {} mid {} next {}              (n_layer lines every size_interval steps)
   @ {step} val {loss:.4f}
   @ {step} val-layers [{L floats, 4 decimals}], exit-depth: {:.3f}
+  @ {step} val-exit {loss:.4f}                          (early_exit=True only)
+  @ {step} val-objective {loss:.4f}                     (exit_loss other than final only)
   @ {step} hellaswag {acc_norm:.4f}, acc: {:.4f}, total: {n}
   @ {step} sample {i}: {text, newlines as \\n}
 
-`loss` is the model's training objective (exits.EXIT_LOSSES[exit_loss]), `allloss` the sum of the
-per-layer head losses, `norm` the gradient norm before clipping, `flops` achieved TFLOP/s per
+`train` and `val` are the cross-entropy of the last layer's head (the model's prediction; for a
+model without per-layer heads, whose loss is exactly that, its objective), the same measure
+whatever exit_loss is; `val-exit` the CE at each token's exit layer; the objective
+(exits.EXIT_LOSSES[exit_loss]) is `val-objective` and the jsonl's `objective`. `allloss` is the
+sum of the per-layer head losses, `norm` the gradient norm before clipping, `flops` achieved TFLOP/s per
 device (model.flops_per_token, every per-layer head counted), `dt` the step's wall time.
 With skip_nonfinite=True a train line ends with `, skipped:{n}` once a step was skipped.
 
@@ -159,6 +164,9 @@ bias = True                      # biases in Linear layers and LayerNorms
 share_weights = False            # one Block applied n_layer times (the journal's weight reuse)
 block_type = "pre-ln"            # residual wiring, a name in model.BLOCKS
 ln_learnable = True              # LayerNorms with scale/shift
+attention = "gpt2"               # attention module, a name in model.ATTENTIONS
+activation = "gelu"              # MLP nonlinearity, a name in model.ACTIVATIONS
+lm_head_bias = False             # a bias in the (tied) lm_head, used by every layer's head
 pos_encoding = "learned"         # learned | sinusoidal | rope | none
 rope_base = 10000.0              # RoPE frequency base
 layer_heads = False              # a head after every layer (shared ln_f + tied lm_head)
@@ -558,8 +566,10 @@ def setup(cfg, d, argv):
 
 
 def resolved_config(s):
-    """The constants as this run uses them: min_lr, compile and dtype resolved."""
+    """The constants as this run uses them: min_lr, compile and dtype resolved; the model's fields
+    as GPTConfig holds them (e.g. layer_heads, which every exit loss but final turns on)."""
     cfg = dict(s.cfg)
+    cfg.update(dataclasses.asdict(s.mcfg))
     cfg["min_lr"] = cfg["min_lr"] if cfg["min_lr"] is not None else cfg["max_lr"] * 0.1
     cfg["compile"], cfg["dtype"] = s.compile, s.dtype
     return cfg
@@ -571,7 +581,8 @@ def resolved_config(s):
 def train_step(s, batches, lr, step, guard=True, want_stats=True):
     """Forward/backward over the micro batches (gradient accumulation, DDP sync on the last
     only), clip, guards, optimizer step -> the step's numbers by name, averaged over micro steps
-    and ranks: loss, norm, lr, skip, and with stats also the model's per-layer statistics
+    and ranks: objective (what is backpropagated), loss (the train field: the last layer's CE),
+    norm, lr, skip, and with stats also the model's per-layer statistics
     (allloss, earlystop(dict), layer_losses, residual_std, ...).
 
     With per-layer heads (layer_heads or early_exit) the statistics are free and averaged over
@@ -585,7 +596,7 @@ def train_step(s, batches, lr, step, guard=True, want_stats=True):
     heads_on = s.mcfg.layer_heads or s.mcfg.early_exit
     n_stats = n if heads_on else (1 if want_stats else 0)
     rows = s.cfg["stats_rows"]
-    sums = {"loss": torch.zeros((), device=s.device)}
+    sums = {"objective": torch.zeros((), device=s.device)}
     for micro, (x, y) in enumerate(batches):
         x, y = to_device(x, y, s.device)
         distributed.set_grad_sync(s.model, micro == n - 1)
@@ -601,11 +612,13 @@ def train_step(s, batches, lr, step, guard=True, want_stats=True):
                 st = sample_stats(s.raw, x[:rows], y[:rows])
         (loss / n).backward()
         with torch.no_grad():
-            sums["loss"] += loss.detach().float() / n
+            sums["objective"] += loss.detach().float() / n
             for k, v in (st.items() if micro < n_stats else ()):
                 sums[k] = sums.get(k, 0) + v.float() / n_stats
     r = reduce_mean(s.dist, sums)
     r["stats"] = n_stats > 0
+    # the train field: the last layer's CE (a model without per-layer heads has it as its loss)
+    r["loss"] = r["layer_losses"][-1] if heads_on else r["objective"]
     clip = s.cfg["grad_clip"] if s.cfg["grad_clip"] and s.cfg["grad_clip"] > 0 else float("inf")
     r["norm"] = float(distributed.full(torch.nn.utils.clip_grad_norm_(s.raw.parameters(), clip)))
     r["lr"], r["skip"] = lr, False
@@ -654,7 +667,7 @@ def sample_stats(raw, x, y):
 def check_guards(s, r, step):
     """(nonfinite: bool, message naming step, layer and quantity) for the first problem, or None."""
     L = s.mcfg.n_layer
-    if not math.isfinite(r["loss"]):
+    if not math.isfinite(r["objective"]):
         bad = [l for l, v in enumerate(r.get("layer_losses", [])) if not math.isfinite(v)]
         if not r["stats"]:   # no per-layer heads and not a logged step: nothing to name
             where = "; layer losses are not computed on unlogged steps of this model"
@@ -662,7 +675,7 @@ def check_guards(s, r, step):
             where = f"; first non-finite layer loss at layer {bad[0] + 1}/{L} ({r['layer_losses'][bad[0]]})"
         else:
             where = ""
-        return True, f"step {step}: non-finite loss ({r['loss']}){where}"
+        return True, f"step {step}: non-finite loss ({r['objective']}){where}"
     if not math.isfinite(r["norm"]):
         name = next((pn for pn, p in s.raw.named_parameters()
                      if p.grad is not None and not torch.isfinite(distributed.local(p.grad)).all()), "?")
@@ -690,11 +703,13 @@ def fork_rng(s, salt):
 
 @torch.no_grad()
 def evaluate(s, step):
-    """Val loss (the training objective), per-layer val CE and mean exit depth, HellaSwag."""
+    """Val CE of the last layer (the `val` line), per-layer val CE, mean exit depth; with early
+    exit the CE at each token's exit layer (`val-exit`); the objective (`val-objective` unless
+    exit_loss is final, and the jsonl's `objective`); HellaSwag. Returns the val CE."""
     s.raw.eval()
     s.val_loader.reset()
     n = min(s.cfg["eval_iters"], s.val_loader.total_blocks) * s.grad_accum
-    sums = {"loss": 0, "exit_depth": 0, "layer_losses": 0}
+    sums = {"objective": 0, "exit_depth": 0, "exit_ce": 0, "layer_losses": 0}
     fork, seed = fork_rng(s, 1)
     with fork:
         torch.manual_seed(seed)
@@ -704,19 +719,25 @@ def evaluate(s, step):
                 out = s.raw(*to_device(x, y, s.device), return_stats=True,
                             return_logits=False)
                 loss, st = out.loss, out.stats
-            for k, v in (("loss", loss), ("exit_depth", st["exit_depth"]),
-                         ("layer_losses", st["layer_losses"])):
+            for k, v in (("objective", loss), ("exit_depth", st["exit_depth"]),
+                         ("exit_ce", st["exit_ce"]), ("layer_losses", st["layer_losses"])):
                 sums[k] = sums[k] + v.float() / n
     r = reduce_mean(s.dist, sums)
-    s.log.line(f"@ {step} val {r['loss']:.4f}")
+    val, early = r["layer_losses"][-1], s.mcfg.early_exit
+    s.log.line(f"@ {step} val {val:.4f}")
     s.log.line(f"@ {step} val-layers {[round(v, 4) for v in r['layer_losses']]}, "
                f"exit-depth: {r['exit_depth']:.3f}")
-    s.log.event("val", step=step, loss=r["loss"], layer_losses=r["layer_losses"],
-                exit_depth=r["exit_depth"])
+    if early:
+        s.log.line(f"@ {step} val-exit {r['exit_ce']:.4f}")
+    if s.mcfg.exit_loss != "final":
+        s.log.line(f"@ {step} val-objective {r['objective']:.4f}")
+    s.log.event("val", step=step, loss=val, layer_losses=r["layer_losses"],
+                exit_depth=r["exit_depth"], exit_ce=r["exit_ce"] if early else None,
+                objective=r["objective"])
     if s.hellaswag and s.tok is not None:
         eval_hellaswag(s, step)
     s.raw.train()
-    return r["loss"]
+    return val
 
 
 def eval_hellaswag(s, step):
@@ -835,7 +856,8 @@ def log_train(s, step, r):
          "layer_losses": [nan] * s.mcfg.n_layer, **r}
     s.log.line(runlog.format_train_line(step, r, k, s.skipped if cfg["skip_nonfinite"] else None))
     mem = runlog.peak_memory(s.device)
-    s.log.event("train", step=step, loss=r["loss"], allloss=r["allloss"], confloss=r["confloss"],
+    s.log.event("train", step=step, loss=r["loss"], objective=r["objective"], allloss=r["allloss"],
+                confloss=r["confloss"],
                 targetloss=r["targetloss"], earlystop=r["earlystop"],
                 earlystopdict=r["earlystopdict"], layer_losses=r["layer_losses"],
                 exit_depth=r["exit_depth"], lr=r["lr"], norm=r["norm"], dt_ms=r["dt"] * 1000,
@@ -955,7 +977,7 @@ def lr_find(s):
 
     def step(lr, i):
         batches = [s.train_loader.next_batch() for _ in range(s.grad_accum)]
-        return train_step(s, batches, lr, i, guard=False, want_stats=False)["loss"]
+        return train_step(s, batches, lr, i, guard=False, want_stats=False)["objective"]
     lrs, losses, smooth = lr_finder.run(step, cfg["lr_find_steps"], cfg["lr_find_start"],
                                         cfg["lr_find_end"], log)
     if len(lrs) < 3:

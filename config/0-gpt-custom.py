@@ -1,11 +1,17 @@
-# 0-gpt-custom: '"0-gpt-custom" is the same as GPT but with our own code' -- exactly GPT-2 124M
+# 0-gpt-custom: '"0-gpt-custom" is the same as GPT but with our own code' -- GPT-2 124M
 # (separate blocks, pre-LN, learned positions, final-layer loss, no per-layer heads) trained by
-# this trainer: the baseline every other run is compared with (build-nanogpt's reference run).
+# this trainer: the baseline every other run is compared with.
 run_name = "0-gpt-custom"
 share_weights = False
 block_type = "pre-ln"
 layer_heads = False
 early_exit = False
 exit_loss = "final"
-max_lr = 6e-4
-min_lr = 6e-5
+max_lr = 6e-4                   # assumed: GPT-2's, the journal's only logged lr (8-experiments)
+# run settings (README: "Presets: the journal's values and our assumptions")
+total_batch_size = 131072       # assumed: 2**17, logged (tok/sec x dt) in every 8-experiments train line
+warmup_steps = 100              # assumed: with min_lr 0 and max_steps 305176 the cosine schedule prints the
+                                #   journal's logged lr (5.9999e-04 at step 949, 5.9982e-04 at 3499);
+                                #   build-nanogpt's 715 / 19073 steps would print 5.9978e-04 and 5.6993e-04
+max_steps = 305176              # assumed: see warmup_steps (40B tokens at 2**17 per step)
+min_lr = 0.0                    # assumed: see warmup_steps

@@ -1,13 +1,20 @@
 # 1-noise: "the block_loss was only slightly normalized (i.e. for each layer,
 # -1 * crossentropy / n_layers), but this is still very noisy, so learning is not very good."
-# Shared weights, early termination on (max-prob >= 0.9), exit loss "1-noise".
-# LR: assumed 3x GPT-2's (see 0-noearly.py).
+# Shared weights, early termination on (max-prob >= threshold), exit loss "1-noise".
 run_name = "1-noise"
 share_weights = True
-early_exit = True
+early_exit = True               # assumed: the journal's early-exit runs, before 6-test's sampled exits
 exit_mode = "threshold"
-exit_threshold = 0.9
-confidence = "max-prob"
+exit_threshold = 0.9            # assumed: the journal names no threshold
+confidence = "max-prob"         # the journal's confidence, pr[max]
 exit_loss = "1-noise"
-max_lr = 1.8e-3
-min_lr = 1.8e-4
+max_lr = 1.8e-3                 # assumed: not logged; "0-original ... needs a smaller learning rate"
+                                #   and 6-test-1 reruns "with GPT learning rate", so these runs used more
+                                #   than GPT-2's 6e-4; 3x is our guess
+# run settings (README: "Presets: the journal's values and our assumptions")
+total_batch_size = 131072       # assumed: 2**17, logged (tok/sec x dt) in every 8-experiments train line
+warmup_steps = 100              # assumed: with min_lr 0 and max_steps 305176 the cosine schedule prints the
+                                #   journal's logged lr (5.9999e-04 at step 949, 5.9982e-04 at 3499);
+                                #   build-nanogpt's 715 / 19073 steps would print 5.9978e-04 and 5.6993e-04
+max_steps = 305176              # assumed: see warmup_steps (40B tokens at 2**17 per step)
+min_lr = 0.0                    # assumed: see warmup_steps

@@ -1,13 +1,18 @@
 # 8-experiments, "res + attn(x), x * mlp(LN(x))": "it still blows up, but a little slower"
 # (prev 0.70 -> 313.9 over 12 layers at step 949, -> 5.2e8 at step 3499).
-# The logged next is 1.0006 = sqrt(768/767), so this run had LayerNorm without learnable params.
-# Shared weights, every layer's head on the targets, no early exit, GPT-2's LR.
+# Shared weights, every layer's head on the targets, no early exit (the logged earlystop is 0).
 run_name = "8-res-mul-mlp"
 share_weights = True
 block_type = "res-mul-mlp"
-ln_learnable = False
+ln_learnable = False            # logged: next 1.0006 = sqrt(768/767), a LayerNorm without params
 early_exit = False
 exit_loss = "all-layers"
-max_lr = 6e-4
-min_lr = 6e-5
+max_lr = 6e-4                   # logged: lr:5.9999e-04 at step 949
 size_interval = 50
+# run settings (README: "Presets: the journal's values and our assumptions")
+total_batch_size = 131072       # logged: tok/sec x dt = 2**17 tokens per step in this run's train lines
+warmup_steps = 100              # assumed: with min_lr 0 and max_steps 305176 the cosine schedule prints the
+                                #   journal's logged lr (5.9999e-04 at step 949, 5.9982e-04 at 3499);
+                                #   build-nanogpt's 715 / 19073 steps would print 5.9978e-04 and 5.6993e-04
+max_steps = 305176              # assumed: see warmup_steps (40B tokens at 2**17 per step)
+min_lr = 0.0                    # assumed: see warmup_steps

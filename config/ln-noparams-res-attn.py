@@ -1,15 +1,19 @@
 # LN without learnable params: "Next, we see if layernorm learnable scale/shift parameters are
 # actually necessary. Probably not! For res + attn(x), without learnable parameters, by step 499":
 # prev grows linearly (1.36 -> 7.44 over 12 layers) and next = 1.00065 = sqrt(768/767), the
-# unbiased std of a normalised vector.
-# The journal's base wiring ("res", = pre-LN), shared weights, every layer's head on the targets,
-# no early exit, GPT-2's LR.
+# unbiased std of a normalised vector. The journal's base wiring ("res", = pre-LN).
 run_name = "ln-noparams-res-attn"
 share_weights = True
 block_type = "res"
-ln_learnable = False
+ln_learnable = False            # logged: next = 1.00065 = sqrt(768/767)
 early_exit = False
-exit_loss = "all-layers"
-max_lr = 6e-4
-min_lr = 6e-5
+exit_loss = "all-layers"        # from the journal: "everylayer loss, shared weights"
+max_lr = 6e-4                   # assumed: GPT-2's, the journal's only logged lr (8-experiments)
 size_interval = 50
+# run settings (README: "Presets: the journal's values and our assumptions")
+total_batch_size = 131072       # assumed: 2**17, logged (tok/sec x dt) in every 8-experiments train line
+warmup_steps = 100              # assumed: with min_lr 0 and max_steps 305176 the cosine schedule prints the
+                                #   journal's logged lr (5.9999e-04 at step 949, 5.9982e-04 at 3499);
+                                #   build-nanogpt's 715 / 19073 steps would print 5.9978e-04 and 5.6993e-04
+max_steps = 305176              # assumed: see warmup_steps (40B tokens at 2**17 per step)
+min_lr = 0.0                    # assumed: see warmup_steps

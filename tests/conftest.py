@@ -36,12 +36,10 @@ TRAIN_RE = re.compile(
     r"flops:(\d+\.\d{2}), batch-reuse:(\d+)$")
 SIZE_RE = re.compile(r"^SIZE COMPARISON prev (\S+) mid (\S+) next (\S+)$")
 VAL_RE = re.compile(r"^@ (\d+) val (\d+\.\d{4})$")
+VAL_EXIT_RE = re.compile(r"^@ (\d+) val-exit (\d+\.\d{4})$")
+VAL_OBJECTIVE_RE = re.compile(r"^@ (\d+) val-objective (-?\d+\.\d{4})$")
 VAL_LAYERS_RE = re.compile(r"^@ (\d+) val-layers \[([^\]]*)\], exit-depth: (\d+\.\d{3})$")
 SAMPLE_RE = re.compile(r"^@ (\d+) sample (\d+): .*$")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than ~5 s (deselect with -m 'not slow')")
 
 
 def _write_shard(d, name, arr):

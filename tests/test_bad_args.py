@@ -63,6 +63,8 @@ FINEWEB_CASES = [
     (FINEWEB, ["--val-fraction", "1"], "argument --val-fraction: must be a finite number in [0, 1), got 1"),
     (FINEWEB, ["--val-fraction", "-0.1"], "must be a finite number in [0, 1), got -0.1"),
     (FINEWEB, ["--val-fraction", "nan"], "must be a finite number in [0, 1), got nan"),
+    (FINEWEB, ["--val-position", "middle"], "argument --val-position: invalid choice: 'middle'"),
+    (FINEWEB, ["--val-fraction", "0", "--val-position", "last"], "--val-position last needs --val-fraction > 0"),
     (FINEWEB, ["--out", UNDER_FILE], "--out {afile}/sub: {afile} is a file, not a directory"),
     (FINEWEB, ["--out", READ_ONLY], "--out {ro}/sub: cannot create it, {ro} is not writable"),
     (FINEWEB, ["--out", "{afile}"], "--out {afile}: exists and is not a directory"),

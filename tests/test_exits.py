@@ -392,6 +392,19 @@ def test_exit_summary_matches_brute_force(threshold):
         assert float(s["exit_depth"]) == 1.0
 
 
+def test_exit_summary_exit_ce_is_ce_at_each_tokens_exit_layer():
+    logits, targets = make_case(seed=5)
+    layers = build_layers(logits, targets)          # token (b, t) exits at EXIT_LAYER[b][t]
+    want = sum(float(tok(logits, targets, EXIT_LAYER[b][t], b, t)["xe"].detach())
+               for b in range(B) for t in range(T)) / (B * T)
+    assert float(exits.exit_summary(layers)["exit_ce"]) == pytest.approx(want, rel=1e-6)
+    last = float(layers[-1].xe.detach().mean())     # without early exit: the last layer's CE
+    assert float(exits.exit_summary(layers, early_exit=False)["exit_ce"]) == pytest.approx(last, rel=1e-6)
+    for o in layers:
+        o.xe = None
+    assert math.isnan(float(exits.exit_summary(layers)["exit_ce"]))
+
+
 def test_exit_summary_without_early_exit_is_zero():
     s = exits.exit_summary(run_masks(torch.rand(3, 2, 4), 0.0), early_exit=False)
     assert torch.equal(s["earlystopdict"], torch.zeros(3))
@@ -437,8 +450,9 @@ def test_confidences():
     torch.testing.assert_close(exits.CONFIDENCES["max-prob"](out), top[:, 0])
     torch.testing.assert_close(exits.CONFIDENCES["top2-margin"](out), top[:, 0] - top[:, 1])
     torch.testing.assert_close(exits.CONFIDENCES["target-prob"](out), p[torch.arange(6), y])
-    with pytest.raises(ValueError, match="needs targets"):
-        exits.CONFIDENCES["target-prob"](heads.naive_head_outputs(h, w, None))
+    # without targets (generation) the target is the greedy token: p_target becomes p_max
+    no_y = heads.naive_head_outputs(h, w, None)
+    assert torch.equal(exits.CONFIDENCES["target-prob"](no_y), exits.CONFIDENCES["max-prob"](no_y))
 
 
 def test_check_name_lists_known():

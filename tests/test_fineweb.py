@@ -490,3 +490,41 @@ def test_source_edited_while_interrupted_rebuilds(tmp_path, capsys, monkeypatch)
     assert run(capsys, *args, "--out", tmp_path / "o")[0] == 0
     assert run(capsys, *args, "--out", tmp_path / "ref")[0] == 0
     assert files_bytes(tmp_path / "o") == files_bytes(tmp_path / "ref")
+
+
+@pytest.mark.parametrize("shard_size", [10_000, 300])
+def test_val_position_last_is_nanogpt_shakespeare_char_split(tmp_path, capsys, shard_size):
+    """--val-position last: train = data[:int(n*0.9)], val = data[int(n*0.9):] (nanoGPT's
+    data/shakespeare_char/prepare.py), across shard boundaries too; first = the opposite end."""
+    text = "".join(f"{i % 7} To be, or not to be{'?' * (i % 3)}\n" for i in range(97))
+    src = tmp_path / "input.txt"
+    src.write_text(text)
+    chars = sorted(set(text))
+    data = np.array([chars.index(c) for c in text], dtype=np.uint16)
+    n = len(data)
+    rc, _, err = run(capsys, "--source", src, "--tokenizer", "char", "--val-fraction", "0.1",
+                     "--val-position", "last", "--shard-size", shard_size, "--out", tmp_path / "last")
+    assert rc == 0, err
+    val, train = all_tokens(tmp_path / "last")
+    assert np.array_equal(train, data[:int(n * 0.9)]) and np.array_equal(val, data[int(n * 0.9):])
+    check_manifest(tmp_path / "last")
+    splits = [s["split"] for s in json.load(open(tmp_path / "last" / "meta.json"))["shards"]]
+    assert splits == sorted(splits, key=lambda s: s == "val")        # train shards, then val
+    rc, _, err = run(capsys, "--source", src, "--tokenizer", "char", "--val-fraction", "0.1",
+                     "--shard-size", shard_size, "--out", tmp_path / "first")
+    assert rc == 0, err
+    val, train = all_tokens(tmp_path / "first")
+    k = int(round(0.1 * n))
+    assert np.array_equal(val, data[:k]) and np.array_equal(train, data[k:])
+
+
+def test_val_position_bad_input(tmp_path, capsys):
+    src = tmp_path / "input.txt"
+    src.write_text("hello world\n" * 50)
+    rc, _, err = run(capsys, "--source", src, "--tokenizer", "char", "--val-fraction", "0",
+                     "--val-position", "last", "--out", tmp_path / "o")
+    assert rc == 2 and err.strip() == "error: --val-position last needs --val-fraction > 0"
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit) as e:
+        fineweb.main(["--source", str(src), "--val-position", "middle", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "--val-position" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import BLOCKS, GPT, POS_ENCODINGS, GPTConfig   # noqa: E402
+from model import ACTIVATIONS, ATTENTIONS, BLOCKS, GPT, POS_ENCODINGS, GPTConfig   # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -123,6 +123,7 @@ BLOCK_EQUATIONS = {
         r * b.attn2(b.ln_1(r)) + b.attn(b.ln_1(r))),
     "res-attn2-mlp2": lambda b, r: (lambda x: x * b.mlp2(b.ln_2(x)) + b.mlp(b.ln_2(x)))(
         r * b.attn2(b.ln_1(r)) + b.attn(b.ln_1(r))),
+    "res-mul-attn": lambda b, r: (lambda x: x + b.mlp(b.ln_2(x)))(r * b.attn(b.ln_1(r))),
     "res-mul-mlp": lambda b, r: (lambda x: x * b.mlp(b.ln_2(x)))(r + b.attn(b.ln_1(r))),
     "no-ln-attn": lambda b, r: (lambda x: x + b.mlp(b.ln_2(x)))(r + b.attn(r)),
     "ln-x-attn": lambda b, r: (lambda x: x + b.mlp(b.ln_2(x)))(b.ln_1(r) + b.attn(b.ln_1(r))),
@@ -150,6 +151,133 @@ def test_block_matches_journal_equations(block_type):
         out, _ = b(r)
         ref = BLOCK_EQUATIONS[block_type](b, r)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# attention / MLP / head variants: each equals its equations written out by hand
+
+def _causal_softmax_heads(qs, ks, vs):
+    """Per head, ng-video-lecture's Head: softmax(q k^T / sqrt(hd)) under the causal mask, @ v;
+    heads concatenated. qs, ks, vs: lists of (B, T, hd)."""
+    outs = []
+    for q, k, v in zip(qs, ks, vs):
+        T = q.size(1)
+        wei = q @ k.transpose(-2, -1) * k.size(-1) ** -0.5
+        wei = wei.masked_fill(torch.ones(T, T).tril() == 0, float("-inf"))
+        outs.append(torch.softmax(wei, dim=-1) @ v)
+    return torch.cat(outs, dim=-1)
+
+
+def _split_heads(t, nh):
+    return list(t.chunk(nh, dim=-1))
+
+
+ATTENTION_EQUATIONS = {
+    # q, k, v = x W_attn^T + b split in three; heads; c_proj
+    "gpt2": lambda a, x: a.c_proj(_causal_softmax_heads(
+        *(_split_heads(t, a.n_head) for t in a.c_attn(x).split(x.size(-1), dim=-1)))),
+    # the same without c_proj
+    "no-c-proj": lambda a, x: _causal_softmax_heads(
+        *(_split_heads(t, a.n_head) for t in a.c_attn(x).split(x.size(-1), dim=-1))),
+    # q, k from c_attn (C -> 2C); the values are x itself
+    "value-identity": lambda a, x: a.c_proj(_causal_softmax_heads(
+        *(_split_heads(t, a.n_head) for t in a.c_attn(x).split(x.size(-1), dim=-1)),
+        _split_heads(x, a.n_head))),
+    # n_head separate bias-free key/query/value maps, then c_proj (ng-video-lecture)
+    "per-head": lambda a, x: a.c_proj(_causal_softmax_heads(
+        [h.query(x) for h in a.heads], [h.key(x) for h in a.heads], [h.value(x) for h in a.heads])),
+}
+
+
+def test_every_attention_has_reference_equations():
+    assert set(ATTENTIONS) == set(ATTENTION_EQUATIONS)
+
+
+@pytest.mark.parametrize("attention", sorted(ATTENTIONS))
+def test_attention_matches_equations(attention):
+    torch.manual_seed(0)
+    m = GPT(tiny(attention=attention, n_head=4)).eval()
+    a = m.transformer.h[0].attn
+    with torch.no_grad():
+        for p in a.parameters():       # non-trivial biases too
+            p.normal_(0.0, 0.3)
+        x = torch.randn(2, 8, 32)
+        torch.testing.assert_close(a(x), ATTENTION_EQUATIONS[attention](a, x), atol=1e-5, rtol=1e-5)
+        k, v = a.project_kv(x)         # what frozen (exited) tokens feed deeper layers
+        _, k2, v2 = a.qkv(x)
+        assert torch.equal(k, k2) and torch.equal(v, v2)
+
+
+def test_attention_variants_parameters():
+    C = 32
+    n = {name: {k: tuple(p.shape) for k, p in GPT(tiny(attention=name)).transformer.h[0].attn.named_parameters()}
+         for name in ATTENTIONS}
+    assert n["gpt2"] == {"c_attn.weight": (3 * C, C), "c_attn.bias": (3 * C,), "c_proj.weight": (C, C),
+                         "c_proj.bias": (C,)}
+    assert n["no-c-proj"] == {"c_attn.weight": (3 * C, C), "c_attn.bias": (3 * C,)}
+    assert n["value-identity"] == {"c_attn.weight": (2 * C, C), "c_attn.bias": (2 * C,),
+                                   "c_proj.weight": (C, C), "c_proj.bias": (C,)}
+    assert n["per-head"] == {**{f"heads.{i}.{w}.weight": (C // 2, C) for i in range(2)
+                                for w in ("key", "query", "value")},
+                             "c_proj.weight": (C, C), "c_proj.bias": (C,)}
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_mlp_activation(activation):
+    torch.manual_seed(0)
+    mlp = GPT(tiny(activation=activation)).transformer.h[0].mlp.eval()
+    x = torch.randn(2, 5, 32)
+    act = {"gelu": lambda t: 0.5 * t * (1 + torch.tanh(math.sqrt(2 / math.pi) * (t + 0.044715 * t ** 3))),
+           "gelu-erf": lambda t: 0.5 * t * (1 + torch.erf(t / math.sqrt(2))),
+           "relu": lambda t: t.clamp_min(0)}[activation]
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), mlp.c_proj(act(mlp.c_fc(x))), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head_impl", ["fused", "checkpoint", "naive"])
+def test_lm_head_bias_in_every_layer_head(head_impl):
+    """lm_head_bias: logits = ln_f(h) W^T + b at every layer's head (tied W, one b), in the
+    losses, the per-layer stats and generation alike; the bias is trained."""
+    torch.manual_seed(0)
+    m = GPT(tiny(n_layer=3, lm_head_bias=True, exit_loss="all-layers", head_impl=head_impl))
+    assert m.lm_head.bias.shape == (64,) and m.transformer.wte.weight is m.lm_head.weight
+    with torch.no_grad():
+        m.lm_head.bias.normal_(0.0, 1.0)
+    idx, y = batch()
+    hs = []
+    for blk in m.transformer.h:
+        blk.register_forward_hook(lambda mod, a, out: hs.append(out[0]))
+    out = m(idx, y, return_stats=True)
+    logits, loss, st = out.logits, out.loss, out.stats
+    ref = [F.cross_entropy((m.transformer.ln_f(h) @ m.lm_head.weight.T + m.lm_head.bias).view(-1, 64),
+                           y.view(-1)) for h in hs]
+    torch.testing.assert_close(st["layer_losses"], torch.stack(ref).detach())
+    torch.testing.assert_close(loss, sum(ref) / 3)
+    torch.testing.assert_close(logits, m.transformer.ln_f(hs[-1]) @ m.lm_head.weight.T + m.lm_head.bias)
+    loss.backward()
+    assert m.lm_head.bias.grad is not None and m.lm_head.bias.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("attention", sorted(ATTENTIONS))
+def test_kv_cache_generation_every_attention(attention):
+    torch.manual_seed(0)
+    m = GPT(tiny(attention=attention, activation="relu", lm_head_bias=True, pos_encoding="rope")).eval()
+    with torch.no_grad():
+        m.transformer.wte.weight.mul_(20)
+    prompt = batch(T=3)[0]
+    assert torch.equal(m.generate(prompt, 8, temperature=0), _greedy_no_cache(m, prompt, 8))
+
+
+@pytest.mark.parametrize("attention", sorted(ATTENTIONS))
+def test_every_attention_trains_and_gets_gradients(attention):
+    cfg = GPTConfig(block_size=8, vocab_size=32, n_layer=2, n_head=2, n_embd=16, attention=attention,
+                    share_weights=True, exit_loss="all-layers", activation="relu", lm_head_bias=True)
+    losses = _train_drop(cfg)
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.3, losses
+    m = GPT(cfg)
+    idx, y = batch(V=32, T=8)
+    m(idx, y, return_logits=False)[1].backward()
+    assert not [n for n, p in m.named_parameters() if p.grad is None]
 
 
 # ----------------------------------------------------------------------------------------------

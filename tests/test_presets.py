@@ -3,6 +3,7 @@
 Parametrized over the glob, so adding a preset adds its tests.
 """
 import dataclasses
+import re
 import glob
 import os
 import sys
@@ -160,3 +161,28 @@ def test_preset_cpu_scale_is_valid(path):
     s = configurator.scale_preset(load_preset(path, defaults), "cpu")
     g = model.GPTConfig(**{k: s[k] for k in fields if k in s and s[k] is not None})  # None: the data's
     assert g.n_embd <= 64 and g.n_layer <= 12 and g.block_size <= 128
+
+
+ASSUMED_RE = re.compile(r"^(\w+) = .*?#\s*assumed: \S")
+
+
+def test_readme_lists_every_assumed_preset_value():
+    """Each `key = value  # assumed: why` line of config/*.py has a row of README's assumption
+    table naming the key and the preset."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    start = readme.index("## Presets: the journal's values and our assumptions")
+    rows = [l for l in readme[start:readme.index("\n## ", start + 3)].splitlines()
+            if l.startswith("| `")]
+    missing, n = [], 0
+    for path in PRESETS:
+        name = os.path.basename(path)[:-3]
+        with open(path) as f:
+            for line in f:
+                m = ASSUMED_RE.match(line)
+                if m:
+                    n += 1
+                    key = m.group(1)
+                    if not any(f"`{name}`" in r and re.search(rf"`{key} = |, `{key} = ", r) for r in rows):
+                        missing.append(f"{name}: {key}")
+    assert n > 50 and not missing, missing

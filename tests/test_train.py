@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (SAMPLE_RE, SIZE_RE, TRAIN_RE, VAL_LAYERS_RE, VAL_RE, make_char_dataset,
-                      parse_train_lines, read_jsonl, run_train, tiny_args, train_events)
+from conftest import (SAMPLE_RE, SIZE_RE, TRAIN_RE, VAL_EXIT_RE, VAL_LAYERS_RE, VAL_OBJECTIVE_RE,
+                      VAL_RE, make_char_dataset, parse_train_lines, read_jsonl, run_train, tiny_args,
+                      train_events)
 import train_gpt2 as tg
 from dataloader import DataLoader
 
@@ -42,7 +43,8 @@ def test_log_lines_match_journal_format(char_data, tmp_path, variant):
     kinds = []
     for line in lines:
         for kind, rx in (("train", TRAIN_RE), ("size", SIZE_RE), ("val", VAL_RE),
-                         ("val-layers", VAL_LAYERS_RE), ("sample", SAMPLE_RE)):
+                         ("val-layers", VAL_LAYERS_RE), ("val-exit", VAL_EXIT_RE),
+                         ("val-objective", VAL_OBJECTIVE_RE), ("sample", SAMPLE_RE)):
             if rx.match(line):
                 kinds.append(kind)
                 break
@@ -82,12 +84,14 @@ def test_log_lines_match_journal_format(char_data, tmp_path, variant):
         assert e["lr"] == pytest.approx(tg.get_lr(step, {**tg.DEFAULTS, **cfg}), rel=1e-12)
         assert e["tok_sec"] == pytest.approx(64 / (e["dt_ms"] / 1000), rel=1e-6)
         assert "mfu" in e and e["peak_mem_bytes"] > 0
+        # train = the last layer's CE; allloss = the sum of the layer losses
+        assert e["loss"] == pytest.approx(e["layer_losses"][-1], rel=1e-5)
+        assert e["allloss"] == pytest.approx(sum(e["layer_losses"]), rel=1e-5)
         if variant == "vanilla":
             assert esd == [0.0] * L and e["earlystop"] == 0.0
-            # allloss = sum of the layer losses; the final layer's loss is the training loss
-            assert e["allloss"] == pytest.approx(sum(e["layer_losses"]), rel=1e-5)
-            assert e["loss"] == pytest.approx(e["layer_losses"][-1], rel=1e-5)
+            assert e["objective"] == e["loss"]                    # final loss: the objective is that CE
         else:
+            assert e["objective"] == pytest.approx(e["allloss"] / L, rel=1e-5)   # all-layers
             assert sum(e["earlystopdict"]) == pytest.approx(1.0, abs=1e-5)
             assert e["earlystop"] == pytest.approx(sum(e["earlystopdict"][:-1]), abs=1e-6)
     # SIZE COMPARISON numbers are the jsonl's residual_std (full float repr)
@@ -101,6 +105,16 @@ def test_log_lines_match_journal_format(char_data, tmp_path, variant):
     assert [e["step"] for e in vals] == [0, 3, 5]
     vl = [VAL_RE.match(l) for l in lines if VAL_RE.match(l)]
     assert [m.group(2) for m in vl] == [f"{e['loss']:.4f}" for e in vals]
+    for e in vals:                      # val = the last layer's CE, whatever the objective
+        assert e["loss"] == e["layer_losses"][-1]
+    ve = [m.group(2) for m in map(VAL_EXIT_RE.match, lines) if m]
+    vo = [m.group(2) for m in map(VAL_OBJECTIVE_RE.match, lines) if m]
+    if variant == "vanilla":
+        assert ve == vo == [] and all(e["exit_ce"] is None and e["objective"] == e["loss"] for e in vals)
+    else:
+        assert ve == [f"{e['exit_ce']:.4f}" for e in vals] and vo == [f"{e['objective']:.4f}" for e in vals]
+        for e in vals:
+            assert e["objective"] == pytest.approx(sum(e["layer_losses"]) / L, rel=1e-5)
     assert vals[-1]["loss"] < vals[0]["loss"]
     # the trainer ends with plot.py's figures: loss, per-layer heat map, residual sizes (+ exits)
     figs = sorted(os.listdir(tmp_path / "img"))
@@ -110,6 +124,28 @@ def test_log_lines_match_journal_format(char_data, tmp_path, variant):
     ck = torch.load(tmp_path / "fmt" / "ckpt_000005.pt", map_location="cpu", weights_only=True)
     assert ck["step"] == 5 and ck["model_config"]["n_layer"] == 2
     assert ck["tokenizer"]["name"] == "char" and len(ck["rng"]) == 1
+
+
+def test_val_is_ce_whatever_the_exit_loss(char_data, tmp_path):
+    """Runs that differ only in the objective log val on one scale: at step 0 (same initial
+    model, same val data) the val lines are identical, whatever the exit loss; the objective
+    (4-test's is ~0: confidence-weighted, mostly masked) goes to its own line."""
+    vals = {}
+    for loss in ("final", "4-test", "1-noise"):
+        extra = ["--share_weights=True", "--layer_heads=True", f"--exit_loss={loss}", "--max_steps=4"]
+        if loss == "4-test":
+            extra += ["--early_exit=True", "--exit_mode=sample"]
+        p = run_train(tiny_args(char_data, tmp_path, loss, *extra))
+        _ok(p)
+        lines = (tmp_path / f"{loss}.txt").read_text().splitlines()
+        vals[loss] = [l for l in lines if VAL_RE.match(l)]
+        obj = [float(m.group(2)) for m in map(VAL_OBJECTIVE_RE.match, lines) if m]
+        ce = [float(VAL_RE.match(l).group(2)) for l in vals[loss]]
+        assert len(ce) == 2 and all(c > 2.5 for c in ce)       # CE of a barely trained 40-way model
+        if loss == "4-test":
+            assert all(abs(o) < 0.5 for o in obj)              # ... not its objective
+        assert len(parse_train_lines(tmp_path / f"{loss}.txt")) == 4   # even 1-noise's negative objective
+    assert vals["final"][0] == vals["4-test"][0] == vals["1-noise"][0] == "@ 0 val " + vals["final"][0].split()[-1]
 
 
 # ---------------------------------------------------------------------------------------------

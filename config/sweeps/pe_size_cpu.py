@@ -1,7 +1,7 @@
 # A CPU-sized version of seed 002's positional-encoding x size study (minutes on a laptop):
 # 3 position encodings x 2 widths of a 2-layer char-level model, 150 steps each, on tiny
 # Shakespeare. Prepare the data first (not shipped):
-#   python fineweb.py --source path/to/tinyshakespeare.txt --tokenizer char --out data/shakespeare_char
+#   python fineweb.py --source tinyshakespeare.txt --tokenizer char --val-position last --out data/shakespeare_char_last
 # then
 #   python sweep.py config/sweeps/pe_size_cpu.py        # -> log/sweeps/pe_size_cpu.md
 NAME = "pe_size_cpu"
