@@ -63,14 +63,15 @@ def test_max_rel_and_render():
 @pytest.mark.slow
 def test_dry_run_passes_and_writes_the_report(tmp_path):
     """The check's plumbing end to end on CPU: items run, PASS lines, the markdown report.
-    Two cheap items only (the whole dry run takes ~3 min idle, too long for the suite; compile
-    and bf16 are proven by test_compile.py / test_autocast.py, torchrun by test_train.py)."""
-    p = _run("--gpu-check", "--dry-run", "--items", "memory,mfu", "--out", str(tmp_path),
+    One cheap item (the whole dry run takes ~3 min idle, too long for the suite; compile and
+    bf16 are proven by test_compile.py / test_autocast.py, torchrun by test_train.py; the mfu
+    item's plausibility bound needs a GPU: a CPU's measured GEMM peak is below its MFU)."""
+    p = _run("--gpu-check", "--dry-run", "--items", "memory", "--out", str(tmp_path),
              timeout=900)
     lines = [ln for ln in p.stdout.splitlines() if re.match(r"^(PASS|FAIL) ", ln)]
-    assert [ln.split(":")[0] for ln in lines] == ["PASS memory", "PASS mfu"], p.stdout + p.stderr
+    assert [ln.split(":")[0] for ln in lines] == ["PASS memory"], p.stdout + p.stderr
     assert p.returncode == 0
     (md,) = os.listdir(tmp_path)
     assert re.fullmatch(r"cpu-dry-run-\d{4}-\d\d-\d\d\.md", md)
     text = open(os.path.join(tmp_path, md)).read()
-    assert "**2/2 PASS**" in text and text.count("| PASS |") == 2
+    assert "**1/1 PASS**" in text and text.count("| PASS |") == 1

@@ -184,7 +184,7 @@ def test_end_to_end_tiny_sweep(tmp_path):
         f'BASE = {{"dataset": {str(data)!r}, "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32, '
         '"B": 4, "T": 32, "total_batch_size": 128, "max_steps": 6, "warmup_steps": 1, "eval_interval": 3, '
         '"eval_iters": 1, "sample_interval": 0, "checkpoint_interval": 6, "device": "cpu", '
-        '"compile": False, "hellaswag": False, "dirty_ok": True}\n')
+        '"compile": False, "hellaswag": None, "dirty_ok": True}\n')
     cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), str(sw_path), "--log-dir", "runs"]   # not the default: the trainer must log there too
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr + "".join(
