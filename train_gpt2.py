@@ -800,7 +800,9 @@ def decode(s, ids):
 def save_checkpoint(s, step, loader_start, why):
     """All ranks call this (RNG states are gathered); rank 0 writes atomically and prunes."""
     rngs = s.dist.gather_object(checkpoint.rng_state(s.device_type))
-    msd, osd = distributed.full_state(s.raw, s.optimizer)    # whole tensors, whatever the mode
+    # whole tensors, whatever the mode; FSDP gathers shards (every rank), else rank 0 alone copies
+    gather = s.dist.master or distributed.is_fsdp(s.raw)
+    msd, osd = distributed.full_state(s.raw, s.optimizer) if gather else (None, None)
     path, err = checkpoint.path_for(s.ckpt_dir, step), None
     if s.dist.master:
         obj = {"model": checkpoint.strip_prefixes(msd),
