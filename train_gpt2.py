@@ -103,14 +103,14 @@ batch_reuse = 1                  # k optimizer steps on each batch (log field ba
 eval_interval = 250              # val loss (+ per-layer val, exit depth, HellaSwag) every N steps
 eval_iters = 20                  # val batches of total_batch_size tokens per evaluation
 log_interval = 1                 # train line every N steps
-stats_rows = 4                   # models without per-layer heads: logged steps compute the
-                                 #   per-layer stats (allloss, SIZE) on this many sequences of the
-                                 #   first micro batch in an extra no-grad forward (0: all B, in
-                                 #   the training forward: L heads on every token, ~2x the FLOPs)
-stats_interval = 1               # models without per-layer heads: the stats above on logged
-                                 #   steps that are multiples of N (0: only on size_interval
-                                 #   steps); the other train lines print them as nan. N > 1
-                                 #   makes the plain path pay nothing for them (bench/)
+stats_rows = 4                   # models without per-layer heads: steps with per-layer stats
+                                 #   (allloss, earlystopdict, SIZE) compute them on this many
+                                 #   sequences of the first micro batch in an extra no-grad forward
+                                 #   (0: all B, in the training forward: L heads on every token)
+stats_interval = 0               # models without per-layer heads: those stats on logged steps
+                                 #   that are multiples of N too (0: only on size_interval steps,
+                                 #   so the plain path pays nothing for them; bench/); the other
+                                 #   train lines print nan for allloss..earlystopdict
 size_interval = 250              # SIZE COMPARISON block every N steps (0: never)
 sample_interval = 250            # text sample every N steps (0: never)
 sample_tokens = 32
@@ -132,7 +132,7 @@ stop_at_step = None              # end this invocation after step N (checkpoint 
 verify_data = True               # at start, rank 0 checks every shard's sha256 and max token id
                                  # against the manifest (~1.7 GB/s: ~12 s for FineWeb-Edu 10B)
 residual_limit = 1e6             # stop when a residual_std exceeds this (None: no limit); checked
-                                 #   every step with per-layer heads, on logged steps otherwise
+                                 #   every step with per-layer heads, else on steps with stats
 skip_nonfinite = False           # skip steps with a non-finite loss/grad instead of stopping
 dirty_ok = True                  # False: refuse to start with uncommitted changes to tracked files
 # experiment tracking (tracking.py; nanoGPT's names)
@@ -587,8 +587,8 @@ def train_step(s, batches, lr, step, guard=True, want_stats=True):
 
     With per-layer heads (layer_heads or early_exit) the statistics are free and averaged over
     every micro step; without, they need L extra heads, so they are computed only when
-    want_stats (logged steps), on the first micro step of each rank: on its first stats_rows
-    sequences in an extra no-grad eval-mode forward (no RNG drawn), or with stats_rows=0 on the
+    want_stats (SIZE steps, stats_interval), on the first micro step of each rank: on its first
+    stats_rows sequences in an extra no-grad eval-mode forward (no RNG drawn), or with stats_rows=0 on the
     whole micro batch inside the training forward."""
     s.model.train()
     s.optimizer.zero_grad(set_to_none=True)
@@ -669,8 +669,8 @@ def check_guards(s, r, step):
     L = s.mcfg.n_layer
     if not math.isfinite(r["objective"]):
         bad = [l for l, v in enumerate(r.get("layer_losses", [])) if not math.isfinite(v)]
-        if not r["stats"]:   # no per-layer heads and not a logged step: nothing to name
-            where = "; layer losses are not computed on unlogged steps of this model"
+        if not r["stats"]:   # no per-layer heads and no stats this step: nothing to name
+            where = "; layer losses are not computed on this step of this model (stats_interval)"
         elif bad:
             where = f"; first non-finite layer loss at layer {bad[0] + 1}/{L} ({r['layer_losses'][bad[0]]})"
         else:

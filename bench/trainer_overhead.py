@@ -12,13 +12,13 @@ Cases, each a fresh subprocess, interleaved A B A B ... over --rounds rounds:
   minimal   nanoGPT's loop: get_batch (random offsets into the memmapped train shard), forward
             `logits, loss = model(x, y)`, backward, clip_grad_norm_, AdamW step, zero_grad,
             `loss.item()` (what a loop prints) every step
-  trainer   `python train_gpt2.py` itself, logging every step (log_interval=1: the train line +
-            jsonl event), no eval/sample/size/checkpoint events until its last step; its
-            defaults compute the per-layer statistics of the train line (allloss,
-            earlystopdict) on every logged step: an extra no-grad forward of stats_rows=4
-            sequences with a head after every layer
-  trainer-nostats   the same with --stats_interval=0 (those statistics only on SIZE steps;
-            the train lines print them as nan): the plain path with nothing paid for research
+  trainer   `python train_gpt2.py` itself with its defaults, logging every step (log_interval=1:
+            the train line + jsonl event), no eval/sample/size/checkpoint events until its last
+            step; a plain model's per-layer statistics (allloss, earlystopdict) are computed
+            only on SIZE steps by default (stats_interval=0), so these train lines print nan
+  trainer-stats   the same with --stats_interval=1 (the default before 2026-12-01): those
+            statistics on every logged step, an extra no-grad forward of stats_rows=4 sequences
+            with a head after every layer: what the research statistics cost a plain model
 Per round and case: mean wall time per step over steps [warmup, steps - 2) from per-step
 timestamps (the trainer's: its jsonl train events, i.e. one whole loop iteration). Reported:
 the trainer/minimal ratio per round, median and min..max. Writes bench/results/
@@ -115,7 +115,7 @@ def mean_step(stamps, warmup):
     return (stamps[b] - stamps[a]) / (b - a)
 
 
-CASES = {"minimal": None, "trainer": [], "trainer-nostats": ["--stats_interval=0"]}
+CASES = {"minimal": None, "trainer": [], "trainer-stats": ["--stats_interval=1"]}
 
 
 def run_case(case, data, steps, vocab, env):
@@ -182,7 +182,7 @@ def main(argv=None):
 def render(r):
     ratios, med = r["ratios"], r["ratio_median"]
     what = {"trainer": "train_gpt2.py, plain model, log every step (defaults)",
-            "trainer-nostats": "train_gpt2.py, plain model, log every step, --stats_interval=0"}
+            "trainer-stats": "train_gpt2.py, plain model, log every step, --stats_interval=1"}
     ms = {c: statistics.median(v) * 1e3 for c, v in r["step_s"].items()}
     s = r["shape"]
     return "\n".join([
@@ -191,7 +191,7 @@ def render(r):
         f"{s['n_layer']} layers x {s['n_embd']}, {s['n_head']} heads, T {s['T']}, B {s['B']}, "
         f"vocab {r['vocab_size']} (char), fp32; device {r['device']}; load average "
         f"{', '.join(f'{x:.1f}' for x in r['loadavg'])}; {r['rounds']} rounds interleaved "
-        f"(minimal, trainer, trainer-nostats, minimal, ...), {r['steps']} steps each, mean step after "
+        f"(minimal, trainer, trainer-stats, minimal, ...), {r['steps']} steps each, mean step after "
         f"{r['warmup']} warm-up steps.",
         "",
         "| case | median step (ms, this machine, not a result) | trainer / minimal (median, min..max over rounds) |",

@@ -22,16 +22,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes > ~5 s; `pytest -m 'not slow'` skips it")
 
 
-# tiny model + data; every test run adds its own --key=value overrides
+# tiny model + data; every test run adds its own --key=value overrides. stats_interval=1: a plain
+# model's train lines carry its per-layer stats on every step, so runs compare them too (the
+# default computes them only on SIZE steps: test_train.test_stats_interval_skips_plain_stats_only)
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--vocab_size=64",
         "--T=16", "--B=2", "--total_batch_size=64", "--max_steps=6", "--warmup_steps=2",
         "--max_lr=1e-2", "--eval_interval=3", "--eval_iters=2", "--size_interval=2",
         "--sample_interval=3", "--sample_tokens=8", "--num_samples=1", "--checkpoint_interval=0",
-        "--device=cpu", "--compile=False", "--dtype=float32", "--head_impl=naive"]
+        "--device=cpu", "--compile=False", "--dtype=float32", "--head_impl=naive",
+        "--stats_interval=1"]
 
 TRAIN_RE = re.compile(
-    r"^@ (\d+) train (\d+\.\d{4}) , allloss: (\d+\.\d{4}), confloss: (-?\d+\.\d{4}), "
-    r"targetloss: (-?\d+\.\d{4}), earlystop: (\d\.\d{3}), earlystopdict: \[([^\]]*)\], "
+    r"^@ (\d+) train (\d+\.\d{4}) , allloss: (\d+\.\d{4}|nan), confloss: (-?\d+\.\d{4}|nan), "
+    r"targetloss: (-?\d+\.\d{4}|nan), earlystop: (\d\.\d{3}|nan), earlystopdict: \[([^\]]*)\], "
     r"lr:(\d\.\d{4}e[-+]\d\d), norm:(\d+\.\d{4}), dt: (\d+\.\d{2})ms, tok/sec: (\d+\.\d{2}), "
     r"flops:(\d+\.\d{2}), batch-reuse:(\d+)$")
 SIZE_RE = re.compile(r"^SIZE COMPARISON prev (\S+) mid (\S+) next (\S+)$")

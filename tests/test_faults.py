@@ -374,8 +374,8 @@ def test_nonfinite_on_unlogged_step_names_no_wrong_layer(char_data, tmp_path):
     faultlog.inject("non-finite loss on an unlogged step")
     assert p.returncode == 1
     err = p.stderr.strip().splitlines()
-    assert err == [f"error: step 6: non-finite loss (nan); layer losses are not computed on unlogged "
-                   f"steps of this model; last good checkpoint: {tmp_path / 'nan5' / 'ckpt_000004.pt'}"]
+    assert err == [f"error: step 6: non-finite loss (nan); layer losses are not computed on this "
+                   f"step of this model (stats_interval); last good checkpoint: {tmp_path / 'nan5' / 'ckpt_000004.pt'}"]
     faultlog.survived("non-finite loss on an unlogged step")
 
 

@@ -17,7 +17,7 @@ def test_mean_step_window_skips_warmup_and_last_step():
 
 def test_trainer_args_are_a_valid_plain_config(tmp_path):
     import train_gpt2 as tg
-    cfg, _ = tg.parse_config(to.trainer_args("data/x", str(tmp_path), 50, 65) + ["--stats_interval=0"])
+    cfg, _ = tg.parse_config(to.trainer_args("data/x", str(tmp_path), 50, 65) + to.CASES["trainer"])
     mcfg, accum = tg.validate_config(cfg, 1)
     assert (mcfg.n_layer, mcfg.n_embd, mcfg.n_head, cfg["T"], cfg["B"], mcfg.vocab_size) == \
         (4, 128, 4, 64, 12, 65)
@@ -27,12 +27,12 @@ def test_trainer_args_are_a_valid_plain_config(tmp_path):
 
 def test_render_ratios():
     r = {"shape": to.SHAPE, "vocab_size": 65, "rounds": 2, "steps": 40, "warmup": 8,
-         "step_s": {"minimal": [0.030, 0.034], "trainer": [0.036, 0.040],
-                    "trainer-nostats": [0.031, 0.035]},
-         "ratios": {"trainer": [1.2, 40 / 34], "trainer-nostats": [31 / 30, 35 / 34]},
-         "ratio_median": {"trainer": 1.188, "trainer-nostats": 1.031},
+         "step_s": {"minimal": [0.030, 0.034], "trainer-stats": [0.036, 0.040],
+                    "trainer": [0.031, 0.035]},
+         "ratios": {"trainer-stats": [1.2, 40 / 34], "trainer": [31 / 30, 35 / 34]},
+         "ratio_median": {"trainer-stats": 1.188, "trainer": 1.031},
          "device": "cpu (x, 2 cores)", "loadavg": (1.0, 2.0, 3.0)}
     md = to.render(r)
     assert "| minimal (nanoGPT-style loop) | 32.00 | 1 |" in md
-    assert "--stats_interval=0 | 33.00 | **1.031** (1.029..1.033) |" in md
-    assert "**1.188** (1.176..1.200)" in md
+    assert "log every step (defaults) | 33.00 | **1.031** (1.029..1.033) |" in md
+    assert "--stats_interval=1 | 38.00 | **1.188** (1.176..1.200) |" in md
