@@ -3,7 +3,8 @@
     path = save(obj, ckpt_dir, step, keep=3)     # atomic write + content digest, prune old ones
     ck = load(path)                              # dict, or CheckpointError naming the damage
     model, ck = load_model(path)                 # GPT in eval mode (eval_exit.py, hellaswag.py)
-    ck, path, damaged = find_resume(ckpt_dir, "auto", model_config)   # the trainer's --resume
+    ck, path, damaged = find_resume(ckpt_dir, "auto", model_config)   # --resume
+    ck, path = resume_for_run(cfg, ckpt_dir, mcfg, master, notes)     # the trainer's, + notes
 
 A checkpoint is a dict with at least CKPT_KEYS; "digest" (blake2b over every tensor's bytes and
 every other value) catches the flipped bit inside tensor data that torch.load does not notice.
@@ -14,6 +15,7 @@ import hashlib
 import os
 import random
 import re
+import sys
 import time
 
 import numpy as np
@@ -259,6 +261,45 @@ def find_resume(ckpt_dir, resume, model_config):
             raise CheckpointError(f"checkpoint {path} has a different model config: {what}")
         return ck, path, damaged
     return None, None, damaged
+
+
+def resume_for_run(cfg, ckpt_dir, mcfg, master, notes):
+    """The trainer's checkpoint to continue from -> (dict, path) or (None, None); cfg["resume"]
+    set to "auto" in a group torchrun --max-restarts restarted; notes appended (damaged
+    checkpoints skipped, a fresh start), a warning on stderr (master). CheckpointError as
+    find_resume."""
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if cfg["resume"] is None and restarts > 0 and not cfg["lr_find"]:
+        cfg["resume"] = "auto"
+        notes.append(f"torchrun restart {restarts}: resume=auto")
+    if cfg["resume"] is None or cfg["lr_find"]:
+        return None, None
+    ck, path, damaged = find_resume(ckpt_dir, cfg["resume"], mcfg)
+    for msg in damaged:
+        notes.append(msg + "; trying the previous one")
+        if master:
+            print(f"warning: {msg}; trying the previous one", file=sys.stderr, flush=True)
+    if ck is None:
+        notes.append(f"resume=auto: no {'valid ' if damaged else ''}checkpoint in {ckpt_dir}; "
+                     f"starting fresh")
+    return ck, path
+
+
+def check_continues(ck, ck_path, meta, train_loader):
+    """CheckpointError when the dataset (manifest meta, its train DataLoader) cannot continue
+    the checkpoint's run: another vocabulary (tokenizer, the characters behind char ids, size)
+    or a data position it does not have."""
+    why = fineweb.vocabulary_mismatch(meta, ck.get("tokenizer"))
+    if why:
+        raise CheckpointError(f"dataset {meta['data_dir']} has {why}: checkpoint {ck_path} was "
+                              f"trained on another vocabulary")
+    for key in ("loader", "loader_batch_start"):
+        if key in ck:
+            try:
+                train_loader.check_state(ck[key])
+            except ValueError as e:
+                raise CheckpointError(f"checkpoint {ck_path} cannot continue on dataset "
+                                      f"{meta['data_dir']}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -102,6 +102,20 @@ class DistContext:
         t = torch.tensor([0 if ok else 1], dtype=torch.int64, device=device or self.coll_device)
         return int(self.sum_(t).item()) == 0
 
+    def mean_by_name(self, sums):
+        """{name: tensor} of per-rank sums -> {name: float or (nested) list} averaged over the
+        ranks, in one all_reduce (names sorted, so every rank packs them alike)."""
+        names = sorted(sums)
+        flat = torch.cat([sums[k].reshape(-1) for k in names])
+        flat = (self.sum_(flat) / self.world).cpu()
+        out, i = {}, 0
+        for k in names:
+            n = sums[k].numel()
+            v = flat[i:i + n].view(sums[k].shape)
+            out[k] = v.item() if v.dim() == 0 else v.tolist()
+            i += n
+        return out
+
     def gather_object(self, obj):
         if not self.initialized:
             return [obj]

@@ -1,6 +1,7 @@
 """One process per run: an exclusive flock on log/{run_name}.lock while the run writes.
 
     lock = runlock.acquire(log_dir, run_name)     # RunLocked when another live process holds it
+    lock = runlock.acquire_on_master(dist, log_dir, run_name)   # rank 0 takes it, all ranks agree
     ...
     lock.release()                                # also implicit when the process dies
 
@@ -60,6 +61,20 @@ def acquire(log_dir, run_name):
         os.write(fd, f"{os.getpid()}\n".encode())
         return RunLock(path, fd)
     raise RunLocked(f"run {run_name!r} in {log_dir}: could not take the lock {path}")
+
+
+def acquire_on_master(d, log_dir, run_name):
+    """acquire() on rank 0 of d (distributed.DistContext) -> its RunLock, None on the other
+    ranks; RunLocked on every rank when another live process holds the run."""
+    lock, err = None, None
+    if d.master:
+        try:
+            lock = acquire(log_dir, run_name)
+        except RunLocked as e:
+            err = e
+    if not d.all_ok(err is None):
+        raise RunLocked(str(err) if err else "the run is in use (lock held; see rank 0)")
+    return lock
 
 
 def _read_pid(fd):

@@ -1,6 +1,7 @@
 """The run log: log/{run}.txt in the journal's line formats (+ stdout) and its jsonl twin.
 
     log = RunLog(txt_path, jsonl_path, master=True, append=False)
+    log = open_for_run(log_dir, run_name, master, ckpt_dir, ck, notes)   # the trainer's
     log.line(format_train_line(step, r, batch_reuse))   # "@ 5 train 3.0469 , allloss: ..."
     log.note("checkpoint saved: ...")                   # "# ..." comment lines
     log.event("train", step=5, loss=3.05)               # one JSON object per line
@@ -18,6 +19,8 @@ import time
 
 import numpy as np
 import torch
+
+import checkpoint
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # data-sheet dense bf16 peak FLOP/s by device-name substring, first match wins (for MFU)
@@ -83,6 +86,26 @@ class RunLog:
                 except OSError:   # flushing into a full disk: the error was reported already
                     pass
         self.txt = self.jsonl = None
+
+
+def open_for_run(log_dir, name, master, ckpt_dir, ck, notes, checkpoints=True):
+    """RunLog of {log_dir}/{name}(.txt|.jsonl), appending when resuming from the checkpoint ck;
+    called once every check has passed. With checkpoints (rank 0): partial checkpoint writes of
+    a killed run are removed, a fresh start moves an earlier run's log and checkpoints aside, a
+    resume the checkpoints after its own (checkpoint.py); notes appended for the log."""
+    resumed = ck is not None
+    txt, jsl = (os.path.join(log_dir, name + ext) for ext in (".txt", ".jsonl"))
+    os.makedirs(log_dir, exist_ok=True)
+    if master and checkpoints:
+        stale = checkpoint.remove_stale_temps(ckpt_dir)
+        if stale:
+            notes.append(f"removed {len(stale)} partial checkpoint write(s) of a killed run: "
+                         f"{', '.join(stale)}")
+        if not resumed:
+            notes += filter(None, [checkpoint.backup_previous((txt, jsl), ckpt_dir)])
+        else:
+            notes += filter(None, [checkpoint.set_aside_later(ckpt_dir, int(ck["step"]))])
+    return RunLog(txt, jsl, master, append=resumed)
 
 
 def _json_default(o):

@@ -21,6 +21,7 @@ import sys
 import torch
 
 import cli
+from tokenizer import decode_known
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 # ANSI foreground colours from shallow to deep exits (blue ... red)
@@ -151,19 +152,6 @@ def encode_prompt(tok, text, block_size):
     return torch.tensor(ids[-block_size:], dtype=torch.long)[None]
 
 
-def decode(tok, ids):
-    """Text of ids; ids the tokenizer does not know (padded vocabulary rows) -> U+FFFD."""
-    n = tok.vocab_size
-    parts, run = [], []
-    for t in ids:
-        if t < n:
-            run.append(t)
-        else:
-            parts.append(tok.decode(run) + "\ufffd")
-            run = []
-    return "".join(parts) + tok.decode(run)
-
-
 # ---------------------------------------------------------------------------------------------
 # generation
 
@@ -191,9 +179,9 @@ def generate(model, idx, args):
 def render(tok, ids, n_prompt, depths, n_layer, colour):
     """The prompt, then each new token marked with its exit layer: ANSI colour (shallow blue ..
     deep red) when `colour`, else `token[d]`."""
-    out = [decode(tok, ids[:n_prompt])]
+    out = [decode_known(tok, ids[:n_prompt])]
     for t, d in zip(ids[n_prompt:], depths):
-        text = decode(tok, [t])
+        text = decode_known(tok, [t])
         if colour:
             c = DEPTH_COLOURS[min(len(DEPTH_COLOURS) - 1, (d - 1) * len(DEPTH_COLOURS) // n_layer)]
             out.append(f"\033[{c}m{text}\033[0m")
@@ -245,7 +233,7 @@ def main(argv=None):
         with autocast:
             ids, depths = generate(model, idx, args)
         if depths is None:
-            print(decode(tok, ids))
+            print(decode_known(tok, ids))
         else:
             print(render(tok, ids, idx.size(1), depths, cfg.n_layer, colour))
             print(f"(average exit layer {sum(depths) / len(depths):.2f} of {cfg.n_layer})")

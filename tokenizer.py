@@ -115,6 +115,20 @@ class GPT2Tokenizer:
         return self.enc.decode(list(ids))
 
 
+def decode_known(tok, ids, n_known=None):
+    """Text of ids; ids >= n_known (default tok.vocab_size: the padded vocabulary rows, e.g.
+    50257..50303) -> U+FFFD each."""
+    n = tok.vocab_size if n_known is None else n_known
+    parts, run = [], []
+    for t in ids:
+        if t < n:
+            run.append(t)
+        else:
+            parts.append(tok.decode(run) + "\ufffd")
+            run = []
+    return "".join(parts) + tok.decode(run)
+
+
 def get_tokenizer(name, chars=None):
     """Tokenizer by manifest name: 'gpt2' or 'char' (char needs the manifest's `chars`)."""
     if name == "gpt2":

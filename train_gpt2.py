@@ -12,7 +12,8 @@ run files you trust) or `--key=value` (a Python literal of the default's type); 
 `preset_scale` shrinks the run except for keys given as `--key=value`. Every GPTConfig field is
 a constant. The file reads in the order a run happens: constants, configuration, setup, the
 training step, the periodic events, the loop, the LR range test, main(); infrastructure lives
-in flat modules beside it (configurator, dataloader, distributed, checkpoint, runlog, lr_finder).
+in flat modules beside it (configurator, config_checks, dataloader, distributed, checkpoint,
+runlog, runlock, stop_signal, lr_finder, run_summary).
 
 Outputs (rank 0): log/{run_name}.txt (the journal's line formats, flushed every line),
 log/{run_name}.jsonl (one JSON object per event), checkpoints log/{run_name}/ckpt_{step:06d}.pt,
@@ -43,10 +44,6 @@ nothing written to log/).
 import dataclasses
 import math
 import os
-import re
-import shlex
-import signal
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -60,15 +57,18 @@ import distributed
 import fineweb
 import hellaswag as hellaswag_eval     # (the names hellaswag, tokenizer are constants)
 import lr_finder
+import run_summary
 import runlock
 import runlog
 import tokenizer as tokenizers
 import tracking
+from config_checks import model_config, validate_config
 from configurator import ConfigError
 from dataloader import DataLoader, prepare_data, to_device
 from distributed import DistContext
 from model import GPT, GPTConfig, exit_sample_seed
 from runlog import RunLog
+from stop_signal import StopSignal
 
 # ----------------------------------------------------------------------------------------------
 # constants (defaults: build-nanogpt's GPT-2 124M run)
@@ -193,9 +193,9 @@ NONE_TYPES = {"dataset_source": str, "tokenizer": str, "min_lr": float, "hellasw
               "hellaswag_limit": int, "resume": str, "stop_at_step": int, "compile": bool,
               "preset_scale": str, "vocab_size": int, "exit_table": str}
 NULLABLE = {"residual_limit"}
-LR_SCHEDULES = ("cosine", "onecycle")
-SIGNALS = (None, "SIGTERM", "SIGINT")   # stop["signal"] values, in the order ranks agree on
-DTYPES = ("auto", "float32", "bfloat16")
+# bad configuration or data found by setup(): one `error:` line, exit 2, nothing written
+SETUP_ERRORS = (ConfigError, fineweb.DataError, checkpoint.CheckpointError, runlock.RunLocked,
+                tracking.TrackingError)
 
 
 class GuardError(Exception):
@@ -222,102 +222,6 @@ def parse_config(argv):
         except ValueError as e:
             raise ConfigError(str(e)) from None
     return cfg, explicit
-
-
-def model_config(cfg):
-    """GPTConfig from the constants (vocab_size None: GPTConfig's, until the data sets it); bad
-    values -> ConfigError."""
-    try:
-        return GPTConfig(**{f.name: cfg[f.name] for f in dataclasses.fields(GPTConfig)
-                            if cfg[f.name] is not None})
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from None
-
-
-def validate_config(cfg, world_size):
-    """Checks that need no data; returns (GPTConfig, grad_accum). Raises ConfigError."""
-    mcfg = model_config(cfg)
-    for k in ("B", "T", "total_batch_size", "max_steps", "eval_iters", "batch_reuse",
-              "keep_checkpoints", "lr_find_steps", "num_samples"):
-        if cfg[k] <= 0:
-            raise ConfigError(f"{k} must be positive, got {cfg[k]}")
-    for k in ("eval_interval", "log_interval", "size_interval", "sample_interval",
-              "checkpoint_interval", "warmup_steps", "sample_tokens", "stats_rows",
-              "stats_interval"):
-        if cfg[k] < 0:
-            raise ConfigError(f"{k} must be >= 0, got {cfg[k]}")
-    if cfg["T"] > mcfg.block_size:
-        raise ConfigError(f"T ({cfg['T']}) > block_size ({mcfg.block_size})")
-    per = cfg["B"] * cfg["T"] * world_size
-    if cfg["total_batch_size"] % per:
-        raise ConfigError(f"total_batch_size ({cfg['total_batch_size']}) is not divisible by "
-                          f"B*T*world_size = {cfg['B']}*{cfg['T']}*{world_size} = {per}")
-    for key, known in (("lr_schedule", LR_SCHEDULES), ("dtype", DTYPES),
-                       ("parallel", distributed.PARALLEL)):
-        if cfg[key] not in known:
-            raise ConfigError(f"unknown {key} {cfg[key]!r}; known: {', '.join(known)}")
-    if cfg["tokenizer"] is not None and cfg["tokenizer"] not in ("gpt2", "char"):
-        raise ConfigError(f"unknown tokenizer {cfg['tokenizer']!r}; known: gpt2, char")
-    if not cfg["max_lr"] > 0 or (cfg["min_lr"] is not None and cfg["min_lr"] < 0):
-        raise ConfigError(f"max_lr must be > 0 and min_lr >= 0 (got {cfg['max_lr']}, {cfg['min_lr']})")
-    if cfg["lr_schedule"] == "onecycle" and not (0 < cfg["onecycle_pct"] < 1):
-        raise ConfigError(f"onecycle_pct must be in (0, 1), got {cfg['onecycle_pct']}")
-    if not 0 < cfg["lr_find_start"] < cfg["lr_find_end"]:
-        raise ConfigError("lr_find needs 0 < lr_find_start < lr_find_end")
-    if cfg["residual_limit"] is not None and not cfg["residual_limit"] > 0:
-        raise ConfigError(f"residual_limit must be > 0 or None, got {cfg['residual_limit']}")
-    if cfg["stop_at_step"] is not None and not 0 <= cfg["stop_at_step"] < cfg["max_steps"]:
-        raise ConfigError(f"stop_at_step must be in [0, max_steps) = [0, {cfg['max_steps']}), "
-                          f"got {cfg['stop_at_step']}")
-    if cfg["parallel"] == "fsdp" and "WORLD_SIZE" not in os.environ:
-        raise ConfigError("parallel='fsdp' needs torchrun (e.g. torchrun --standalone "
-                          "--nproc_per_node=8 train_gpt2.py ...); one process: parallel='ddp'")
-    try:
-        tracking.check(cfg)
-    except tracking.TrackingError as e:
-        raise ConfigError(str(e)) from None
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}", cfg["run_name"]):
-        raise ConfigError(f"run_name {cfg['run_name']!r} must be a plain file name "
-                          f"(letters, digits, . _ + -; at most 200)")
-    _check_values(cfg)
-    try:
-        for key in ("log_dir", "img_dir"):
-            cli.check_output(cfg[key], key, is_dir=True)
-        cli.check_output(os.path.join(cfg["log_dir"], cfg["run_name"]), "checkpoint directory",
-                         is_dir=True)
-        if cfg["hellaswag"] not in (None, "hf"):
-            cli.check_input_file(cfg["hellaswag"], "hellaswag")
-        for key in ("dataset", "dataset_source"):
-            if cfg[key] is not None and "\0" in cfg[key]:
-                raise cli.UsageError(f"{key} {cfg[key]!r} contains a NUL byte")
-    except cli.UsageError as e:
-        raise ConfigError(str(e)) from None
-    return mcfg, cfg["total_batch_size"] // per
-
-
-def _check_values(cfg):
-    """Ranges and consistency of the optimisation and evaluation constants (ConfigError)."""
-    min_lr = cfg["min_lr"] if cfg["min_lr"] is not None else cfg["max_lr"] * 0.1
-    checks = [
-        (min_lr <= cfg["max_lr"], f"min_lr ({min_lr}) must not exceed max_lr ({cfg['max_lr']})"),
-        (cfg["grad_clip"] >= 0, f"grad_clip must be >= 0 (0: no clipping), got {cfg['grad_clip']}"),
-        (cfg["weight_decay"] >= 0, f"weight_decay must be >= 0, got {cfg['weight_decay']}"),
-        (0 <= cfg["beta1"] < 1 and 0 <= cfg["beta2"] < 1,
-         f"beta1 and beta2 must be in [0, 1), got {cfg['beta1']}, {cfg['beta2']}"),
-        (cfg["onecycle_div"] > 0 and cfg["onecycle_final_div"] > 0,
-         "onecycle_div and onecycle_final_div must be > 0"),
-        (cfg["hellaswag_limit"] is None or cfg["hellaswag_limit"] > 0,
-         f"hellaswag_limit must be positive or None, got {cfg['hellaswag_limit']}"),
-        (cfg["seed"] >= 0, f"seed must be >= 0, got {cfg['seed']}"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-    for key in ("max_lr", "min_lr", "grad_clip", "weight_decay", "beta1", "beta2", "onecycle_pct",
-                "onecycle_div", "onecycle_final_div", "lr_find_start", "lr_find_end",
-                "residual_limit"):
-        if cfg[key] is not None and not math.isfinite(cfg[key]):
-            raise ConfigError(f"{key} must be finite, got {cfg[key]}")
 
 
 def get_lr(step, cfg):
@@ -376,28 +280,6 @@ class State:
         return self.device.split(":")[0]
 
 
-def find_resume(cfg, ckpt_dir, mcfg, master, notes):
-    """The checkpoint to continue from (dict, path) or (None, None); notes appended."""
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-    if cfg["resume"] is None and restarts > 0 and not cfg["lr_find"]:
-        cfg["resume"] = "auto"    # torchrun --max-restarts restarted the group: continue
-        notes.append(f"torchrun restart {restarts}: resume=auto")
-    if cfg["resume"] is None or cfg["lr_find"]:
-        return None, None
-    try:
-        ck, path, damaged = checkpoint.find_resume(ckpt_dir, cfg["resume"], mcfg)
-    except checkpoint.CheckpointError as e:
-        raise ConfigError(str(e)) from None
-    for msg in damaged:
-        notes.append(msg + "; trying the previous one")
-        if master:
-            print(f"warning: {msg}; trying the previous one", file=sys.stderr, flush=True)
-    if ck is None:
-        notes.append(f"resume=auto: no {'valid ' if damaged else ''}checkpoint in {ckpt_dir}; "
-                     f"starting fresh")
-    return ck, path
-
-
 def build_model(cfg, mcfg, device, ck):
     """GPT (seeded init, or the checkpoint's weights) on device."""
     torch.manual_seed(cfg["seed"])
@@ -411,56 +293,6 @@ def build_model(cfg, mcfg, device, ck):
         model.load_state_dict(checkpoint.strip_prefixes(ck["model"]))
     model.to(device)
     return model
-
-
-def check_resume_data(ck, ck_path, meta, cfg, train_loader):
-    """ConfigError when the dataset cannot continue the checkpoint's run: another vocabulary
-    (tokenizer, the characters behind char ids, size) or a data position it does not have."""
-    why = fineweb.vocabulary_mismatch(meta, ck.get("tokenizer"))
-    if why:
-        raise ConfigError(f"dataset {meta['data_dir']} has {why}: checkpoint {ck_path} was trained "
-                          f"on another vocabulary")
-    for key in ("loader", "loader_batch_start"):
-        if key in ck:
-            try:
-                train_loader.check_state(ck[key])
-            except ValueError as e:
-                raise ConfigError(f"checkpoint {ck_path} cannot continue on dataset "
-                                  f"{meta['data_dir']}: {e}") from None
-
-
-def take_run_lock(cfg, d):
-    """Rank 0 takes log/{run_name}.lock (runlock.py) -> the lock, None on other ranks;
-    ConfigError on every rank when another live process holds it."""
-    lock, err = None, None
-    if d.master:
-        try:
-            lock = runlock.acquire(cfg["log_dir"], cfg["run_name"] + ("_lr_find" if cfg["lr_find"] else ""))
-        except runlock.RunLocked as e:
-            err = e
-    if not d.all_ok(err is None):
-        raise ConfigError(str(err) if err else "the run is in use (lock held; see rank 0)")
-    return lock
-
-
-def open_log(cfg, d, ckpt_dir, ck, notes):
-    """RunLog of log/{run_name}(.txt|.jsonl); only called once every check has passed. A fresh
-    start moves an earlier run aside; a resume moves aside the checkpoints after its own."""
-    resumed = ck is not None
-    name = cfg["run_name"] + ("_lr_find" if cfg["lr_find"] else "")
-    txt = os.path.join(cfg["log_dir"], name + ".txt")
-    jsl = os.path.join(cfg["log_dir"], name + ".jsonl")
-    os.makedirs(cfg["log_dir"], exist_ok=True)
-    if d.master and not cfg["lr_find"]:
-        stale = checkpoint.remove_stale_temps(ckpt_dir)
-        if stale:
-            notes.append(f"removed {len(stale)} partial checkpoint write(s) of a killed run: "
-                         f"{', '.join(stale)}")
-        if not resumed:
-            notes += filter(None, [checkpoint.backup_previous((txt, jsl), ckpt_dir)])
-        else:
-            notes += filter(None, [checkpoint.set_aside_later(ckpt_dir, int(ck["step"]))])
-    return RunLog(txt, jsl, d.master, append=resumed)
 
 
 def load_hellaswag(cfg, log):
@@ -479,21 +311,10 @@ def setup(cfg, d, argv):
     """Validation (no file written on failure), then data, resume, model, optimizer, logs ->
     (State, checkpoint dict to resume from or None). Raises ConfigError / fineweb.DataError."""
     mcfg, grad_accum = validate_config(cfg, d.world)
-    try:
-        cli.check_device(cfg["device"], "device")
-    except cli.UsageError as e:
-        raise ConfigError(str(e)) from None
     device = d.pick_device(cfg["device"])
     dtype = (("bfloat16" if device.startswith("cuda") else "float32") if cfg["dtype"] == "auto"
              else cfg["dtype"])
     compile = cfg["compile"] if cfg["compile"] is not None else device.startswith("cuda")
-    if not cfg["dirty_ok"]:
-        sha, dirty, changed = runlog.git_state()
-        if dirty is None:
-            raise ConfigError("dirty_ok=False but the git state of the tree cannot be read")
-        if dirty:
-            raise ConfigError(f"dirty_ok=False and tracked files have uncommitted changes "
-                              f"({', '.join(changed[:5])}); commit them or pass --dirty_ok=True")
     d.init(device.split(":")[0])
     vocab_from_data = cfg["vocab_size"] is None
     meta = prepare_data(cfg, d)                  # sets an unset vocab_size from the manifest
@@ -508,9 +329,9 @@ def setup(cfg, d, argv):
         how = ("GPT-2's 50257, padded to a multiple of 64" if meta["tokenizer"] == "gpt2"
                else f"the data's {meta['tokenizer']} vocabulary, exactly")
         notes.append(f"vocab_size {cfg['vocab_size']}: {how} (vocab_size unset)")
-    ck, ck_path = find_resume(cfg, ckpt_dir, mcfg, d.master, notes)
+    ck, ck_path = checkpoint.resume_for_run(cfg, ckpt_dir, mcfg, d.master, notes)
     if ck is not None:
-        check_resume_data(ck, ck_path, meta, cfg, loaders[0])
+        checkpoint.check_continues(ck, ck_path, meta, loaders[0])
     try:
         raw = build_model(cfg, mcfg, device, ck)
     except (MemoryError, RuntimeError) as e:     # sizes that cannot be allocated
@@ -532,14 +353,13 @@ def setup(cfg, d, argv):
     s = State(cfg, mcfg, d, device, dtype, compile, autocast, raw, model, optimizer, *loaders,
               grad_accum, meta, tok, None, None, ckpt_dir)
     resolved = resolved_config(s)
-    s.lock = take_run_lock(cfg, d)       # before the first file of the run is written
-    try:
-        try:                             # wandb (tracking.py), before any log file is written
-            tracker = None if cfg["lr_find"] else tracking.start(cfg, resolved, ckpt_dir,
-                                                                 ck is not None, d.master)
-        except tracking.TrackingError as e:
-            raise ConfigError(str(e)) from None
-        log = s.log = open_log(cfg, d, ckpt_dir, ck, notes)
+    run = cfg["run_name"] + ("_lr_find" if cfg["lr_find"] else "")
+    s.lock = runlock.acquire_on_master(d, cfg["log_dir"], run)   # before the run's first file
+    try:                                 # wandb (tracking.py), before any log file is written
+        tracker = None if cfg["lr_find"] else tracking.start(cfg, resolved, ckpt_dir,
+                                                             ck is not None, d.master)
+        log = s.log = runlog.open_for_run(cfg["log_dir"], run, d.master, ckpt_dir, ck, notes,
+                                          checkpoints=not cfg["lr_find"])
     except BaseException:
         if s.lock is not None:
             s.lock.release()
@@ -615,7 +435,7 @@ def train_step(s, batches, lr, step, guard=True, want_stats=True):
             sums["objective"] += loss.detach().float() / n
             for k, v in (st.items() if micro < n_stats else ()):
                 sums[k] = sums.get(k, 0) + v.float() / n_stats
-    r = reduce_mean(s.dist, sums)
+    r = s.dist.mean_by_name(sums)
     r["stats"] = n_stats > 0
     # the train field: the last layer's CE (a model without per-layer heads has it as its loss)
     r["loss"] = r["layer_losses"][-1] if heads_on else r["objective"]
@@ -636,21 +456,6 @@ def train_step(s, batches, lr, step, guard=True, want_stats=True):
         g["lr"] = lr
     s.optimizer.step()
     return r
-
-
-def reduce_mean(dist, sums):
-    """{name: tensor} summed on each rank -> {name: float or (nested) list}, averaged over
-    ranks in one all_reduce (names sorted, so every rank packs them alike)."""
-    names = sorted(sums)
-    flat = torch.cat([sums[k].reshape(-1) for k in names])
-    flat = (dist.sum_(flat) / dist.world).cpu()
-    out, i = {}, 0
-    for k in names:
-        n = sums[k].numel()
-        v = flat[i:i + n].view(sums[k].shape)
-        out[k] = v.item() if v.dim() == 0 else v.tolist()
-        i += n
-    return out
 
 
 @torch.no_grad()
@@ -722,7 +527,7 @@ def evaluate(s, step):
             for k, v in (("objective", loss), ("exit_depth", st["exit_depth"]),
                          ("exit_ce", st["exit_ce"]), ("layer_losses", st["layer_losses"])):
                 sums[k] = sums[k] + v.float() / n
-    r = reduce_mean(s.dist, sums)
+    r = s.dist.mean_by_name(sums)
     val, early = r["layer_losses"][-1], s.mcfg.early_exit
     s.log.line(f"@ {step} val {val:.4f}")
     s.log.line(f"@ {step} val-layers {[round(v, 4) for v in r['layer_losses']]}, "
@@ -779,22 +584,9 @@ def sample(s, step):
             out = s.raw.generate(idx, cfg["sample_tokens"], temperature=1.0, top_k=50)
     s.raw.train()
     for i in range(out.size(0)):
-        text = decode(s, out[i].tolist())
+        text = tokenizers.decode_known(s.tok, out[i].tolist(), int(s.meta["vocab_size"]))
         s.log.line(f"@ {step} sample {i}: " + text.replace("\\", "\\\\").replace("\n", "\\n"))
         s.log.event("sample", step=step, index=i, text=text)
-
-
-def decode(s, ids):
-    """Decode; ids outside the data's vocabulary (the padded rows, e.g. 50257..50303) -> U+FFFD."""
-    n = int(s.meta["vocab_size"])
-    parts, run = [], []
-    for t in ids:
-        if t < n:
-            run.append(t)
-        else:
-            parts.append(s.tok.decode(run) + "\ufffd")
-            run = []
-    return "".join(parts) + s.tok.decode(run)
 
 
 def save_checkpoint(s, step, loader_start, why):
@@ -868,8 +660,8 @@ def log_train(s, step, r):
 
 
 def train(s, ck, stop):
-    """The training loop, from step 0 or the checkpoint ck; stop["signal"] is set by the
-    SIGTERM/SIGINT handler. Returns the exit code."""
+    """The training loop, from step 0 or the checkpoint ck; stop: the run's StopSignal
+    (stop_signal.py). Returns the exit code."""
     cfg, log = s.cfg, s.log
     k, steps = cfg["batch_reuse"], cfg["max_steps"]
     start, loader_start, batches = restore(s, ck)
@@ -904,7 +696,7 @@ def train(s, ck, stop):
             for line in runlog.format_size_lines(r["residual_std"]):
                 log.line(line)
             log.event("size", step=step, residual_std=r["residual_std"])
-        sig = SIGNALS[s.dist.max_(SIGNALS.index(stop["signal"]), s.device)]   # all ranks agree
+        sig = stop.agreed(s.dist, s.device)                       # all ranks agree
         at_stop = cfg["stop_at_step"] is not None and step == cfg["stop_at_step"]
         interval = cfg["checkpoint_interval"] and step > 0 and step % cfg["checkpoint_interval"] == 0
         if last or sig or at_stop or interval:
@@ -918,55 +710,9 @@ def train(s, ck, stop):
             return 0
     log.note(f"done: {steps} steps, final val {last_val}")
     log.event("done", step=steps - 1, val=last_val, skipped=s.skipped)
-    if s.dist.master:      # what `python plot.py log/<run>.txt --out <img_dir>` writes
-        import plot
-        for note in plot.plot_run(s.log.txt_path, cfg["img_dir"]):
-            log.note(note)
-        if ckpt is not None:
-            next_steps(s, ckpt, exit_table(s, ckpt) if cfg["exit_table"] else None)
+    if s.dist.master:
+        run_summary.write(s, ckpt)
     return 0
-
-
-def exit_table(s, ckpt):
-    """`eval_exit.py --summary` on the final checkpoint at the exit_table thresholds (rank 0; a
-    child process: the trainer does not import the tools that read it): its short table on
-    screen and in the log, the full one in log/<run>/exit_eval.md, the Pareto plot
-    img/<run>-pareto.png -> the threshold it suggests, or None."""
-    cfg, batches, rows_per = s.cfg, 16, 8
-    img = os.path.join(cfg["img_dir"], f"{cfg['run_name']}-pareto.png")
-    cmd = [sys.executable, os.path.join(runlog.ROOT, "eval_exit.py"), "--ckpt", ckpt, "--data",
-           cfg["dataset"], "--thresholds", cfg["exit_table"], "--batches", str(batches),
-           "--batch-size", str(rows_per), "--img", img, "--device", s.device, "--summary"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        s.log.note(f"exit table skipped: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
-        return None
-    n_tok = batches * rows_per * min(cfg["T"], s.mcfg.block_size)
-    s.log.note(f"early exit on {n_tok:,} val tokens (a token exits at the first layer whose "
-               f"{s.mcfg.confidence} confidence >= threshold; decode: greedy, batch 1):")
-    for line in r.stdout.strip().splitlines():
-        s.log.note("  " + line)
-    m = re.search(r"^suggested: --exit_threshold (\S+)", r.stdout, flags=re.M)
-    return float(m.group(1)) if m else None
-
-
-def next_steps(s, ckpt, thr):
-    """The last lines on screen: what to run next with this run's checkpoint (thr: the exit
-    threshold to suggest; None: exit_threshold)."""
-    cfg = s.cfg
-    thr = cfg["exit_threshold"] if thr is None else thr
-    log_dir = "" if os.path.normpath(cfg["log_dir"]) == "log" else f" --log_dir {shlex.quote(cfg['log_dir'])}"
-    data = shlex.quote(cfg["dataset"])
-    s.log.note("next:")
-    if s.mcfg.layer_heads or s.mcfg.early_exit:
-        s.log.note(f"  python sample.py --ckpt {cfg['run_name']}{log_dir} --exit_threshold {thr:g} "
-                   "--show_depth      # text, each token marked with the layer it exited at")
-    else:
-        s.log.note(f"  python sample.py --ckpt {cfg['run_name']}{log_dir}      # text samples")
-    s.log.note(f"  python eval_exit.py --ckpt {shlex.quote(ckpt)} --data {data} "
-               "--thresholds 0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.01      # the full trade-off")
-    s.log.note(f"  python train_gpt2.py config/4-test.py --preset_scale=cpu --dataset={data}"
-               "      # a journal experiment (any config/*.py), CPU-sized")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -974,30 +720,12 @@ def next_steps(s, ckpt, thr):
 
 def lr_find(s):
     """The LR range test (lr_finder.py) with this run's model, data and training step."""
-    cfg, log = s.cfg, s.log
-    torch.manual_seed(cfg["seed"] + s.dist.rank)
+    torch.manual_seed(s.cfg["seed"] + s.dist.rank)
 
     def step(lr, i):
         batches = [s.train_loader.next_batch() for _ in range(s.grad_accum)]
         return train_step(s, batches, lr, i, guard=False, want_stats=False)["objective"]
-    lrs, losses, smooth = lr_finder.run(step, cfg["lr_find_steps"], cfg["lr_find_start"],
-                                        cfg["lr_find_end"], log)
-    if len(lrs) < 3:
-        log.note("lr_find: too few steps for a suggestion")
-        return 0
-    sug, lo = lr_finder.suggest_lr(lrs, smooth)
-    log.note(f"lr_find suggested max_lr: {sug:.4e} (steepest descent of the smoothed loss); "
-             f"lowest smoothed loss at lr {lo:.4e}")
-    log.event("lr_find_result", suggested_lr=sug, min_loss_lr=lo)
-    if s.dist.master:
-        out = os.path.join(cfg["img_dir"], f"{cfg['run_name']}_lr_find.png")
-        try:
-            import plot
-            plot.plot_lr_find(lrs, losses, smooth, sug, out)
-            log.note(f"plot written: {out}")
-        except Exception as e:
-            log.note(f"plot skipped ({type(e).__name__}: {e})")
-    return 0
+    return lr_finder.range_test(step, s.cfg, s.log, s.dist.master)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1029,32 +757,16 @@ def main(argv=None):
         cfg, _ = parse_config(argv)
     except ConfigError as e:
         return fail(e, 2)
-    stop = {"signal": None, "in_loop": False}
-
-    def on_signal(signum, frame):
-        name, second = signal.Signals(signum).name, stop["signal"] is not None
-        stop["signal"] = stop["signal"] or name
-        if second or not stop["in_loop"]:      # second signal, or still setting up: stop now
-            raise KeyboardInterrupt
-        if d.master:
-            print(f"received {name}: finishing the current step, then saving a checkpoint",
-                  file=sys.stderr, flush=True)
-
-    handlers = {}
-    try:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            handlers[sig] = signal.signal(sig, on_signal)
-    except ValueError:      # not the main thread (in-process callers): no signal handling
-        handlers = {}
+    stop = StopSignal(d.master).install()
     s, clean = None, False
     try:
         try:
             s, ck = setup(cfg, d, argv)
-        except (ConfigError, fineweb.DataError) as e:
+        except SETUP_ERRORS as e:
             return fail(e, 2)
         except KeyboardInterrupt:
-            return fail(f"interrupted by {stop['signal']} before training started", 130)
-        stop["in_loop"] = True
+            return fail(f"interrupted by {stop.signal} before training started", 130)
+        stop.in_loop = True
         try:
             rc = lr_find(s) if cfg["lr_find"] else train(s, ck, stop)
             clean = True
@@ -1079,8 +791,7 @@ def main(argv=None):
             if s.lock is not None:
                 s.lock.release()
         d.destroy(sync=clean)
-        for sig, h in handlers.items():
-            signal.signal(sig, h)
+        stop.restore()
 
 
 if __name__ == "__main__":

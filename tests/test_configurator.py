@@ -111,6 +111,7 @@ def test_no_module_imports_one_above_it():
                 out.add(n.module.split(".")[0])
         return out
     assert not imports("train_gpt2") & {"sweep", "bench", "eval_exit"}
-    for low in ("configurator", "checkpoint", "runlog", "dataloader", "distributed", "lr_finder",
-                "model", "exits", "heads", "fineweb", "hellaswag", "plot"):
+    for low in ("configurator", "config_checks", "checkpoint", "runlog", "runlock", "dataloader",
+                "distributed", "lr_finder", "run_summary", "stop_signal", "model", "exits", "heads",
+                "fineweb", "hellaswag", "plot", "tokenizer"):
         assert "train_gpt2" not in imports(low) and "sweep" not in imports(low), low
