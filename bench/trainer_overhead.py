@@ -22,7 +22,9 @@ Cases, each a fresh subprocess, interleaved A B A B ... over --rounds rounds:
 Per round and case: mean wall time per step over steps [warmup, steps - 2) from per-step
 timestamps (the trainer's: its jsonl train events, i.e. one whole loop iteration). Reported:
 the trainer/minimal ratio per round, median and min..max. Writes bench/results/
-trainer-overhead-<date>.md and .json.
+trainer-overhead-<date>.md and .json, with the aten calls per step of each case counted by
+torch.profiler in-process (the trainer through its own setup() and train_step; a count does
+not depend on the machine's load).
 """
 import argparse
 import datetime
@@ -75,17 +77,19 @@ def trainer_args(data, log_dir, steps, vocab):
             "--compile=False", "--verify_data=False"]
 
 
-def minimal_main(data, steps, vocab):
-    """The reference loop; prints the per-step timestamps."""
+def minimal_step_fn(data, vocab, model=None, opt=None):
+    """One step of the reference loop as a function (a fresh seeded model and AdamW unless
+    given)."""
     import numpy as np
     import torch
     import fineweb
     from model import GPT, GPTConfig
     s = SHAPE
-    torch.manual_seed(1337)
-    model = GPT(GPTConfig(block_size=s["block_size"], vocab_size=vocab, n_layer=s["n_layer"],
-                          n_head=s["n_head"], n_embd=s["n_embd"]))
-    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    if model is None:
+        torch.manual_seed(1337)
+        model = GPT(GPTConfig(block_size=s["block_size"], vocab_size=vocab, n_layer=s["n_layer"],
+                              n_head=s["n_head"], n_embd=s["n_embd"]))
+        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
     meta = fineweb.read_manifest(data)
     tokens = fineweb.load_tokens(fineweb.shard_paths(meta, "train")[0])
     B, T = s["B"], s["T"]
@@ -95,8 +99,8 @@ def minimal_main(data, steps, vocab):
         x = torch.stack([torch.from_numpy(tokens[i:i + T].astype(np.int64)) for i in ix])
         y = torch.stack([torch.from_numpy(tokens[i + 1:i + 1 + T].astype(np.int64)) for i in ix])
         return x, y
-    stamps = []
-    for _ in range(steps):
+
+    def step():
         x, y = get_batch()
         logits, loss = model(x, y)
         loss.backward()
@@ -104,8 +108,51 @@ def minimal_main(data, steps, vocab):
         opt.step()
         opt.zero_grad(set_to_none=True)
         loss.item()
+    return step
+
+
+def minimal_main(data, steps, vocab):
+    """The reference loop; prints the per-step timestamps."""
+    step, stamps = minimal_step_fn(data, vocab), []
+    for _ in range(steps):
+        step()
         stamps.append(time.time())
     print(TAG + json.dumps(stamps), flush=True)
+
+
+def op_counts(data, vocab, steps=4):
+    """aten calls per step under torch.profiler (a count, not a time: the same on a loaded
+    machine) -> {minimal, trainer (train_step + log line, defaults), trainer-stats (want_stats:
+    the per-layer statistics forward)}; the trainer in-process through its own setup()."""
+    import contextlib
+    import io
+    from torch.profiler import ProfilerActivity, profile
+    import train_gpt2 as tg
+    from distributed import DistContext
+    out = {}
+    with tempfile.TemporaryDirectory() as log_dir, contextlib.redirect_stdout(io.StringIO()):
+        cfg, _ = tg.parse_config(trainer_args(data, log_dir, 100, vocab))
+        s, _ = tg.setup(cfg, DistContext(), [])
+
+        def trainer_step(i, stats):
+            batches = [s.train_loader.next_batch() for _ in range(s.grad_accum)]
+            r = tg.train_step(s, batches, 1e-3, i, want_stats=stats)
+            r.update(dt=0.03, **tg.runlog.throughput(1.0, cfg["total_batch_size"], 1, 0.03))
+            tg.log_train(s, i, r)
+        cases = {"minimal": minimal_step_fn(data, vocab, s.raw, s.optimizer),
+                 "trainer": lambda i: trainer_step(i, False),
+                 "trainer-stats": lambda i: trainer_step(i, True)}
+        for name, fn in cases.items():
+            for i in range(2):
+                fn(i) if name != "minimal" else fn()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for i in range(steps):
+                    fn(i) if name != "minimal" else fn()
+            out[name] = sum(e.count for e in prof.key_averages()
+                            if e.key.startswith("aten::")) / steps
+        s.log.close()
+        s.lock.release()
+    return out
 
 
 def mean_step(stamps, warmup):
@@ -163,11 +210,12 @@ def main(argv=None):
                 per[case].append(mean_step(run_case(case, data, args.steps, vocab, env), args.warmup))
             print(f"round {r + 1}: " + ", ".join(f"{c} {v[-1] * 1e3:.2f} ms" for c, v in per.items()),
                   flush=True)
+        ops = op_counts(data, vocab)
     ratios = {c: [t / m for t, m in zip(per[c], per["minimal"])] for c in CASES if c != "minimal"}
     report = {"shape": SHAPE, "vocab_size": vocab, "rounds": args.rounds, "steps": args.steps,
               "warmup": args.warmup, "step_s": per, "ratios": ratios,
               "ratio_median": {c: statistics.median(v) for c, v in ratios.items()}, "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-              "loadavg": os.getloadavg(), "date": datetime.date.today().isoformat()}
+              "loadavg": os.getloadavg(), "date": datetime.date.today().isoformat(), "aten_calls_per_step": ops}
     md = render(report)
     print(md)
     os.makedirs(args.out, exist_ok=True)
@@ -198,7 +246,11 @@ def render(r):
         "|---|---|---|",
         f"| minimal (nanoGPT-style loop) | {ms['minimal']:.2f} | 1 |",
     ] + [f"| {what[c]} | {ms[c]:.2f} | **{med[c]:.3f}** ({min(v):.3f}..{max(v):.3f}) |"
-         for c, v in ratios.items()] + [""])
+         for c, v in ratios.items()] + ([
+        "",
+        "aten calls per step (torch.profiler, in-process; a count, not a time): "
+        + ", ".join(f"{c} {n:,.0f}" for c, n in r["aten_calls_per_step"].items()) + "."]
+        if r.get("aten_calls_per_step") else []) + [""])
 
 
 if __name__ == "__main__":

@@ -31,8 +31,10 @@ def test_render_ratios():
                     "trainer": [0.031, 0.035]},
          "ratios": {"trainer-stats": [1.2, 40 / 34], "trainer": [31 / 30, 35 / 34]},
          "ratio_median": {"trainer-stats": 1.188, "trainer": 1.031},
-         "device": "cpu (x, 2 cores)", "loadavg": (1.0, 2.0, 3.0)}
+         "device": "cpu (x, 2 cores)", "loadavg": (1.0, 2.0, 3.0),
+         "aten_calls_per_step": {"minimal": 3278.0, "trainer": 3253.25, "trainer-stats": 4694.0}}
     md = to.render(r)
     assert "| minimal (nanoGPT-style loop) | 32.00 | 1 |" in md
     assert "log every step (defaults) | 33.00 | **1.031** (1.029..1.033) |" in md
     assert "--stats_interval=1 | 38.00 | **1.188** (1.176..1.200) |" in md
+    assert "minimal 3,278, trainer 3,253, trainer-stats 4,694." in md
