@@ -309,7 +309,7 @@ def load_hellaswag(cfg, log):
 
 def setup(cfg, d, argv):
     """Validation (no file written on failure), then data, resume, model, optimizer, logs ->
-    (State, checkpoint dict to resume from or None). Raises ConfigError / fineweb.DataError."""
+    (State, checkpoint dict to resume from or None). Raises one of SETUP_ERRORS."""
     mcfg, grad_accum = validate_config(cfg, d.world)
     device = d.pick_device(cfg["device"])
     dtype = (("bfloat16" if device.startswith("cuda") else "float32") if cfg["dtype"] == "auto"
