@@ -19,7 +19,7 @@ Cases, each a fresh subprocess, interleaved A B A B ... over --rounds rounds:
   trainer-stats   the same with --stats_interval=1 (the default before 2026-12-01): those
             statistics on every logged step, an extra no-grad forward of stats_rows=4 sequences
             with a head after every layer: what the research statistics cost a plain model
-Per round and case: mean wall time per step over steps [warmup, steps - 2) from per-step
+Per round and case: median wall time per step over steps [warmup, steps - 2) from per-step
 timestamps (the trainer's: its jsonl train events, i.e. one whole loop iteration). Reported:
 the trainer/minimal ratio per round, median and min..max. Writes bench/results/
 trainer-overhead-<date>.md and .json, with the aten calls per step of each case counted by
@@ -155,11 +155,11 @@ def op_counts(data, vocab, steps=4):
     return out
 
 
-def mean_step(stamps, warmup):
-    """Mean seconds per step between stamp[warmup] and stamp[-2] (the last step is excluded:
-    the trainer evaluates and checkpoints there)."""
-    a, b = warmup, len(stamps) - 2
-    return (stamps[b] - stamps[a]) / (b - a)
+def step_time(stamps, warmup):
+    """Median seconds per step over the steps between stamp[warmup] and stamp[-2] (the last
+    step is excluded: the trainer evaluates and checkpoints there). The median, not the mean:
+    a burst of another process's load stalls a few steps of one case, not the typical step."""
+    return statistics.median(b - a for a, b in zip(stamps[warmup:-2], stamps[warmup + 1:-1]))
 
 
 CASES = {"minimal": None, "trainer": [], "trainer-stats": ["--stats_interval=1"]}
@@ -207,7 +207,7 @@ def main(argv=None):
         per = {c: [] for c in CASES}
         for r in range(args.rounds):
             for case in per:
-                per[case].append(mean_step(run_case(case, data, args.steps, vocab, env), args.warmup))
+                per[case].append(step_time(run_case(case, data, args.steps, vocab, env), args.warmup))
             print(f"round {r + 1}: " + ", ".join(f"{c} {v[-1] * 1e3:.2f} ms" for c, v in per.items()),
                   flush=True)
         ops = op_counts(data, vocab)
@@ -239,7 +239,7 @@ def render(r):
         f"{s['n_layer']} layers x {s['n_embd']}, {s['n_head']} heads, T {s['T']}, B {s['B']}, "
         f"vocab {r['vocab_size']} (char), fp32; device {r['device']}; load average "
         f"{', '.join(f'{x:.1f}' for x in r['loadavg'])}; {r['rounds']} rounds interleaved "
-        f"(minimal, trainer, trainer-stats, minimal, ...), {r['steps']} steps each, mean step after "
+        f"(minimal, trainer, trainer-stats, minimal, ...), {r['steps']} steps each, median step after "
         f"{r['warmup']} warm-up steps.",
         "",
         "| case | median step (ms, this machine, not a result) | trainer / minimal (median, min..max over rounds) |",
