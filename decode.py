@@ -44,7 +44,8 @@ import exits
 
 class DecodeCache:
     """K/V of every depth and attention module for B rows: k, v (L, n_attn, B, nh, cap, hd),
-    cap = block_size. `len` positions are filled at every depth (the shared length)."""
+    cap = block_size. `len` positions are filled at every depth (the shared length), except the
+    deeper depths of exited tokens still in `pending` (written by `_flush` when first read)."""
 
     def __init__(self, model, B, device, dtype):
         cfg = model.config
@@ -54,6 +55,8 @@ class DecodeCache:
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.len = 0
+        self.pending = []                   # [_Frozen]: exited tokens lacking deeper K/V
+        self.pending_next = cfg.n_layer     # the smallest depth a pending token lacks
 
     def slots(self, l, start, end, rows=None, pos=None):
         """One KVSlot per attention module of depth l (the `caches` a Block takes)."""
@@ -62,13 +65,25 @@ class DecodeCache:
 
     def put_frozen(self, lo, hi, i, rows, pos, k, v):
         """Write k, v (N, nh, 1, hd) of N exited tokens into attention i at depths lo..hi-1 (the
-        same K/V at each: a shared block's one projection). Token j is (rows[j], pos[j]), or,
-        with rows None, row j at the one position pos (a decode step where all rows exit)."""
+        same K/V at each: a shared block's one projection). Token j is row rows[j] (rows None:
+        row j, N = B) at position pos[j] (pos an int: every token at that position)."""
         for store, t in ((self.k, k), (self.v, v)):
+            t = t[:, :, 0]                                                  # (N, nh, hd)
             if rows is None:
-                store[lo:hi, i, :, :, pos] = t[:, :, 0]
+                store[lo:hi, i, :, :, pos] = t
+            elif isinstance(pos, int):
+                store[lo:hi, i, rows, :, pos] = t
             else:
-                store[lo:hi, i].permute(1, 3, 0, 2, 4)[rows, pos] = t[:, :, 0].unsqueeze(1)
+                store[lo:hi, i].permute(1, 3, 0, 2, 4)[rows, pos] = t.unsqueeze(1)
+
+
+class _Frozen:
+    """Exited tokens whose K/V at depths next..L-1 are not written yet: frozen states x (N, C),
+    rows (N,) or None (every row, N = B), pos (N,) or an int (all at that position)."""
+    __slots__ = ("x", "rows", "pos", "next")
+
+    def __init__(self, x, rows, pos, nxt):
+        self.x, self.rows, self.pos, self.next = x, rows, pos, nxt
 
 
 class KVSlot:
@@ -110,12 +125,16 @@ class KVSlot:
                 return sdpa(q, K, V, is_causal=True)
             mask = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(end - T)
             return sdpa(q, K, V, attn_mask=mask)
-        # a decode step (T = 1) of the rows still running: their queries go into a batch of
-        # every row, which attends over the whole cache in place (no copy of the rows' K/V)
-        self.k[self.rows, :, s:s + 1], self.v[self.rows, :, s:s + 1] = k, v
-        qb = q.new_zeros((self.k.size(0),) + q.shape[1:])
-        qb[self.rows] = q
-        return sdpa(qb, self.k[:, :, :end], self.v[:, :, :end])[self.rows]
+        # a decode step (T = 1) of the R rows still running. Attention reads every key of the
+        # rows it covers: up to half the batch, gather the R rows' keys (a copy of R rows);
+        # more, put the queries into a batch of every row, attending in place (no copy)
+        rows, K, V = self.rows, self.k[:, :, :end], self.v[:, :, :end]
+        self.k[rows, :, s:s + 1], self.v[rows, :, s:s + 1] = k, v
+        if 2 * rows.numel() <= K.size(0):
+            return sdpa(q, K.index_select(0, rows), V.index_select(0, rows))
+        qb = q.new_zeros((K.size(0),) + q.shape[1:])
+        qb[rows] = q
+        return sdpa(qb, K, V)[rows]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,11 +156,12 @@ def _rope_range(model, p0, n):
 
 
 def _logits(model, x):
-    """Head on states x (..., C): ln_f then the tied lm_head -> (..., V) fp32. (F.layer_norm on
-    ln_f's parameters: the module call costs as much as the op on one decode row.)"""
-    ln = model.transformer.ln_f
-    h = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-    return F.linear(h, model.lm_head.weight).float()
+    """Head on states x (..., C): ln_f then the tied lm_head -> (..., V) fp32. (torch.layer_norm
+    on ln_f's parameters: the module call costs as much as the op on one decode row.)"""
+    ln, head = model.transformer.ln_f, model.lm_head
+    h = torch.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+    lg = F.linear(h, head.weight, head.bias)
+    return lg if lg.dtype == torch.float32 else lg.float()
 
 
 def _run_layers(model, cache, x, p0, lo, hi):
@@ -153,18 +173,43 @@ def _run_layers(model, cache, x, p0, lo, hi):
     return x
 
 
-def _fill_frozen(model, cache, lo, x, rows, pos):
-    """N tokens exited before depth lo with frozen states x (N, C) at (rows, pos) (N,) each, or
-    rows None: every row at position pos (int). Writes the K/V deeper layers keep for them: one
-    projection for all depths with shared weights, one per depth without."""
+# ----------------------------------------------------------------------------------------------
+# early exit: deferred K/V of exited tokens, the exit check, the decode step and the prompt
+
+
+def _defer(model, cache, x, rows, pos, lo):
+    """Tokens that exited before depth lo, frozen states x (N, C) at rows / pos (see _Frozen):
+    their K/V at depths lo..L-1 are written only when a later token first reads that depth."""
+    if lo < model.config.n_layer:
+        cache.pending.append(_Frozen(x, rows, pos, lo))
+        cache.pending_next = min(cache.pending_next, lo)
+
+
+def _flush(model, cache, l):
+    """Before depth l attends: write the K/V of every pending token that lacks depth l, all of
+    them in one projection per depth. With shared weights that projection is the token's K/V at
+    every remaining depth (written to all, the token leaves `pending`); without, each depth's
+    own block projects it when first read."""
     L = model.config.n_layer
-    if lo >= L:
-        return
-    rope = _rope_range(model, pos, 1) if rows is None else _rope_at(model, pos[:, None])
-    shared = model.config.share_weights
-    for l in range(lo, L if not shared else lo + 1):
-        for i, (k, v) in enumerate(model.block(l).frozen_kv(x[:, None], rope)):
-            cache.put_frozen(l, L if shared else l + 1, i, rows, pos, k, v)
+    while cache.pending_next <= l:
+        j = cache.pending_next
+        todo = [f for f in cache.pending if f.next <= (l if model.config.share_weights else j)]
+        x = todo[0].x if len(todo) == 1 else torch.cat([f.x for f in todo])
+        rope = None
+        if model.config.pos_encoding == "rope":
+            pos = torch.cat([torch.full((f.x.size(0),), f.pos, device=x.device)
+                             if isinstance(f.pos, int) else f.pos for f in todo])
+            rope = _rope_at(model, pos[:, None])
+        kvs = model.block(j).frozen_kv(x[:, None], rope)             # [(k, v) (N, nh, 1, hd)]
+        a = 0
+        for f in todo:
+            b = a + f.x.size(0)
+            hi = L if model.config.share_weights else f.next + 1
+            for i, (k, v) in enumerate(kvs):
+                cache.put_frozen(f.next, hi, i, f.rows, f.pos, k[a:b], v[a:b])
+            f.next, a = hi, b
+        cache.pending = [f for f in cache.pending if f.next < L]
+        cache.pending_next = min((f.next for f in cache.pending), default=L)
 
 
 class _HeadStats:
@@ -188,69 +233,86 @@ class _HeadStats:
         return self.probs.argmax(dim=-1)
 
 
-def _exit_trigger(confidence, logits, rule, threshold):
-    """Exit rule on the confidence (exits.CONFIDENCES entry) of logits (N, V) -> bool (N,)."""
-    return rule(confidence(_HeadStats(F.softmax(logits, dim=-1))), threshold)
+def _exit_check(model, rule, threshold, device):
+    """logits (N, V) -> bool (N,): the exit rule on config.confidence, or None when the rule
+    can never fire (exits.never_exits: decoding then skips the heads). The threshold is a 0-dim
+    fp32 tensor: the comparison the rule makes with a Python float (in the confidence's fp32),
+    without the cost of wrapping the float at every layer."""
+    name = model.config.confidence
+    if exits.never_exits(rule, name, threshold):
+        return None
+    confidence = exits.CONFIDENCES[name]
+    thr = torch.tensor(threshold, dtype=torch.float32, device=device)
+
+    def check(logits):
+        return rule(confidence(_HeadStats(torch.softmax(logits, dim=-1))), thr)
+    return check
 
 
-def _run_exit_step(model, cache, x, p0, rule, threshold):
+def _run_exit_step(model, cache, x, p0, check):
     """One decode step with per-token early exit: x (B, 1, C) at position p0 -> (logits (B, V)
     fp32, exit depth (B,)). Each layer's head runs only on the rows still running; exited rows
-    leave the batch (their deeper K/V filled from the frozen state)."""
+    leave the batch. Their deeper K/V are deferred to `cache.pending` at the end of the step
+    (no row of this step reads another row's K/V)."""
     L, B = model.config.n_layer, x.size(0)
-    confidence = exits.CONFIDENCES[model.config.confidence]
     rope = _rope_range(model, p0, 1)
     rows = None                                     # None: every row still runs
-    logits_out = torch.empty(B, model.config.vocab_size, device=x.device)
-    depth = torch.full((B,), float(L), device=x.device)
+    exited = []                                     # (rows (n,) | None, x (n, C), logits, depth)
     for l in range(L):
+        _flush(model, cache, l)
         x, _ = model.block(l)(x, rope, cache.slots(l, p0, p0 + 1, rows))
         lg = _logits(model, x[:, 0])                                        # (R, V)
         if l == L - 1:
+            exited.append((rows, x[:, 0], lg, L))
             break
-        trig = _exit_trigger(confidence, lg, rule, threshold)               # (R,)
-        if trig.numel() == 1:                       # one row: one host sync per layer
-            if not bool(trig):
+        trig = check(lg)                                                    # (R,)
+        if x.size(0) == 1:                          # one row: one host sync per layer
+            if not trig.item():
                 continue
-        elif not bool(trig.any()):
-            continue
-        if rows is None and (B == 1 or bool(trig.all())):    # every row exits here
-            _fill_frozen(model, cache, l + 1, x[:, 0], None, p0)
-            return lg, depth.fill_(float(l + 1))
+            ex = None
+        else:
+            ex = trig.nonzero()[:, 0]               # one host sync per layer
+            if ex.numel() == 0:
+                continue
+            if ex.numel() == x.size(0):
+                ex = None
+        if ex is None:                              # every running row exits here
+            exited.append((rows, x[:, 0], lg, l + 1))
+            break
         if rows is None:
             rows = torch.arange(B, device=x.device)
-        ex = trig.nonzero(as_tuple=True)[0]
-        ex_rows = rows[ex]
-        _fill_frozen(model, cache, l + 1, x[ex, 0], ex_rows, torch.full_like(ex_rows, p0))
-        logits_out[ex_rows], depth[ex_rows] = lg[ex], float(l + 1)
-        keep = (~trig).nonzero(as_tuple=True)[0]
-        if keep.numel() == 0:
-            return logits_out, depth
+        exited.append((rows[ex], x[ex, 0], lg[ex], l + 1))
+        keep = (~trig).nonzero()[:, 0]
         rows, x = rows[keep], x[keep]
-    if rows is None:
-        return lg, depth
-    logits_out[rows] = lg
-    return logits_out, depth
+    for r, h, _, d in exited:
+        _defer(model, cache, h, r, p0, d)
+    if len(exited) == 1:                            # the whole batch left at one depth
+        return exited[0][2], torch.full((B,), float(exited[0][3]), device=x.device)
+    logits = torch.empty(B, exited[0][2].size(-1), device=x.device)
+    depth = torch.empty(B, device=x.device)
+    for r, _, lg, d in exited:
+        logits[r], depth[r] = lg, float(d)
+    return logits, depth
 
 
-def _run_exit(model, cache, x, p0, rule, threshold):
+def _run_exit(model, cache, x, p0, check):
     """Prompt encoding with per-token early exit: x (B, T, C) at positions p0..p0+T-1 ->
     (logits (B, V) fp32 and exit depth (B,) of each row's last position).
 
     Until the first exit the (B, T) batch runs as is. Then the tokens still running are packed
     into one sequence xs (1, N, C) with their rows (N,) and positions (N,); each attends to its
     own row's keys (KVSlot packed mode), so deeper blocks run on exactly the N running tokens.
-    Exited tokens' deeper K/V are filled from their frozen state before anyone attends to them."""
+    Exited tokens' deeper K/V are written (`_flush`) before a later token reads them."""
     L, (B, T, _) = model.config.n_layer, x.shape
     if T == 1:
-        return _run_exit_step(model, cache, x, p0, rule, threshold)
-    confidence = exits.CONFIDENCES[model.config.confidence]
+        return _run_exit_step(model, cache, x, p0, check)
     dev, last = x.device, p0 + T - 1
     logits_out = torch.empty(B, model.config.vocab_size, device=dev)
     depth = torch.full((B,), float(L), device=dev)
     rows = pos = None                               # None: not packed yet, all (B, T) run
     rope, xs = _rope_range(model, p0, T), x
     for l in range(L):
+        _flush(model, cache, l)
         if rows is None:
             xs, _ = model.block(l)(xs, rope, cache.slots(l, p0, last + 1))
             h = xs.flatten(0, 1)                                            # (B*T, C)
@@ -266,14 +328,14 @@ def _run_exit(model, cache, x, p0, rule, threshold):
                 logits_out[rows[at_last]] = _logits(model, h[at_last])
             break
         lg = _logits(model, h)                                              # (N, V)
-        trig = _exit_trigger(confidence, lg, rule, threshold)               # (N,)
+        trig = check(lg)                                                    # (N,)
         if not bool(trig.any()):
             continue
         if rows is None:
             rows = torch.arange(B, device=dev).repeat_interleave(T)
             pos = torch.arange(p0, p0 + T, device=dev).repeat(B)
         ex_rows, ex_pos = rows[trig], pos[trig]
-        _fill_frozen(model, cache, l + 1, h[trig], ex_rows, ex_pos)
+        _defer(model, cache, h[trig], ex_rows, ex_pos, l + 1)
         at_last = ex_pos == last
         logits_out[ex_rows[at_last]] = lg[trig][at_last]
         depth[ex_rows[at_last]] = float(l + 1)
@@ -404,6 +466,7 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     _check(model, max_new_tokens, temperature, top_k, draft_layers, draft_tokens, early)
     rule = exits.EXIT_RULES["threshold" if exit_threshold is not None else cfg.exit_mode]
     thr = float(exit_threshold if exit_threshold is not None else cfg.exit_threshold)
+    check = _exit_check(model, rule, thr, idx.device) if early else None
     L, cap = cfg.n_layer, cfg.block_size
     B = idx.size(0)
     dtype = next(model.parameters()).dtype
@@ -414,8 +477,8 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     def step(ctx, p0):
         """Run ctx (B, n) at positions p0.. through the model -> last position's logits, depth."""
         x, _ = model._embed(ctx, p0)
-        if early:
-            return _run_exit(model, cache, x, p0, rule, thr)
+        if check is not None:
+            return _run_exit(model, cache, x, p0, check)
         h = _run_layers(model, cache, x, p0, 0, L)
         return _logits(model, h[:, -1]), torch.full((B,), float(L), device=idx.device)
 

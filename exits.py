@@ -38,11 +38,13 @@ import torch
 # p_max, p_second, p_target of the same shape)
 
 CONFIDENCES: Dict[str, Callable] = {}
+CONFIDENCE_MAX: Dict[str, float] = {}    # name -> the largest value the confidence can take
 
 
-def register_confidence(name):
+def register_confidence(name, max_value=1.0):
     def wrap(fn):
         CONFIDENCES[name] = fn
+        CONFIDENCE_MAX[name] = max_value
         return fn
     return wrap
 
@@ -74,14 +76,25 @@ def target_prob(out):
 EXIT_RULES: Dict[str, Callable] = {}
 
 
-def register_exit_rule(name):
+def register_exit_rule(name, never_fires=lambda threshold, max_confidence: False):
+    """never_fires(threshold, max_confidence) -> True when the rule cannot fire whatever the
+    confidence (at most max_confidence): see never_exits."""
     def wrap(fn):
         EXIT_RULES[name] = fn
+        fn.never_fires = never_fires
         return fn
     return wrap
 
 
-@register_exit_rule("threshold")
+def never_exits(rule, confidence, threshold):
+    """True when exit rule `rule` (an EXIT_RULES entry) at `threshold` cannot fire on
+    confidence `confidence` (a CONFIDENCES name) for any head output; decoding then skips the
+    per-layer heads (the threshold rule above the confidence's maximum, e.g. max-prob > 1)."""
+    return rule.never_fires(threshold, CONFIDENCE_MAX[confidence])
+
+
+@register_exit_rule("threshold", never_fires=lambda threshold, max_confidence:
+                    threshold > max_confidence)
 def threshold_rule(confidence, threshold):
     """Exit when confidence >= threshold (threshold > 1 never exits, 0 always exits)."""
     return confidence >= threshold
