@@ -9,7 +9,9 @@ The checkpoint (default: the newest log/decode_bench_cpu/ckpt_*.pt) comes from
 --new-tokens greedy tokens after --prompt-len tokens of distinct val-split prompts:
 
   full         plain full-depth KV-cached decoding (the reference of every ratio)
-  exit@t       per-token early exit at threshold t (1.01: the check runs, never fires)
+  exit@t       per-token early exit at threshold t (1.01 > every max-prob: can never fire, so
+               the heads are skipped (exits.never_exits); 1: every layer's head and check
+               run, firing only on a probability of exactly 1)
   spec d×k     self-speculative: layers 1..d draft k tokens, the full model verifies
 
 Per case: tok/s median and min..max over rounds, speedup = ratio of medians to full at the same
@@ -70,8 +72,9 @@ def parse_args(argv=None):
     ap.add_argument("--ckpt", default=None, help=f"checkpoint (None: the newest {DEFAULT_CKPT_GLOB})")
     ap.add_argument("--data", default=os.path.join("data", "shakespeare_char"),
                     help="data directory (fineweb.py) for prompts and val loss")
-    ap.add_argument("--thresholds", default="1.01,0.6,0.4,0.3,0.25,0.2",
-                    help="early-exit thresholds (1.01 never fires)")
+    ap.add_argument("--thresholds", default="1.01,1,0.6,0.4,0.3,0.25,0.2",
+                    help="early-exit thresholds (1.01 can never fire: heads skipped; 1: checked "
+                         "at every layer)")
     ap.add_argument("--spec", default="1x4,1x8,2x6", help="self-speculative DxK cases")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--rounds", type=cli.int_arg(1, 1000), default=9)
