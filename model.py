@@ -230,12 +230,11 @@ class CausalSelfAttention(nn.Module):
         return parts if self.has_value else parts + [self._heads(x)]
 
     def kv(self, x):
-        """x (B, T, C) -> k, v (B, nh, T, hd) without computing q."""
+        """x (B, T, C) -> k, v (B, nh, T, hd) without computing q (one matmul for both)."""
         C = self.n_embd
         b = self.c_attn.bias
-        k = F.linear(x, self.c_attn.weight[C:2 * C], None if b is None else b[C:2 * C])
-        v = F.linear(x, self.c_attn.weight[2 * C:], None if b is None else b[2 * C:]) \
-            if self.has_value else x
+        kv = F.linear(x, self.c_attn.weight[C:], None if b is None else b[C:])
+        k, v = kv.split(C, dim=2) if self.has_value else (kv, x)
         return self._heads(k), self._heads(v)
 
     def out(self, y):
