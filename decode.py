@@ -152,13 +152,17 @@ def _rope_range(model, p0, n):
     return model.rope_cos[p0:p0 + n], model.rope_sin[p0:p0 + n]
 
 
-def _logits(model, x):
-    """Head on states x (..., C): ln_f then the tied lm_head -> (..., V) fp32. (torch.layer_norm
-    on ln_f's parameters: the module call costs as much as the op on one decode row.)"""
-    ln, head = model.transformer.ln_f, model.lm_head
-    h = torch.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-    lg = F.linear(h, head.weight, head.bias)
-    return lg if lg.dtype == torch.float32 else lg.float()
+def _head_fn(model):
+    """-> logits(x (..., C)) -> (..., V) fp32: ln_f then the tied lm_head (with its bias). The
+    parameters are looked up once per generate: a module attribute lookup costs about as much
+    as the op itself on one decode row."""
+    ln, lm = model.transformer.ln_f, model.lm_head
+    shape, w, b, eps, W, Wb = ln.normalized_shape, ln.weight, ln.bias, ln.eps, lm.weight, lm.bias
+
+    def logits(x):
+        lg = F.linear(torch.layer_norm(x, shape, w, b, eps), W, Wb)
+        return lg if lg.dtype == torch.float32 else lg.float()
+    return logits
 
 
 def _run_layers(model, cache, x, p0, lo, hi):
@@ -246,7 +250,7 @@ def _exit_check(model, rule, threshold, device):
     return check
 
 
-def _run_exit_step(model, cache, x, p0, check):
+def _run_exit_step(model, cache, x, p0, head, check):
     """One decode step with per-token early exit: x (B, 1, C) at position p0 -> (logits (B, V)
     fp32, exit depth (B,)). Each layer's head runs only on the rows still running; exited rows
     leave the batch. Their deeper K/V are deferred to `cache.pending` at the end of the step
@@ -258,7 +262,7 @@ def _run_exit_step(model, cache, x, p0, check):
     for l in range(L):
         _flush(model, cache, l)
         x, _ = model.block(l)(x, rope, cache.slots(l, p0, p0 + 1, rows))
-        lg = _logits(model, x[:, 0])                                        # (R, V)
+        lg = head(x[:, 0])                                                  # (R, V)
         if l == L - 1:
             exited.append((rows, x[:, 0], lg, L))
             break
@@ -292,7 +296,7 @@ def _run_exit_step(model, cache, x, p0, check):
     return logits, depth
 
 
-def _run_exit(model, cache, x, p0, check):
+def _run_exit(model, cache, x, p0, head, check):
     """Prompt encoding with per-token early exit: x (B, T, C) at positions p0..p0+T-1 ->
     (logits (B, V) fp32 and exit depth (B,) of each row's last position).
 
@@ -302,7 +306,7 @@ def _run_exit(model, cache, x, p0, check):
     Exited tokens' deeper K/V are written (`_flush`) before a later token reads them."""
     L, (B, T, _) = model.config.n_layer, x.shape
     if T == 1:
-        return _run_exit_step(model, cache, x, p0, check)
+        return _run_exit_step(model, cache, x, p0, head, check)
     dev, last = x.device, p0 + T - 1
     logits_out = torch.empty(B, model.config.vocab_size, device=dev)
     depth = torch.full((B,), float(L), device=dev)
@@ -319,12 +323,12 @@ def _run_exit(model, cache, x, p0, check):
             h = xs[0]                                                       # (N, C)
         if l == L - 1:                              # everyone left exits; last positions only
             if rows is None:
-                logits_out = _logits(model, xs[:, -1])
+                logits_out = head(xs[:, -1])
             else:
                 at_last = pos == last
-                logits_out[rows[at_last]] = _logits(model, h[at_last])
+                logits_out[rows[at_last]] = head(h[at_last])
             break
-        lg = _logits(model, h)                                              # (N, V)
+        lg = head(h)                                                        # (N, V)
         trig = check(lg)                                                    # (N,)
         if not bool(trig.any()):
             continue
@@ -363,7 +367,7 @@ def _pick(logits, temperature, top_k, generator):
 # self-speculative decoding
 
 
-def _speculate(model, cache, tok, d, k, temperature, top_k, generator):
+def _speculate(model, cache, head, tok, d, k, temperature, top_k, generator):
     """One draft-and-verify round. tok (B, 1) is the newest token, not yet in the cache (at
     position cache.len). Returns (new tokens (B, m + 1), their verifier logits (B, m + 1, V),
     m accepted draft tokens); the cache then holds tok and the m accepted tokens."""
@@ -376,7 +380,7 @@ def _speculate(model, cache, tok, d, k, temperature, top_k, generator):
         hs.append(h)
         if j == k:
             break
-        lg = _logits(model, h[:, -1])
+        lg = head(h[:, -1])
         if greedy:
             cur = lg.argmax(dim=-1, keepdim=True)
         else:
@@ -385,7 +389,7 @@ def _speculate(model, cache, tok, d, k, temperature, top_k, generator):
             qs.append(q)
         drafts.append(cur)
     h = _run_layers(model, cache, torch.cat(hs, dim=1), p0, d, L)         # (B, k + 1, C)
-    lg = _logits(model, h)                                                  # (B, k + 1, V)
+    lg = head(h)                                                            # (B, k + 1, V)
     B = tok.size(0)
     D = torch.cat(drafts, dim=1) if drafts else tok.new_empty(B, 0)         # (B, k)
     if greedy:
@@ -464,6 +468,7 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     rule = exits.EXIT_RULES["threshold" if exit_threshold is not None else cfg.exit_mode]
     thr = float(exit_threshold if exit_threshold is not None else cfg.exit_threshold)
     check = _exit_check(model, rule, thr, idx.device) if early else None
+    head = _head_fn(model)
     L, cap = cfg.n_layer, cfg.block_size
     B = idx.size(0)
     dtype = next(model.parameters()).dtype
@@ -475,17 +480,17 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
         """Run ctx (B, n) at positions p0.. through the model -> last position's logits, depth."""
         x, _ = model._embed(ctx, p0)
         if check is not None:
-            return _run_exit(model, cache, x, p0, check)
+            return _run_exit(model, cache, x, p0, head, check)
         h = _run_layers(model, cache, x, p0, 0, L)
-        return _logits(model, h[:, -1]), torch.full((B,), float(L), device=idx.device)
+        return head(h[:, -1]), torch.full((B,), float(L), device=idx.device)
 
     tok = None                                      # newest token, not yet in the cache
     while n_done < max_new_tokens:
         seq_len = idx.size(1) + n_done
         if tok is not None and draft_layers is not None and seq_len <= cap:
             k = min(draft_tokens, max_new_tokens - n_done - 1, cap - cache.len - 1)
-            new, lg, m = _speculate(model, cache, tok, draft_layers, k, temperature, top_k,
-                                    generator)
+            new, lg, m = _speculate(model, cache, head, tok, draft_layers, k, temperature,
+                                    top_k, generator)
             drafted, accepted, rounds = drafted + k, accepted + m, rounds + 1
             new, lg = new[:, :max_new_tokens - n_done], lg[:, :max_new_tokens - n_done]
             if step_logits is not None:

@@ -257,6 +257,32 @@ def within_1pct(report):
     return min(ok)[1] if ok else None
 
 
+def out_of_order(res):
+    """Early-exit cases whose speedup is out of order with their decode depth beyond the spread:
+    pairs (deeper, shallower) where the deeper case's slowest round ratio beats the shallower
+    case's fastest one. [] = speedup monotone in depth within the per-round spread."""
+    ex = [(r["depth"], n, r) for n, r in res.items() if n.startswith("exit@")]
+    return [(a, b) for da, a, ra in ex for db, b, rb in ex
+            if da > db and ra["speedup_min"] > rb["speedup_max"]]
+
+
+def acceptance_lines(report):
+    """Issue 17's decode-speed checks, read off the tables (one line each)."""
+    lines, pick = [], within_1pct(report)
+    for B, res in report["per_batch"].items():
+        never = [n for n in res if n.startswith("exit@") and res[n]["depth"] == report["n_layer"]]
+        lines += [f"- batch {B}, thresholds that never fired: " + ", ".join(
+            f"{n} {res[n]['speedup']:.2f}x" for n in never) + " of full depth (target >= 0.95x)"]
+        if pick in res:
+            r = res[pick]
+            lines += [f"- batch {B}, {pick}: {r['speedup']:.2f}x, {r['of_ideal']:.2f} of the ideal "
+                      f"{r['ideal']:.2f} (targets: batch 8 >= 1.3x, batch 1 >= 0.8 of ideal)"]
+        bad = out_of_order(res)
+        lines += [f"- batch {B}: speedup monotone in decode depth within the spread: "
+                  + ("yes" if not bad else "no, " + "; ".join(f"{a} vs {b}" for a, b in bad))]
+    return lines
+
+
 def render(report, args, command):
     import torch
     sys.path.insert(0, ROOT)
@@ -282,6 +308,7 @@ def render(report, args, command):
         lines += [f"Threshold with the smallest exit depth within 1 % of full-depth val loss: "
                   f"**{pick}** (val loss {report['losses'][pick]:.4f}, forward exit depth "
                   f"{report['fwd_depth'][pick]:.2f}).", ""]
+    lines += ["Checks (issue 17):", ""] + acceptance_lines(report) + [""]
     for B, res in report["per_batch"].items():
         lines += [f"## batch {B}", "", render_table(res, report["losses"], report["ref_loss"]), ""]
     return "\n".join(lines)

@@ -205,9 +205,12 @@ def test_threshold_above_max_confidence_skips_the_heads(monkeypatch):
     m = make()
     idx = prompts(2, 5)
     n = {"heads": 0}
-    orig = decode._logits
-    monkeypatch.setattr(decode, "_logits", lambda *a: n.__setitem__("heads", n["heads"] + 1)
-                        or orig(*a))
+    orig = decode._head_fn
+
+    def head_fn(model):
+        head = orig(model)
+        return lambda x: n.__setitem__("heads", n["heads"] + 1) or head(x)
+    monkeypatch.setattr(decode, "_head_fn", head_fn)
     full = m.generate(idx, 6, temperature=0)
     assert n["heads"] == 6
     assert torch.equal(m.generate(idx, 6, temperature=0, exit_threshold=1.01), full)
@@ -392,6 +395,21 @@ def test_decode_bench_summarize_ratio_of_medians():
     assert out["exit"]["ideal"] == 2.0 and out["exit"]["of_ideal"] == 0.75
 
 
+def test_decode_bench_out_of_order_beyond_spread():
+    """A deeper threshold faster than a shallower one counts only when their per-round ratio
+    ranges do not overlap."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "bench"))
+    import decode_bench
+
+    def case(depth, lo, hi):
+        return {"depth": depth, "speedup_min": lo, "speedup_max": hi}
+    res = {"full": case(8, 1, 1), "exit@0.5": case(6, 1.1, 1.3), "exit@0.3": case(3, 1.2, 2.0)}
+    assert decode_bench.out_of_order(res) == []                       # overlapping: in order
+    res["exit@0.2"] = case(2, 0.9, 1.15)          # slower than exit@0.3, overlaps exit@0.5
+    assert decode_bench.out_of_order(res) == [("exit@0.3", "exit@0.2")]
+
+
 def test_decode_bench_end_to_end(tmp_path, capsys):
     import bench
     from test_eval_exit import write_ckpt, write_data
@@ -407,3 +425,4 @@ def test_decode_bench_end_to_end(tmp_path, capsys):
     assert all(ln.startswith("| full | 3.00 |") and "**1.00x**" in ln for ln in rows[::2])
     assert all(ln.rstrip().endswith("| yes |") for ln in rows[1::2])   # identical to full depth
     assert "## batch 2" in text and "wrote" in capsys.readouterr().out
+    assert "- batch 1, thresholds that never fired: exit@1.01 " in text
