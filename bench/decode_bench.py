@@ -191,6 +191,8 @@ def run(args):
     import checkpoint
     import eval_exit
 
+    from bench import cpu_info
+    load_start = cpu_info()["loadavg"]
     thresholds, specs, batch_sizes = args.threshold_list, args.spec_list, args.batch_list
     ckpt = args.ckpt or newest_ckpt(os.path.join(ROOT, DEFAULT_CKPT_GLOB))
     if ckpt is None or not os.path.isfile(ckpt):
@@ -247,7 +249,8 @@ def run(args):
             del r["out"]
         per_batch[B] = res
     return dict(ckpt=ckpt, device=device, n_layer=L, config=cfg, ref_loss=ref_loss,
-                losses=losses, fwd_depth=fwd_depth, per_batch=per_batch, thresholds=thresholds)
+                losses=losses, fwd_depth=fwd_depth, per_batch=per_batch, thresholds=thresholds,
+                loadavg_start=load_start, loadavg_end=cpu_info()["loadavg"])
 
 
 def within_1pct(report):
@@ -290,12 +293,12 @@ def render(report, args, command):
     cfg = report["config"]
     dev = report["device"]
     name = torch.cuda.get_device_name(0) if dev == "cuda" else cpu_info()["cpu"]
-    load = cpu_info()["loadavg"]
     pick = within_1pct(report)
     lines = [f"# Decode benchmark — {name}, {datetime.date.today().isoformat()}", "",
              f"`{command}`  ",
              f"device: {dev} ({name}), torch {torch.__version__}, threads "
-             f"{torch.get_num_threads()}, load avg at the end {load}  ",
+             f"{torch.get_num_threads()}, load avg (1, 5, 15 min) at the start "
+             f"{report['loadavg_start']}, at the end {report['loadavg_end']}  ",
              f"checkpoint `{os.path.relpath(report['ckpt'], ROOT)}`: n_layer {cfg.n_layer}, "
              f"n_embd {cfg.n_embd}, share_weights {cfg.share_weights}, exit_loss "
              f"{cfg.exit_loss}, vocab {cfg.vocab_size}; val loss full depth "
