@@ -153,14 +153,20 @@ def _rope_range(model, p0, n):
 
 
 def _head_fn(model):
-    """-> logits(x (..., C)) -> (..., V) fp32: ln_f then the tied lm_head (with its bias). The
-    parameters are looked up once per generate: a module attribute lookup costs about as much
-    as the op itself on one decode row."""
+    """-> logits(x (..., C)) -> (..., V) fp32: ln_f then the tied lm_head (with its bias), the
+    ops F.layer_norm / F.linear dispatch to, called directly, the parameters looked up once per
+    generate. On one decode row each op's dispatch, not its arithmetic, is the cost: a decode
+    step runs this head after every layer."""
     ln, lm = model.transformer.ln_f, model.lm_head
     shape, w, b, eps, W, Wb = ln.normalized_shape, ln.weight, ln.bias, ln.eps, lm.weight, lm.bias
+    Wt = W.t()
 
     def logits(x):
-        lg = F.linear(torch.layer_norm(x, shape, w, b, eps), W, Wb)
+        h = torch.native_layer_norm(x, shape, w, b, eps)[0]
+        if x.dim() != 2:
+            lg = F.linear(h, W, Wb)
+        else:
+            lg = torch.mm(h, Wt) if Wb is None else torch.addmm(Wb, h, Wt)
         return lg if lg.dtype == torch.float32 else lg.float()
     return logits
 
