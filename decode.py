@@ -188,9 +188,40 @@ class _HeadStats:
         return self.probs.argmax(dim=-1)
 
 
-def _exit_trigger(confidence, logits, rule, threshold):
-    """Exit rule on the confidence (exits.CONFIDENCES entry) of logits (N, V) -> bool (N,)."""
-    return rule(confidence(_HeadStats(F.softmax(logits, dim=-1))), threshold)
+class _Measure:
+    """config.confidence (an exits.CONFIDENCES entry) under `rule` at `threshold` while
+    decoding, with what it carries across layers for the rows still running: the previous
+    layer's logits (prev), the earlier layers' argmax (history)."""
+
+    def __init__(self, model, rule, threshold):
+        self.model, self.meas = model, exits.CONFIDENCES[model.config.confidence]
+        self.rule, self.threshold = rule, threshold
+        self.prev, self.hist = None, []
+
+    def trigger(self, l, x_in, x_out, logits):
+        """Layer l's exit decision -> bool (N,) from its logits (N, V) fp32 and the residual
+        stream x_in, x_out (N, C) entering / leaving it (see exits.register_confidence)."""
+        m, model = self.meas, self.model
+        cin = exits.ConfIn(_HeadStats(F.softmax(logits, dim=-1)), layer=l, config=model.config,
+                           hist=self.hist)
+        if m.logit_stat is not None and not (m.prev and self.prev is None):
+            cin.stat = m.logit_stat(logits, self.prev if m.prev else None)
+        if m.state:
+            cin.x_in, cin.x_out = x_in, x_out
+        if m.learned:
+            ln = model.transformer.ln_f
+            h = F.layer_norm(x_out, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+            cin.exit_logit = model.exit_classifier(h).squeeze(-1).float()
+        if m.prev:
+            self.prev = logits
+        if m.history:
+            self.hist.append(cin.argmax)
+        return self.rule(m(cin), self.threshold)
+
+    def keep(self, idx):
+        """Only the rows idx (k,) keep running."""
+        self.prev = None if self.prev is None else self.prev[idx]
+        self.hist = [a[idx] for a in self.hist]
 
 
 def _run_exit_step(model, cache, x, p0, rule, threshold):
@@ -198,17 +229,18 @@ def _run_exit_step(model, cache, x, p0, rule, threshold):
     fp32, exit depth (B,)). Each layer's head runs only on the rows still running; exited rows
     leave the batch (their deeper K/V filled from the frozen state)."""
     L, B = model.config.n_layer, x.size(0)
-    confidence = exits.CONFIDENCES[model.config.confidence]
+    measure = _Measure(model, rule, threshold)
     rope = _rope_range(model, p0, 1)
     rows = None                                     # None: every row still runs
     logits_out = torch.empty(B, model.config.vocab_size, device=x.device)
     depth = torch.full((B,), float(L), device=x.device)
     for l in range(L):
+        x_in = x
         x, _ = model.block(l)(x, rope, cache.slots(l, p0, p0 + 1, rows))
         lg = _logits(model, x[:, 0])                                        # (R, V)
         if l == L - 1:
             break
-        trig = _exit_trigger(confidence, lg, rule, threshold)               # (R,)
+        trig = measure.trigger(l, x_in[:, 0], x[:, 0], lg)                  # (R,)
         if trig.numel() == 1:                       # one row: one host sync per layer
             if not bool(trig):
                 continue
@@ -227,6 +259,7 @@ def _run_exit_step(model, cache, x, p0, rule, threshold):
         if keep.numel() == 0:
             return logits_out, depth
         rows, x = rows[keep], x[keep]
+        measure.keep(keep)
     if rows is None:
         return lg, depth
     logits_out[rows] = lg
@@ -244,13 +277,14 @@ def _run_exit(model, cache, x, p0, rule, threshold):
     L, (B, T, _) = model.config.n_layer, x.shape
     if T == 1:
         return _run_exit_step(model, cache, x, p0, rule, threshold)
-    confidence = exits.CONFIDENCES[model.config.confidence]
+    measure = _Measure(model, rule, threshold)
     dev, last = x.device, p0 + T - 1
     logits_out = torch.empty(B, model.config.vocab_size, device=dev)
     depth = torch.full((B,), float(L), device=dev)
     rows = pos = None                               # None: not packed yet, all (B, T) run
     rope, xs = _rope_range(model, p0, T), x
     for l in range(L):
+        h_in = xs.flatten(0, 1)                                             # (B*T | N, C)
         if rows is None:
             xs, _ = model.block(l)(xs, rope, cache.slots(l, p0, last + 1))
             h = xs.flatten(0, 1)                                            # (B*T, C)
@@ -266,7 +300,7 @@ def _run_exit(model, cache, x, p0, rule, threshold):
                 logits_out[rows[at_last]] = _logits(model, h[at_last])
             break
         lg = _logits(model, h)                                              # (N, V)
-        trig = _exit_trigger(confidence, lg, rule, threshold)               # (N,)
+        trig = measure.trigger(l, h_in, h, lg)                              # (N,)
         if not bool(trig.any()):
             continue
         if rows is None:
@@ -281,6 +315,7 @@ def _run_exit(model, cache, x, p0, rule, threshold):
         if not bool(keep.any()):
             break
         rows, pos, xs = rows[keep], pos[keep], h[keep][None]
+        measure.keep(keep)
     return logits_out, depth
 
 

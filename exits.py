@@ -32,19 +32,48 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------------------------
-# confidences: fn(out) -> (N,) or (B, T); `out` is a heads.HeadOut or a LayerOut (fields
-# p_max, p_second, p_target of the same shape)
+# confidences: fn(out: ConfIn) -> (N,) fp32, higher = more ready to exit. Registered with what
+# they need beyond the head statistics (p_max, p_second, argmax, p_target, ce); the model and
+# the decoder provide exactly that (model._trunk, decode._Measure):
+#   logit_stat=f   f(z (n, V) fp32 logits, z_prev (n, V) | None) -> (n,): a per-row statistic
+#                  of the layer's logits, computed by heads.logit_statistic (tiled in the fused
+#                  impl, gradients by autograd) and read as out.stat;
+#   prev=True      z_prev is the previous layer's logits (out.stat is None at layer 0);
+#   state=True     out.x_in, out.x_out (n, C): the residual stream entering / leaving the layer;
+#   history=True   out.hist: argmax (n,) of the earlier layers, oldest first (no exit_layer_frac);
+#   learned=True   out.exit_logit (n,): the model's exit classifier on the stop-gradient head
+#                  input (GPT.exit_classifier), trained by `exit_classifier_loss`.
 
 CONFIDENCES: Dict[str, Callable] = {}
 
 
-def register_confidence(name):
+def register_confidence(name, logit_stat=None, prev=False, state=False, history=False,
+                        learned=False):
     def wrap(fn):
         CONFIDENCES[name] = fn
+        fn.logit_stat, fn.prev, fn.state, fn.history, fn.learned = (
+            logit_stat, prev, state, history, learned)
         return fn
     return wrap
+
+
+class ConfIn:
+    """What a confidence reads at one layer: the head statistics (attributes of `head`, a
+    heads.HeadOut or anything with p_max, p_second, argmax, p_target, ce) and, as its
+    registration asks, stat / x_in / x_out / hist / exit_logit (see above). All rows (n,)."""
+
+    def __init__(self, head, layer=0, config=None, stat=None, x_in=None, x_out=None, hist=(),
+                 exit_logit=None):
+        self.head, self.layer, self.config, self.stat = head, layer, config, stat
+        self.x_in, self.x_out, self.hist, self.exit_logit = x_in, x_out, list(hist), exit_logit
+
+    def __getattr__(self, name):
+        if name == "head":                  # not set yet (copy / unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.head, name)
 
 
 @register_confidence("max-prob")
@@ -136,6 +165,8 @@ class LayerOut:
     p_target: Optional[torch.Tensor]    # probability of the target (grad)
     mask_BT: torch.Tensor               # float, 1 = still running when entering this layer
     just_triggered: torch.Tensor        # float, 1 = exits at this layer
+    exit_logit: Optional[torch.Tensor] = None   # confidence "learned": the exit classifier's
+                                                # logit (grad into the classifier only)
 
 
 @dataclass
@@ -207,6 +238,20 @@ def exit_summary(layers, early_exit=True):
     depth = (esd * torch.arange(1, L + 1, device=device, dtype=esd.dtype)).sum()
     return {"earlystop": esd[:-1].sum(), "earlystopdict": esd, "exit_depth": depth,
             "exit_ce": exit_ce}
+
+
+def exit_classifier_loss(layers):
+    """The learned confidence's own loss (CALM's meta measure), added to the exit loss:
+      label_l = 1[argmax_l == argmax_{L-1}]               (no grad)
+      loss    = (1/(L-1)) sum_{l<L-1} mean_{b,t} BCE(sigmoid(exit_logit_l), label_l)
+    exit_logit reads the head input through a stop-gradient, so only the classifier learns
+    from it. 0 with one layer."""
+    if len(layers) < 2:
+        return _zero(layers)
+    last = layers[-1].argmax
+    terms = [F.binary_cross_entropy_with_logits(o.exit_logit.float(), (o.argmax == last).float())
+             for o in layers[:-1]]
+    return sum(terms) / len(terms)
 
 
 # ----------------------------------------------------------------------------------------------

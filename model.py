@@ -54,6 +54,8 @@ class GPTConfig:
                                     # False = journal: all layers run, exited tokens just stop counting.
                                     # KV decoding (generate) always propagates: that is what skips work
     confidence: str = "max-prob"    # per-layer confidence, a name in exits.CONFIDENCES
+    argmax_stable_k: int = 2        # confidence "argmax-stable": exit once the argmax held for k
+                                    # consecutive layers (k >= 1; earliest exit at layer k + 1)
     exit_loss: str = "final"        # training loss, a name in exits.EXIT_LOSSES
     head_impl: str = "fused"        # per-layer head implementation, a name in heads.HEAD_IMPLS
     layerskip_scale: float = 1.0    # exit_loss="layerskip": e_scale of the per-layer weights
@@ -97,6 +99,9 @@ class GPTConfig:
         if isinstance(self.layerskip_rotation, bool) or not isinstance(self.layerskip_rotation, int) \
                 or self.layerskip_rotation < 1:
             raise ValueError(f"layerskip_rotation must be an int >= 1, got {self.layerskip_rotation!r}")
+        if isinstance(self.argmax_stable_k, bool) or not isinstance(self.argmax_stable_k, int) \
+                or self.argmax_stable_k < 1:
+            raise ValueError(f"argmax_stable_k must be an int >= 1, got {self.argmax_stable_k!r}")
         if self.prev_token_shift not in (0, 1):
             raise ValueError(f"prev_token_shift must be 0 or 1, got {self.prev_token_shift!r}")
         if not float(self.layerskip_scale) >= 0.0:
@@ -125,6 +130,14 @@ class GPTConfig:
             if self.early_exit and self.exit_propagate:
                 raise ValueError("exit_token_frac < 1 with exit_propagate: a propagated exit "
                                  "needs every token's confidence at every layer")
+        meas = exits.CONFIDENCES[self.confidence]
+        if meas.learned and not (self.layer_heads or self.early_exit):
+            raise ValueError(f"confidence {self.confidence!r} trains its exit classifier on the "
+                             "per-layer heads: needs layer_heads, early_exit or an exit_loss "
+                             "other than 'final'")
+        if self.exit_layer_frac < 1 and (meas.prev or meas.history):
+            raise ValueError(f"confidence {self.confidence!r} compares consecutive layers: "
+                             "exit_layer_frac must be 1")
         if self.exit_layer_frac < 1:
             if not loss.layer_sampling or self.early_exit:
                 known = sorted(n for n, f in exits.EXIT_LOSSES.items() if f.layer_sampling)
@@ -633,6 +646,10 @@ class GPT(nn.Module):
             cos, sin = rope_tables(cfg.block_size, cfg.n_embd // cfg.n_head, cfg.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        if exits.CONFIDENCES[cfg.confidence].learned:     # CALM's exit classifier, C -> 1;
+            self.exit_classifier = nn.Linear(cfg.n_embd, 1)  # zero init, after the others: the
+            nn.init.zeros_(self.exit_classifier.weight)      # trunk is initialised exactly as
+            nn.init.zeros_(self.exit_classifier.bias)        # without it
         self.progress = 0.0          # training progress in [0, 1] (set_progress)
         self.step = 0                # training step (set_progress)
         self.last_generate_stats = {}
@@ -706,15 +723,38 @@ class GPT(nn.Module):
             rope = (self.rope_cos[pos0:pos0 + T], self.rope_sin[pos0:pos0 + T])
         return self.transformer.drop(x), rope
 
-    def _head(self, h, targets, grad):
-        """heads.head_outputs on h (B, T, C) -> HeadOut of (B*T,) tensors. An lm_head bias
+    def _head_in(self, h):
+        """(h (N, C'), weight (V, C')) the heads multiply, from h (..., C): an lm_head bias
         enters as one more input feature, constant 1, whose weight column is the bias."""
+        h, w, b = h.reshape(-1, h.size(-1)), self.lm_head.weight, self.lm_head.bias
+        if b is not None:
+            h = torch.cat([h, h.new_ones(h.size(0), 1)], dim=1)
+            w = torch.cat([w, b[:, None].to(w.dtype)], dim=1)
+        return h, w
+
+    def _head(self, h, targets, grad):
+        """heads.head_outputs on h (B, T, C) -> HeadOut of (B*T,) tensors."""
         with torch.set_grad_enabled(grad):
-            h, w, b = h.reshape(-1, h.size(-1)), self.lm_head.weight, self.lm_head.bias
-            if b is not None:
-                h = torch.cat([h, h.new_ones(h.size(0), 1)], dim=1)
-                w = torch.cat([w, b[:, None].to(w.dtype)], dim=1)
+            h, w = self._head_in(h)
             return heads.head_outputs(h, w, targets, impl=self.config.head_impl)
+
+    def _confidence(self, meas, ho, l, h, x_in, x_out, prev_h, hist, grad):
+        """meas (an exits.CONFIDENCES entry) at layer l -> (confidence (N,), exit_logit (N,) or
+        None), given what it asks for: ho the layer's HeadOut, h (N, C) its head input (ln_f
+        output), x_in / x_out (N, C) the residual stream entering / leaving it, prev_h (N, C)
+        the previous layer's head input (None at layer 0), hist the earlier layers' argmax."""
+        cin = exits.ConfIn(ho, layer=l, config=self.config, hist=hist if meas.history else ())
+        with torch.set_grad_enabled(grad):
+            if meas.logit_stat is not None and not (meas.prev and prev_h is None):
+                hh, w = self._head_in(h)
+                hp = self._head_in(prev_h)[0] if meas.prev else None
+                cin.stat = heads.logit_statistic(meas.logit_stat, hh, w, hp,
+                                                 impl=self.config.head_impl)
+            if meas.state:
+                cin.x_in, cin.x_out = x_in, x_out
+            if meas.learned:
+                cin.exit_logit = self.exit_classifier(h.detach()).squeeze(-1).float()
+            return meas(cin), cin.exit_logit
 
     def _trunk(self, idx, targets=None, *, early=False, threshold=None,
                mode=None, heads_on=False, want_stats=False, propagate=None, sample=None):
@@ -745,6 +785,12 @@ class GPT(nn.Module):
             mask, tcols = mask.view(-1)[cols], tflat[cols]
         depth = torch.full((B, T), float(L), device=idx.device)
         h_exit, layers, stds, final_xe = None, [], [], None
+        meas = exits.CONFIDENCES[cfg.confidence]
+        prev_h, hist = None, []                   # previous layer's head input, argmaxes
+
+        def rows(t):                              # (B, T, C) | (k, C) -> the LayerOut rows
+            t = t.reshape(-1, t.size(-1))
+            return t[cols] if cols is not None and t.size(0) != cols.numel() else t
         for l in range(L):
             blk = self.block(l)
             x_in = x
@@ -773,7 +819,13 @@ class GPT(nn.Module):
 
             def view(t):                                          # (B*T,) -> (B, T); cols: (k,)
                 return t if t is None or cols is not None else t.view(B, T)
-            confidence = view(exits.CONFIDENCES[cfg.confidence](ho))
+            h_rows = rows(h)
+            confidence, exit_logit = self._confidence(
+                meas, ho, l, h_rows, rows(x_in) if meas.state else None,
+                rows(x) if meas.state else None, prev_h, hist, need_grad)
+            confidence = view(confidence)
+            prev_h = h_rows
+            hist.append(ho.argmax)
             if early:
                 trigger = exits.EXIT_RULES[mode](confidence.detach(), threshold)
             else:
@@ -782,7 +834,7 @@ class GPT(nn.Module):
             layers.append(exits.LayerOut(
                 layer=l, xe=view(ho.ce), confidence=confidence, p_max=view(ho.p_max),
                 p_second=view(ho.p_second), argmax=view(ho.argmax), p_target=view(ho.p_target),
-                mask_BT=mask, just_triggered=just_triggered))
+                mask_BT=mask, just_triggered=just_triggered, exit_logit=view(exit_logit)))
             if early and cols is None:
                 jt = just_triggered[..., None] > 0
                 h_exit = h if h_exit is None else torch.where(jt, h, h_exit)
@@ -820,6 +872,8 @@ class GPT(nn.Module):
                                         step=self.step, final_xe=r["final_xe"])
                 terms = exits.EXIT_LOSSES[cfg.exit_loss](layers, ctx)
                 loss = terms.loss
+                if exits.CONFIDENCES[cfg.confidence].learned:
+                    loss = loss + exits.exit_classifier_loss(layers)
             elif layers:
                 loss = layers[-1].xe.float().mean()
             elif logits is not None:
