@@ -28,6 +28,7 @@ their deeper-layer xe / confidence are those of the frozen exit state.
 Numerics: log(1 - x) terms clamp 1 - x at `ctx.eps` (default 1e-6) so they stay finite; below
 the clamp the term is constant and has no gradient.
 """
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
@@ -95,6 +96,19 @@ def target_prob(out):
     emit greedily, so its probability is p_max: the same measure with the model's own
     prediction as the target."""
     return out.p_max if out.p_target is None else out.p_target
+
+
+def _entropy(z, z_prev=None):
+    """H = -sum_v p_v log p_v = logsumexp(z) - sum_v p_v z_v of logits z (n, V) -> (n,)."""
+    return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1)
+
+
+@register_confidence("entropy", logit_stat=_entropy)
+def entropy(out):
+    """1 - H / log V in [0, 1]: 1 for a one-hot distribution, 0 for the uniform one (H is the
+    entropy of the layer's next-token distribution; clamped against roundoff)."""
+    V = out.config.vocab_size
+    return (1.0 - out.stat / math.log(V)).clamp(0.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -459,5 +459,36 @@ def test_check_name_lists_known():
     exits.check_name("exit_loss", "4-test")
     with pytest.raises(ValueError, match="known: .*4-test"):
         exits.check_name("exit_loss", "4test")
-    with pytest.raises(ValueError, match="known: max-prob"):
-        exits.check_name("confidence", "entropy")
+    with pytest.raises(ValueError, match="known: entropy, max-prob"):
+        exits.check_name("confidence", "entropie")
+
+
+def logit_measure(name, impl, h, w, h_prev=None, **cfg):
+    """CONFIDENCES[name] of a logit_stat measure through heads.logit_statistic (as the model
+    computes it; 2-row chunks in the chunked impls) -> (n,)."""
+    meas = exits.CONFIDENCES[name]
+    stat = heads.logit_statistic(meas.logit_stat, h, w, h_prev, impl=impl, rows=2)
+    out = exits.ConfIn(heads.naive_head_outputs(h, w), config=GPTConfig(vocab_size=w.shape[0], **cfg),
+                       stat=stat)
+    return meas(out)
+
+
+@pytest.mark.parametrize("impl", sorted(heads.HEAD_IMPLS))
+def test_entropy_value_and_grad_match_formula(impl):
+    """confidence = 1 - H / log V with H = -sum p log p; gradient from the formula
+    dH/dz = -p (log p + H), chained through z = h W^T (float64 reference)."""
+    torch.manual_seed(0)
+    h = torch.randn(5, 8, requires_grad=True)
+    w = torch.randn(7, 8, requires_grad=True)
+    conf = logit_measure("entropy", impl, h, w)
+    g = torch.randn(5)
+    (conf * g).sum().backward()
+    z = (h.double() @ w.double().T).detach()
+    logp = torch.log_softmax(z, -1)
+    H = -(logp.exp() * logp).sum(-1)
+    torch.testing.assert_close(conf, (1 - H / math.log(7)).float())
+    dz = (g.double() / math.log(7))[:, None] * logp.exp() * (logp + H[:, None])   # d conf / dz
+    torch.testing.assert_close(h.grad.double(), dz @ w.double(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(w.grad.double(), dz.T @ h.double(), rtol=1e-4, atol=1e-5)
+    uniform = logit_measure("entropy", impl, torch.zeros(2, 8), w.detach())
+    assert torch.equal(uniform, torch.zeros(2))
