@@ -111,6 +111,51 @@ def entropy(out):
     return (1.0 - out.stat / math.log(V)).clamp(0.0, 1.0)
 
 
+def _kl_prev(z, z_prev):
+    """KL(p || q) = sum_v p_v (log p_v - log q_v), p = softmax(z), q = softmax(z_prev) -> (n,)."""
+    logp, logq = torch.log_softmax(z, dim=-1), torch.log_softmax(z_prev, dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+@register_confidence("kl-prev", logit_stat=_kl_prev, prev=True)
+def kl_prev(out):
+    """exp(-KL(p_l || p_{l-1})) in (0, 1]: 1 when layer l's next-token distribution equals the
+    previous layer's; the threshold rule exits when KL <= -log(threshold). Layer 0 has no
+    previous layer: 0 (never exits there). KL clamped at 0 against roundoff."""
+    if out.stat is None:
+        return out.p_max.new_zeros(out.p_max.shape, dtype=torch.float32)
+    return torch.exp(-out.stat.float().clamp_min(0.0))
+
+
+@register_confidence("argmax-stable", history=True)
+def argmax_stable(out):
+    """1 when the argmax of this layer equals that of each of the k = config.argmax_stable_k
+    layers before it (it has not changed for k consecutive layers), else 0; 0 for the first k
+    layers. No gradient."""
+    k = out.config.argmax_stable_k
+    same = torch.zeros(out.argmax.shape, dtype=torch.bool, device=out.argmax.device)
+    if len(out.hist) >= k:
+        same = ~same
+        for a in out.hist[-k:]:
+            same &= a == out.argmax
+    return same.float()
+
+
+@register_confidence("state-cosine", state=True)
+def state_cosine(out):
+    """cos(x_in, x_out) in [-1, 1]: cosine similarity of the residual stream entering and
+    leaving the layer (CALM's state-propagation measure: no head needed, O(C) per token)."""
+    return F.cosine_similarity(out.x_in.float(), out.x_out.float(), dim=-1).clamp(-1.0, 1.0)
+
+
+@register_confidence("learned", learned=True)
+def learned(out):
+    """sigmoid(exit classifier(stop-gradient head input)) (CALM's meta measure): the predicted
+    probability that this layer's argmax equals the last layer's; trained jointly by
+    `exit_classifier_loss`, whose stop-gradient leaves the trunk exactly as without it."""
+    return torch.sigmoid(out.exit_logit.float())
+
+
 # ----------------------------------------------------------------------------------------------
 # exit rules: fn(confidence, threshold) -> bool, same shape as confidence
 

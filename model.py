@@ -646,14 +646,14 @@ class GPT(nn.Module):
             cos, sin = rope_tables(cfg.block_size, cfg.n_embd // cfg.n_head, cfg.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        if exits.CONFIDENCES[cfg.confidence].learned:     # CALM's exit classifier, C -> 1;
-            self.exit_classifier = nn.Linear(cfg.n_embd, 1)  # zero init, after the others: the
-            nn.init.zeros_(self.exit_classifier.weight)      # trunk is initialised exactly as
-            nn.init.zeros_(self.exit_classifier.bias)        # without it
         self.progress = 0.0          # training progress in [0, 1] (set_progress)
         self.step = 0                # training step (set_progress)
         self.last_generate_stats = {}
         self.apply(self._init_weights)
+        if exits.CONFIDENCES[cfg.confidence].learned:     # CALM's exit classifier, C -> 1;
+            self.exit_classifier = nn.utils.skip_init(nn.Linear, cfg.n_embd, 1)  # zeroed, no
+            nn.init.zeros_(self.exit_classifier.weight)      # RNG drawn: the trunk and the RNG
+            nn.init.zeros_(self.exit_classifier.bias)        # stream are as without it
 
     def _init_weights(self, module):
         """GPT-2 init: N(0, 0.02); residual projections (NANOGPT_SCALE_INIT) scaled by

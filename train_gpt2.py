@@ -175,6 +175,7 @@ exit_threshold = 0.9             # exit when confidence >= this (> 1: never)
 exit_mode = "threshold"          # exit rule, a name in exits.EXIT_RULES
 exit_propagate = False           # exited tokens' state frozen for deeper layers (CALM)
 confidence = "max-prob"          # per-layer confidence, a name in exits.CONFIDENCES
+argmax_stable_k = 2              # confidence "argmax-stable": argmax unchanged for k layers
 exit_loss = "final"              # training loss, a name in exits.EXIT_LOSSES
 head_impl = "fused"              # per-layer heads: fused (least memory), checkpoint, naive
 layerskip_scale = 1.0            # exit_loss="layerskip": e_scale of the per-layer weights

@@ -349,6 +349,7 @@ TRAIN_CASES = [_wrong_type(k, v) for k, v in train_gpt2.all_defaults().items()] 
     (TR, ["--layerskip_rotation=0"], "layerskip_rotation must be an int >= 1, got 0"),
     (TR, ["--prev_token_shift=2"], "prev_token_shift must be 0 or 1, got 2"),
     (TR, ["--layerskip_scale=-1.0"], "layerskip_scale must be >= 0"),
+    (TR, ["--argmax_stable_k=0"], "argmax_stable_k must be an int >= 1, got 0"),
 ] + [(TR, [f"--{k}=nope"], f"unknown {k} 'nope'; known: ")
      for k in ("block_type", "pos_encoding", "exit_mode", "confidence", "exit_loss", "head_impl",
                "layerskip_curriculum")]
