@@ -46,17 +46,19 @@ import torch.nn.functional as F
 #   state=True     out.x_in, out.x_out (n, C): the residual stream entering / leaving the layer;
 #   history=True   out.hist: argmax (n,) of the earlier layers, oldest first (no exit_layer_frac);
 #   learned=True   out.exit_logit (n,): the model's exit classifier on the stop-gradient head
-#                  input (GPT.exit_classifier), trained by `exit_classifier_loss`.
+#                  input (GPT.exit_classifier), trained by `exit_classifier_loss`;
+#   knob="field"   a 0/1 measure whose trade-off is set by this int GPTConfig field rather than
+#                  the threshold (eval_exit.py sweeps it over 1..n_layer-1).
 
 CONFIDENCES: Dict[str, Callable] = {}
 
 
 def register_confidence(name, logit_stat=None, prev=False, state=False, history=False,
-                        learned=False):
+                        learned=False, knob=None):
     def wrap(fn):
         CONFIDENCES[name] = fn
-        fn.logit_stat, fn.prev, fn.state, fn.history, fn.learned = (
-            logit_stat, prev, state, history, learned)
+        fn.logit_stat, fn.prev, fn.state, fn.history, fn.learned, fn.knob = (
+            logit_stat, prev, state, history, learned, knob)
         return fn
     return wrap
 
@@ -127,7 +129,7 @@ def kl_prev(out):
     return torch.exp(-out.stat.float().clamp_min(0.0))
 
 
-@register_confidence("argmax-stable", history=True)
+@register_confidence("argmax-stable", history=True, knob="argmax_stable_k")
 def argmax_stable(out):
     """1 when the argmax of this layer equals that of each of the k = config.argmax_stable_k
     layers before it (it has not changed for k consecutive layers), else 0; 0 for the first k

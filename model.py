@@ -12,6 +12,7 @@ Every block maps one residual-stream tensor (B, T, C) to the next, so all wiring
 layer loop (`GPT._trunk`, training forward and evaluation); KV-cached generation runs the same
 blocks through its own loops in decode.py (`GPT.generate`).
 """
+import contextlib
 import inspect
 import math
 import dataclasses
@@ -62,6 +63,9 @@ class GPTConfig:
     layerskip_curriculum: str = "gradual"  # layerskip: gradual | rotational | none
     layerskip_rotation: int = 2     # layerskip rotational curriculum: period R (in steps)
     prev_token_shift: int = 1       # reward-prev-token: 1 = the journal's diagram, 0 = same position
+    depth_sampling: str = "fixed"   # training depth per step, a name in DEPTH_SAMPLERS: fixed
+                                    # (n_layer) | uniform | lognormal-poisson over [1, depth_max]
+    depth_max: int = 0              # largest depth drawn (0: 2 * n_layer - 1, uniform mean n_layer)
     exit_token_frac: float = 1.0    # training: heads of layers 1..L-1 on this random fraction of
                                     # the token positions (whole columns); last head on every token
     exit_layer_frac: float = 1.0    # training: heads on a random max(1, round(frac*(L-1))) of
@@ -102,6 +106,12 @@ class GPTConfig:
         if isinstance(self.argmax_stable_k, bool) or not isinstance(self.argmax_stable_k, int) \
                 or self.argmax_stable_k < 1:
             raise ValueError(f"argmax_stable_k must be an int >= 1, got {self.argmax_stable_k!r}")
+        _check_name("depth_sampling", self.depth_sampling, DEPTH_SAMPLERS)
+        if isinstance(self.depth_max, bool) or not isinstance(self.depth_max, int) or self.depth_max < 0:
+            raise ValueError(f"depth_max must be an int >= 1 (0: 2 * n_layer - 1), got {self.depth_max!r}")
+        if self.depth_sampling != "fixed" and not self.share_weights:
+            raise ValueError(f"depth_sampling {self.depth_sampling!r} applies one block a random "
+                             "number of times: needs share_weights")
         if self.prev_token_shift not in (0, 1):
             raise ValueError(f"prev_token_shift must be 0 or 1, got {self.prev_token_shift!r}")
         if not float(self.layerskip_scale) >= 0.0:
@@ -169,6 +179,33 @@ class GPTConfig:
         if self.exit_layer_frac < 1:
             early = max(1, round(self.exit_layer_frac * early))
         return 1.0 + early * self.exit_token_frac
+
+
+DEPTH_SAMPLERS = ("fixed", "uniform", "lognormal-poisson")
+HUGINN_SIGMA = 0.5      # lognormal-poisson: std of log(lambda) (Geiping et al. 2025, Huginn)
+
+
+def sample_depth(config, seed, step):
+    """The depth (block applications) of optimizer step `step` -> int in [1, depth_max].
+    fixed: n_layer. Otherwise drawn from numpy's Generator seeded by (seed, step): the same on
+    every DDP rank, and a resumed run draws what the uninterrupted one did (nothing saved).
+      uniform:           d ~ U{1, ..., depth_max}
+      lognormal-poisson: tau ~ N(log(n_layer - 1) - sigma^2 / 2, sigma), d = Poisson(e^tau) + 1
+                         (Huginn's recurrence sampler: mean n_layer, heavy right tail), clamped
+                         to [1, depth_max]; n_layer 1: d = 1.
+    depth_max 0 means 2 * n_layer - 1 (uniform's mean is then n_layer)."""
+    import numpy as np
+    L = config.n_layer
+    hi = config.depth_max or 2 * L - 1
+    if config.depth_sampling == "fixed":
+        return L
+    rng = np.random.default_rng([int(seed), int(step), 0x6465707468])       # "depth"
+    if config.depth_sampling == "uniform":
+        return int(rng.integers(1, hi + 1))
+    if L == 1:
+        return 1
+    tau = rng.normal(math.log(L - 1) - HUGINN_SIGMA ** 2 / 2, HUGINN_SIGMA)
+    return int(min(max(rng.poisson(math.exp(tau)) + 1, 1), hi))
 
 
 def _check_name(field, name, registry):
@@ -674,6 +711,26 @@ class GPT(nn.Module):
         """The Block applied at depth l (0-based): the one shared block, or the l-th."""
         return self.transformer.h[0 if self.config.share_weights else l]
 
+    @contextlib.contextmanager
+    def at_depth(self, depth):
+        """Within the block, forward, the losses and generate apply the blocks `depth` times
+        instead of n_layer (config.n_layer is set to depth and restored): any depth >= 1 with
+        share_weights (test-time depth of a recurrent-depth model), <= n_layer without. None:
+        n_layer. ValueError (one line) on a bad depth."""
+        L = self.config.n_layer
+        if depth is None:
+            depth = L
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+        if depth > len(self.transformer.h) and not self.config.share_weights:
+            raise ValueError(f"depth {depth} > n_layer {L} needs share_weights (one block "
+                             f"applied any number of times); valid: 1..{L}")
+        self.config.n_layer = depth
+        try:
+            yield self
+        finally:
+            self.config.n_layer = L
+
     def set_progress(self, frac, step=0):
         """Training progress in [0, 1] and the optimizer step, read by curriculum losses
         (layerskip: gradual uses the progress, rotational the step)."""
@@ -930,16 +987,18 @@ class GPT(nn.Module):
     # -- generation ----------------------------------------------------------------------------
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, exit_threshold=None,
-                 draft_layers=None, draft_tokens=4, generator=None, step_logits=None):
+                 draft_layers=None, draft_tokens=4, generator=None, step_logits=None, depth=None):
         """Sample max_new_tokens after idx (B, T) with a KV cache -> (B, T + max_new_tokens).
+        depth: apply the blocks this many times instead of n_layer (see at_depth).
         temperature 0: greedy. exit_threshold (or config.early_exit): per-token early exit;
         draft_layers=d, draft_tokens=k: self-speculative decoding (first d layers draft k
         tokens, the full model verifies; same output distribution as full depth). See decode.py
         (decode.generate) for the details and model.last_generate_stats."""
-        return decode.generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                               exit_threshold=exit_threshold, draft_layers=draft_layers,
-                               draft_tokens=draft_tokens, generator=generator,
-                               step_logits=step_logits)
+        with self.at_depth(depth):
+            return decode.generate(self, idx, max_new_tokens, temperature=temperature,
+                                   top_k=top_k, exit_threshold=exit_threshold,
+                                   draft_layers=draft_layers, draft_tokens=draft_tokens,
+                                   generator=generator, step_logits=step_logits)
 
     # -- torch.compile -------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ import tracking
 from configurator import ConfigError
 from dataloader import DataLoader, prepare_data, to_device
 from distributed import DistContext
-from model import GPT, GPTConfig, exit_sample_seed
+from model import GPT, GPTConfig, exit_sample_seed, sample_depth
 from runlog import RunLog
 
 # ----------------------------------------------------------------------------------------------
@@ -182,6 +182,9 @@ layerskip_scale = 1.0            # exit_loss="layerskip": e_scale of the per-lay
 layerskip_curriculum = "gradual" # layerskip: gradual | rotational | none
 layerskip_rotation = 2           # layerskip rotational curriculum: period R (in steps)
 prev_token_shift = 1             # reward-prev-token: 1 = the journal's diagram, 0 = same position
+depth_sampling = "fixed"         # training depth per step: fixed (n_layer) | uniform |
+                                 #   lognormal-poisson over [1, depth_max] (share_weights)
+depth_max = 0                    # largest depth drawn (0: 2 * n_layer - 1)
 exit_token_frac = 1.0            # cheap exits: heads of layers 1..L-1 (and the exit loss) on this
                                  #   random fraction of token positions; last head on every token
 exit_layer_frac = 1.0            # cheap exits: heads on a random max(1, round(frac*(L-1))) of
@@ -598,26 +601,30 @@ def train_step(s, batches, lr, step, guard=True, want_stats=True):
     n_stats = n if heads_on else (1 if want_stats else 0)
     rows = s.cfg["stats_rows"]
     sums = {"objective": torch.zeros((), device=s.device)}
-    for micro, (x, y) in enumerate(batches):
-        x, y = to_device(x, y, s.device)
-        distributed.set_grad_sync(s.model, micro == n - 1)
-        sampled = micro < n_stats and not heads_on and 0 < rows < x.size(0)
-        # exit sampling (exit_token/layer_frac) is a function of (seed, step, global micro index):
-        # 2 ranks draw what 1 rank accumulating their micro steps draws; resume saves nothing
-        seed = exit_sample_seed(s.cfg["seed"], step, micro * s.dist.world + s.dist.rank)
-        with s.autocast:
-            out = s.model(x, y, return_stats=micro < n_stats and not sampled,
-                          return_logits=False, exit_sample_seed=seed)
-            loss, st = out.loss, out.stats
-            if sampled:
-                st = sample_stats(s.raw, x[:rows], y[:rows])
-        (loss / n).backward()
-        with torch.no_grad():
-            sums["objective"] += loss.detach().float() / n
-            for k, v in (st.items() if micro < n_stats else ()):
-                sums[k] = sums.get(k, 0) + v.float() / n_stats
+    # depth_sampling: this step's depth, a function of (seed, step): every rank, and a resumed
+    # run, draws the same; the per-layer stats then have `depth` entries
+    depth = sample_depth(s.mcfg, s.cfg["seed"], step)
+    with s.raw.at_depth(depth):
+        for micro, (x, y) in enumerate(batches):
+            x, y = to_device(x, y, s.device)
+            distributed.set_grad_sync(s.model, micro == n - 1)
+            sampled = micro < n_stats and not heads_on and 0 < rows < x.size(0)
+            # exit sampling (exit_token/layer_frac) is a function of (seed, step, global micro index):
+            # 2 ranks draw what 1 rank accumulating their micro steps draws; resume saves nothing
+            seed = exit_sample_seed(s.cfg["seed"], step, micro * s.dist.world + s.dist.rank)
+            with s.autocast:
+                out = s.model(x, y, return_stats=micro < n_stats and not sampled,
+                              return_logits=False, exit_sample_seed=seed)
+                loss, st = out.loss, out.stats
+                if sampled:
+                    st = sample_stats(s.raw, x[:rows], y[:rows])
+            (loss / n).backward()
+            with torch.no_grad():
+                sums["objective"] += loss.detach().float() / n
+                for k, v in (st.items() if micro < n_stats else ()):
+                    sums[k] = sums.get(k, 0) + v.float() / n_stats
     r = reduce_mean(s.dist, sums)
-    r["stats"] = n_stats > 0
+    r["stats"], r["depth"] = n_stats > 0, depth
     # the train field: the last layer's CE (a model without per-layer heads has it as its loss)
     r["loss"] = r["layer_losses"][-1] if heads_on else r["objective"]
     clip = s.cfg["grad_clip"] if s.cfg["grad_clip"] and s.cfg["grad_clip"] > 0 else float("inf")
@@ -865,7 +872,7 @@ def log_train(s, step, r):
                 earlystopdict=r["earlystopdict"], layer_losses=r["layer_losses"],
                 exit_depth=r["exit_depth"], lr=r["lr"], norm=r["norm"], dt_ms=r["dt"] * 1000,
                 tok_sec=r["tok_sec"], flops=r["tflops"], mfu=r["mfu"], peak_mem_bytes=mem,
-                batch_reuse=k, skipped=s.skipped, skipped_step=r["skip"])
+                batch_reuse=k, skipped=s.skipped, skipped_step=r["skip"], depth=r["depth"])
 
 
 def train(s, ck, stop):

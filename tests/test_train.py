@@ -18,6 +18,8 @@ from dataloader import DataLoader
 
 EARLY = ["--share_weights=True", "--layer_heads=True", "--early_exit=True",
          "--exit_threshold=0.05", "--exit_loss=all-layers"]
+# random depth per step (shared weights): same depth on every rank, drawn again on resume
+DEPTH = ["--share_weights=True", "--depth_sampling=uniform", "--depth_max=4"]
 # cheap exits: layers 1..2 of 3 sample one head per micro step, each on half of the tokens
 SAMPLED = ["--share_weights=True", "--n_layer=3", "--exit_loss=all-layers",
            "--exit_token_frac=0.5", "--exit_layer_frac=0.5"]
@@ -154,7 +156,8 @@ def test_val_is_ce_whatever_the_exit_loss(char_data, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["vanilla", "shared+early-exit", "sampled-exits"])
 def test_ddp_two_procs_equals_grad_accum(char_data, tmp_path, variant):
-    mode = {"vanilla": [], "shared+early-exit": EARLY, "sampled-exits": SAMPLED}[variant]
+    mode = {"vanilla": [], "shared+early-exit": EARLY + DEPTH[1:],
+            "sampled-exits": SAMPLED}[variant]
     extra = mode + ["--max_steps=4", "--sample_interval=0", "--size_interval=0"]
     p1 = run_train(tiny_args(char_data, tmp_path / "one", "r", *extra))
     _ok(p1)
@@ -167,9 +170,13 @@ def test_ddp_two_procs_equals_grad_accum(char_data, tmp_path, variant):
     t1 = [e for e in one if e["event"] == "train"]
     t2 = [e for e in two if e["event"] == "train"]
     assert len(t1) == len(t2) == 4
+    if variant == "shared+early-exit":      # the sampled depths vary; stats have depth entries
+        assert len({e["depth"] for e in t1}) > 1
+        assert all(len(e["earlystopdict"]) == e["depth"] for e in t1)
     for a, b in zip(t1, t2):
         assert abs(a["loss"] - b["loss"]) < 1e-5, (a["step"], a["loss"], b["loss"])
         assert abs(a["norm"] - b["norm"]) < 1e-4
+        assert a["depth"] == b["depth"]
         if variant != "vanilla":   # stats over every micro step: equal too
             assert np.allclose(a["earlystopdict"], b["earlystopdict"], atol=1e-5)
             assert abs(a["allloss"] - b["allloss"]) < 1e-4   # the same exit samples drawn
@@ -231,11 +238,12 @@ def test_stats_interval_skips_plain_stats_only(char_data, tmp_path):
 # 3. resume
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reuse,stop", [(1, 9), (2, 10)])
-def test_resume_matches_uninterrupted(char_data, tmp_path, reuse, stop):
+@pytest.mark.parametrize("reuse,stop,depth", [(1, 9, []), (2, 10, DEPTH[:1] + [
+    "--depth_sampling=lognormal-poisson"])])
+def test_resume_matches_uninterrupted(char_data, tmp_path, reuse, stop, depth):
     extra = ["--max_steps=20", "--dropout=0.1", "--shuffle=True", f"--batch_reuse={reuse}",
              "--eval_interval=5", "--size_interval=0", "--sample_interval=7",
-             "--checkpoint_interval=4"]
+             "--checkpoint_interval=4"] + depth
     _ok(run_train(tiny_args(char_data, tmp_path, "full", *extra)))
     _ok(run_train(tiny_args(char_data, tmp_path, "split", *extra, f"--stop_at_step={stop}")))
     ckpts = sorted(os.listdir(tmp_path / "split"))
@@ -249,6 +257,9 @@ def test_resume_matches_uninterrupted(char_data, tmp_path, reuse, stop):
     ef = {e["step"]: e["loss"] for e in train_events(tmp_path / "full.jsonl")}
     es = {e["step"]: e["loss"] for e in train_events(tmp_path / "split.jsonl")}
     assert all(es[s] == ef[s] for s in range(20))
+    depths = [e["depth"] for e in train_events(tmp_path / "split.jsonl")]
+    assert depths == [e["depth"] for e in train_events(tmp_path / "full.jsonl")]
+    assert len(set(depths)) > (1 if depth else 0)
     text = (tmp_path / "split.txt").read_text()
     assert f"# resumed from {tmp_path / 'split' / f'ckpt_{stop:06d}.pt'} at step {stop + 1}" in text
     assert f"stop_at_step={stop} reached" in text
