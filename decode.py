@@ -8,8 +8,9 @@
 
 - full depth (default): every new token runs all n_layer blocks, one head at the end.
 - early exit (`exit_threshold=t`, or config.early_exit with config.exit_mode/exit_threshold):
-  a token stops at the first layer whose confidence (config.confidence) triggers the exit rule;
-  its logits are that layer's head. Its state is frozen for the deeper layers (CALM state
+  a token stops at the first layer whose confidence (config.confidence, any exits.CONFIDENCES
+  measure; `_Measure` carries what it needs across layers for the rows still running)
+  triggers the exit rule; its logits are that layer's head. Its state is frozen for the deeper layers (CALM state
   propagation), and the K/V those layers keep for later tokens are projected from it
   (`Block.frozen_kv`; with shared weights one projection serves every remaining depth).
   Only the last position's head runs in a decode step, only for rows still running; rows (and,

@@ -16,6 +16,10 @@ the implementation can be swapped by name:
                 (chunk_size, vocab_chunk), ~32 MiB on CPU and ~256 MiB on CUDA by default.
                 Costs one extra logits matmul (the recompute) over naive.
 
+A confidence that needs more than these statistics (exits.register_confidence's `logit_stat`,
+e.g. the entropy or the KL to the previous layer) gets it from `logit_statistic`: a per-row
+function of the logits, on the whole logits (naive) or in row chunks under checkpoint.
+
 Inputs:  h (N, C) (any float dtype; autocast respected), weight (V, C) (the tied lm_head),
          targets (N,) int64 or None.
 Outputs: HeadOut of (N,) float32 tensors (argmax int64); ce / p_target are None without targets.

@@ -8,6 +8,9 @@ in the config, validated in `GPTConfig.__post_init__` and resolved once in `GPT.
 - `confidence`, `exit_mode`, `exit_loss` -> `exits.CONFIDENCES`, `exits.EXIT_RULES`,
   `exits.EXIT_LOSSES`;  `head_impl` -> `heads.HEAD_IMPLS`
 
+A shared-weight model can be run at any depth at test time (`GPT.at_depth`) and trained with a
+random depth per step (`depth_sampling`, `sample_depth`).
+
 Every block maps one residual-stream tensor (B, T, C) to the next, so all wirings share one
 layer loop (`GPT._trunk`, training forward and evaluation); KV-cached generation runs the same
 blocks through its own loops in decode.py (`GPT.generate`).
