@@ -459,7 +459,7 @@ def test_check_name_lists_known():
     exits.check_name("exit_loss", "4-test")
     with pytest.raises(ValueError, match="known: .*4-test"):
         exits.check_name("exit_loss", "4test")
-    with pytest.raises(ValueError, match="known: entropy, max-prob"):
+    with pytest.raises(ValueError, match="known: argmax-stable, entropy, kl-prev, learned, max-prob"):
         exits.check_name("confidence", "entropie")
 
 

@@ -613,9 +613,9 @@ def test_sample_depth_seeded_in_range_with_mean_n_layer():
     assert sample_depth(tiny(n_layer=4), 1, 7) == 4
     for kind in ("uniform", "lognormal-poisson"):
         cfg = tiny(n_layer=4, share_weights=True, depth_sampling=kind)
-        ds = [sample_depth(cfg, 1337, s) for s in range(4000)]
-        assert ds == [sample_depth(cfg, 1337, s) for s in range(4000)]
-        assert ds != [sample_depth(cfg, 1338, s) for s in range(4000)]
+        ds = [sample_depth(cfg, 1337, s) for s in range(1500)]
+        assert ds[:100] == [sample_depth(cfg, 1337, s) for s in range(100)]
+        assert ds[:100] != [sample_depth(cfg, 1338, s) for s in range(100)]
         assert min(ds) == 1 and max(ds) == 7
         assert abs(sum(ds) / len(ds) - 4) < 0.25, (kind, sum(ds) / len(ds))
     capped = tiny(n_layer=4, share_weights=True, depth_sampling="uniform", depth_max=2)
