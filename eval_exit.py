@@ -110,8 +110,9 @@ def parse_args(argv=None):
     p.add_argument("--depths", default=None,
                    help="comma-separated depths (block applications) for val loss per depth "
                         "instead of the threshold table")
-    p.add_argument("--depths-vs", default=None,
-                   help="--depths: a second checkpoint evaluated at the same depths beside it")
+    p.add_argument("--depths-vs", action="append", default=None,
+                   help="--depths: another checkpoint evaluated at the same depths beside it "
+                        "(repeatable)")
     p.add_argument("--summary", action="store_true",
                    help="print the short table and a suggested threshold instead of the full one")
     args = p.parse_args(argv)
@@ -124,7 +125,8 @@ def parse_args(argv=None):
         if args.depths_vs is not None:
             if args.depth_list is None:
                 raise EvalError("--depths-vs needs --depths")
-            cli.check_input_file(args.depths_vs, "--depths-vs")
+            for path in args.depths_vs:
+                cli.check_input_file(path, "--depths-vs")
         cli.check_input_file(args.ckpt, "--ckpt")
         if not os.path.isdir(args.data):
             raise EvalError(f"--data {args.data}: data directory does not exist")
@@ -601,10 +603,10 @@ def plot_measures(rows, ref, L, tol, path, title):
 
 
 def run_depths(args):
-    """--depths: val loss (no exit) at every depth, for --ckpt and --depths-vs ->
-    (runs [(run name, n_layer, [loss per depth])], markdown, run name)."""
+    """--depths: val loss (no exit) at every depth, for --ckpt and each --depths-vs ->
+    (runs [(run name, n_layer, depth_sampling, [loss per depth])], markdown, run name)."""
     runs = []
-    for ckpt in [args.ckpt] + ([args.depths_vs] if args.depths_vs else []):
+    for ckpt in [args.ckpt] + (args.depths_vs or []):
         model, ck, batches, B, T, _ = load(args, ckpt, exit_at_inference=False)
         losses = []
         for d in args.depth_list:
@@ -614,17 +616,18 @@ def run_depths(args):
             except ValueError as e:
                 raise EvalError(f"{ckpt}: {e}") from None
         runs.append((os.path.basename(os.path.dirname(os.path.abspath(ckpt))),
-                     model.config.n_layer, losses))
+                     model.config.n_layer, model.config.depth_sampling, losses))
     n_tok = len(batches) * B * T
     lines = [f"# Val loss per depth: {', '.join(r[0] for r in runs)}", "",
              f"data `{args.data}` (val, {n_tok} tokens, B={B}, T={T}); early exit off, the "
              "blocks applied `depth` times (a shared block any number of times). Δ: against "
              "the run's own loss at its training depth n_layer.", "",
-             "| depth | " + " | ".join(f"{r[0]} (n_layer {r[1]}) | Δ" for r in runs) + " |",
+             "| depth | " + " | ".join(f"{r[0]} (n_layer {r[1]}, depth_sampling {r[2]}) | Δ"
+                                       for r in runs) + " |",
              "|---|" + "---|---|" * len(runs)]
     for i, d in enumerate(args.depth_list):
         cells = []
-        for _, L, losses in runs:
+        for _, L, _, losses in runs:
             base = losses[args.depth_list.index(L)] if L in args.depth_list else None
             delta = "" if base is None else f"{100 * (losses[i] / base - 1):+.2f} %"
             cells.append(f"{losses[i]:.4f} | {delta}")
@@ -635,8 +638,9 @@ def run_depths(args):
 def plot_depths(runs, depths, path, title):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (name, L, losses) in enumerate(runs):
-        ax.plot(depths, losses, "-o", ms=3, color=f"C{i}", label=f"{name} (trained at {L})")
+    for i, (name, L, sampling, losses) in enumerate(runs):
+        ax.plot(depths, losses, "-o", ms=3, color=f"C{i}",
+                label=f"{name} (n_layer {L}, depth_sampling {sampling})")
         ax.axvline(L, color=f"C{i}", ls=":", lw=1)
     ax.set_xlabel("depth (block applications at test time)")
     ax.set_ylabel("val loss")

@@ -210,8 +210,8 @@ def test_depths_table_and_plot(setup, tmp_path):
     full = eval_exit.evaluate(model, batches, None, "cpu")["val_loss"]
     args = eval_exit.parse_args(base + ["--depths", "1,3,6", "--depths-vs", str(ckpt)])
     runs, _, md, out, img = eval_exit.evaluate_and_write(args)
-    (name, n_layer, losses), twin = runs
-    assert (name, n_layer) == ("tinyrun", L) and twin == runs[0]
+    (name, n_layer, sampling, losses), twin = runs
+    assert (name, n_layer, sampling) == ("tinyrun", L, "fixed") and twin == runs[0]
     assert losses[1] == pytest.approx(full, rel=1e-6) and len(set(losses)) == 3
     assert "| 3 | " in md and "+0.00 %" in md and img.endswith("tinyrun_depths.png")
     plain = write_ckpt(tmp_path / "log" / "plain" / "ckpt_000000.pt", share_weights=False)
