@@ -125,6 +125,16 @@ def run_script(script, argv, cwd=ROOT, env=None, timeout=300, nproc=None):
     return _LAUNCHER.run(script, argv, cwd, env, timeout, nproc=nproc)
 
 
+def popen_train(args, env, cwd=ROOT):
+    """train_gpt2.py running in the background -> a Popen-like handle (pid, poll, communicate,
+    returncode); nothing else may be launched through the prefork server until it ends
+    (PREFORK=0: a real subprocess.Popen)."""
+    if os.environ.get("PREFORK", "1") == "0" or env.get("OMP_NUM_THREADS") != "1":
+        return subprocess.Popen([sys.executable, TRAIN] + list(args), cwd=cwd, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _LAUNCHER.popen(TRAIN, args, cwd, env)
+
+
 def run_py(cmd, cwd=None, env=None, timeout=300, capture_output=True, text=True):
     """subprocess.run(cmd, capture_output=True, text=True, ...) for cmd = [sys.executable,
     "script.py", *args], through run_script (the child's cwd defaults to the current one)."""

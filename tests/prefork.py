@@ -149,9 +149,9 @@ class Launcher:
             raise RuntimeError("prefork server died")
         return json.loads(line)
 
-    def run(self, script, argv, cwd, env, timeout, nproc=None):
+    def _send(self, script, argv, cwd, env, nproc=None):
+        """Start a launch -> (pids, out path, err path)."""
         import socket
-        import subprocess
         if self.proc is None or self.proc.poll() is not None:
             self._start()
         out, err = os.path.join(self.tmp, "out"), os.path.join(self.tmp, "err")
@@ -163,7 +163,17 @@ class Launcher:
                 req.update(nproc=nproc, port=sock.getsockname()[1])
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
-        pids = self._reply(60)["pids"]
+        return self._reply(60)["pids"], out, err
+
+    def popen(self, script, argv, cwd, env):
+        """A running `python script *argv` -> Process (pid, poll, communicate, returncode). Until
+        it ends, this launcher starts nothing else."""
+        pids, out, err = self._send(script, argv, cwd, env)
+        return Process(self, pids[0], out, err)
+
+    def run(self, script, argv, cwd, env, timeout, nproc=None):
+        import subprocess
+        pids, out, err = self._send(script, argv, cwd, env, nproc)
         done = self._reply(timeout)
         timed_out = done is None
         if timed_out:
@@ -175,7 +185,7 @@ class Launcher:
             done = self._reply(60)
         with open(out, errors="replace") as f_out, open(err, errors="replace") as f_err:
             stdout, stderr = f_out.read(), f_err.read()
-        cmd = [sys.executable, script] + req["argv"]
+        cmd = [sys.executable, script] + [str(a) for a in argv]
         if timed_out:
             raise subprocess.TimeoutExpired(cmd, timeout, output=stdout, stderr=stderr)
         return subprocess.CompletedProcess(cmd, done["rc"], stdout, stderr)
@@ -184,6 +194,34 @@ class Launcher:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(timeout=30)
+
+
+class Process:
+    """The subprocess.Popen subset the fault tests use, for a child of the prefork server."""
+
+    def __init__(self, launcher, pid, out, err):
+        self.launcher, self.pid, self.out, self.err = launcher, pid, out, err
+        self.returncode = None
+
+    def send_signal(self, sig):
+        os.kill(self.pid, sig)
+
+    def poll(self):
+        if self.returncode is None:
+            done = self.launcher._reply(0)
+            if done is not None:
+                self.returncode = done["rc"]
+        return self.returncode
+
+    def communicate(self, timeout=None):
+        import subprocess
+        if self.returncode is None:
+            done = self.launcher._reply(timeout)
+            if done is None:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            self.returncode = done["rc"]
+        with open(self.out, errors="replace") as f_out, open(self.err, errors="replace") as f_err:
+            return f_out.read(), f_err.read()
 
 
 if __name__ == "__main__":
