@@ -95,11 +95,9 @@ def run_train(args, cwd=ROOT, timeout=300, nproc=None, env_extra=None, nonfinite
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     env.update(env_extra or {})
-    if nproc and (torchrun or os.environ.get("PREFORK", "1") == "0"):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", TRAIN] + list(args)
-        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+    if nproc and torchrun:
+        return subprocess.run(_torchrun(nproc) + [TRAIN] + list(args), cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=timeout)
     if nonfinite:
         script, argv = NONFINITE, [nonfinite[0], str(nonfinite[1])] + list(args)
     else:
@@ -111,16 +109,22 @@ NONFINITE = os.path.join(ROOT, "tests", "nonfinite.py")
 _LAUNCHER = prefork.Launcher()
 
 
+def _torchrun(nproc):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}"]
+
+
 def run_script(script, argv, cwd=ROOT, env=None, timeout=300, nproc=None):
     """`python script *argv` as a new process -> CompletedProcess (text stdout/stderr).
 
     Forked from a server that has already imported torch and the repo (tests/prefork.py), so a
-    launch costs milliseconds instead of ~2 CPU seconds; PREFORK=0 runs plain subprocesses.
+    launch costs milliseconds instead of ~5 CPU seconds; PREFORK=0 runs plain subprocesses
+    (and torchrun for nproc ranks).
     env is the child's whole environment (default: this one with OMP_NUM_THREADS=1)."""
     env = dict(os.environ, OMP_NUM_THREADS="1") if env is None else dict(env)
     if os.environ.get("PREFORK", "1") == "0" or env.get("OMP_NUM_THREADS") != "1":
-        assert not nproc, "ranks without prefork: run_train(..., torchrun=True)"
-        return subprocess.run([sys.executable, script] + [str(a) for a in argv], cwd=cwd, env=env,
+        launch = _torchrun(nproc) if nproc else [sys.executable]
+        return subprocess.run(launch + [script] + [str(a) for a in argv], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=timeout)
     return _LAUNCHER.run(script, argv, cwd, env, timeout, nproc=nproc)
 
