@@ -80,7 +80,7 @@ dataset_source = None            # if set and `dataset` has no manifest: fineweb
 tokenizer = None                 # None: the manifest's; "gpt2" | "char": must match the manifest
 shuffle = False                  # deterministic (seeded) shuffle of shard and block order
 log_dir = "log"
-img_dir = "img"
+img_dir = "img"                  # figures at the end of a run (None: no figures)
 # batch: total_batch_size tokens per optimizer step = B * T * grad_accum * world_size
 total_batch_size = 524288        # 2**19, ~0.5M tokens
 B = 64                           # micro batch size (sequences per rank per micro step)
@@ -196,7 +196,7 @@ DEFAULTS = {k: v for k, v in dict(globals()).items()
 NONE_TYPES = {"dataset_source": str, "tokenizer": str, "min_lr": float, "hellaswag": str,
               "hellaswag_limit": int, "resume": str, "stop_at_step": int, "compile": bool,
               "preset_scale": str, "vocab_size": int, "exit_table": str}
-NULLABLE = {"residual_limit"}
+NULLABLE = {"residual_limit", "img_dir"}
 LR_SCHEDULES = ("cosine", "onecycle")
 SIGNALS = (None, "SIGTERM", "SIGINT")   # stop["signal"] values, in the order ranks agree on
 DTYPES = ("auto", "float32", "bfloat16")
@@ -286,7 +286,10 @@ def validate_config(cfg, world_size):
     _check_values(cfg)
     try:
         for key in ("log_dir", "img_dir"):
-            cli.check_output(cfg[key], key, is_dir=True)
+            if cfg[key] is not None or key == "log_dir":
+                cli.check_output(cfg[key], key, is_dir=True)
+        if cfg["img_dir"] is None and (cfg["exit_table"] or cfg["lr_find"]):
+            raise cli.UsageError("img_dir=None: exit_table and lr_find draw figures; set img_dir")
         cli.check_output(os.path.join(cfg["log_dir"], cfg["run_name"]), "checkpoint directory",
                          is_dir=True)
         if cfg["hellaswag"] not in (None, "hf"):
@@ -927,9 +930,10 @@ def train(s, ck, stop):
     log.note(f"done: {steps} steps, final val {last_val}")
     log.event("done", step=steps - 1, val=last_val, skipped=s.skipped)
     if s.dist.master:      # what `python plot.py log/<run>.txt --out <img_dir>` writes
-        import plot
-        for note in plot.plot_run(s.log.txt_path, cfg["img_dir"]):
-            log.note(note)
+        if cfg["img_dir"] is not None:
+            import plot
+            for note in plot.plot_run(s.log.txt_path, cfg["img_dir"]):
+                log.note(note)
         if ckpt is not None:
             next_steps(s, ckpt, exit_table(s, ckpt) if cfg["exit_table"] else None)
     return 0

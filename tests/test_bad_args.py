@@ -334,6 +334,8 @@ TRAIN_CASES = [_wrong_type(k, v) for k, v in train_gpt2.all_defaults().items()] 
     (TR, ["--log_dir={ro}"], "log_dir {ro}: not writable"),
     (TR, ["--img_dir={afile}/img"], "img_dir {afile}/img: {afile} is a file, not a directory"),
     (TR, ["--img_dir={ro}/img"], "img_dir {ro}/img: cannot create it, {ro} is not writable"),
+    (TR, ["--img_dir=None", "--lr_find"], "img_dir=None: exit_table and lr_find draw figures"),
+    (TR, ["--img_dir=None", "--exit_table=0.5"], "img_dir=None: exit_table and lr_find draw"),
     (TR, ["--run_name=" + "r" * 300], "must be a plain file name"),
     (TR, ["--run_name=../up"], "must be a plain file name"),
     (TR, ["--run_name=afile", "--log_dir=."], "checkpoint directory "),

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (SAMPLE_RE, SIZE_RE, TRAIN_RE, VAL_EXIT_RE, VAL_LAYERS_RE, VAL_OBJECTIVE_RE,
-                      VAL_RE, make_char_dataset, parse_train_lines, read_jsonl, run_train, tiny_args,
-                      train_events)
+from conftest import (ROOT, SAMPLE_RE, SIZE_RE, TRAIN_RE, VAL_EXIT_RE, VAL_LAYERS_RE,
+                      VAL_OBJECTIVE_RE, VAL_RE, make_char_dataset, parse_train_lines, read_jsonl,
+                      run_train, tiny_args, train_events)
 import train_gpt2 as tg
 from dataloader import DataLoader
 
@@ -37,7 +37,7 @@ def _ok(p):
 def test_log_lines_match_journal_format(char_data, tmp_path, variant):
     # vanilla: B=4 (no accumulation), so the stats' micro batch is the whole step's batch
     extra = EARLY if variant == "early-exit" else ["--B=4"]
-    p = run_train(tiny_args(char_data, tmp_path, "fmt", *extra))
+    p = run_train(tiny_args(char_data, tmp_path, "fmt", *extra, f"--img_dir={tmp_path / 'img'}"))
     _ok(p)
     txt, jsl = tmp_path / "fmt.txt", tmp_path / "fmt.jsonl"
     lines = txt.read_text().splitlines()
@@ -264,6 +264,9 @@ def test_resume_matches_uninterrupted(char_data, tmp_path, reuse, stop, depth):
     assert f"# resumed from {tmp_path / 'split' / f'ckpt_{stop:06d}.pt'} at step {stop + 1}" in text
     assert f"stop_at_step={stop} reached" in text
     assert "train config differs" not in text   # resume/stop_at_step only; min_lr etc. resolved alike
+    # img_dir=None (tiny_args): no figures, no plot notes, no img/ anywhere
+    assert "plot written" not in text and not os.path.exists(tmp_path / "img")
+    assert not os.path.exists(os.path.join(ROOT, "None"))
 
 
 @pytest.mark.slow
@@ -312,7 +315,8 @@ def test_compile_trains_evaluates_samples(char_data, tmp_path):
 @pytest.mark.slow
 def test_lr_find_writes_plot_and_suggestion(char_data, tmp_path):
     p = run_train(tiny_args(char_data, tmp_path, "lrf", "--lr_find", "--lr_find_steps=40",
-                            "--lr_find_start=1e-5", "--lr_find_end=10.0"))
+                            "--lr_find_start=1e-5", "--lr_find_end=10.0",
+                            f"--img_dir={tmp_path / 'img'}"))
     _ok(p)
     assert (tmp_path / "img" / "lrf_lr_find.png").stat().st_size > 1000
     ev = read_jsonl(tmp_path / "lrf_lr_find.jsonl")
