@@ -8,8 +8,9 @@
 
 - full depth (default): every new token runs all n_layer blocks, one head at the end.
 - early exit (`exit_threshold=t`, or config.early_exit with config.exit_mode/exit_threshold):
-  a token stops at the first layer whose confidence (config.confidence) triggers the exit rule;
-  its logits are that layer's head. Its state is frozen for the deeper layers (CALM state
+  a token stops at the first layer whose confidence (config.confidence, any exits.CONFIDENCES
+  measure; `_Measure` carries what it needs across layers for the rows still running)
+  triggers the exit rule; its logits are that layer's head. Its state is frozen for the deeper layers (CALM state
   propagation), and the K/V those layers keep for later tokens are projected from it
   (`Block.frozen_kv`; with shared weights one projection serves every remaining depth).
   Only the last position's head runs in a decode step, only for rows still running; rows (and,
@@ -240,20 +241,50 @@ class _HeadStats:
         return self.probs.argmax(dim=-1)
 
 
-def _exit_check(model, rule, threshold, device):
-    """logits (N, V) -> bool (N,): the exit rule on config.confidence, or None when the rule
-    can never fire (exits.never_exits: decoding then skips the heads). The threshold is a 0-dim
-    fp32 tensor: the comparison the rule makes with a Python float (in the confidence's fp32),
+def _exit_rule(model, rule, threshold, device):
+    """-> (rule, threshold) for _Measure, or None when the rule can never fire
+    (exits.never_exits: decoding then skips the heads). The threshold becomes a 0-dim fp32
+    tensor: the comparison the rule makes with a Python float (in the confidence's fp32),
     without the cost of wrapping the float at every layer."""
-    name = model.config.confidence
-    if exits.never_exits(rule, name, threshold):
+    if exits.never_exits(rule, model.config.confidence, threshold):
         return None
-    confidence = exits.CONFIDENCES[name]
-    thr = torch.tensor(threshold, dtype=torch.float32, device=device)
+    return rule, torch.tensor(threshold, dtype=torch.float32, device=device)
 
-    def check(logits):
-        return rule(confidence(_HeadStats(torch.softmax(logits, dim=-1))), thr)
-    return check
+
+class _Measure:
+    """config.confidence (an exits.CONFIDENCES entry) under `rule` at `threshold` while
+    decoding, with what it carries across layers for the rows still running: the previous
+    layer's logits (prev), the earlier layers' argmax (history)."""
+
+    def __init__(self, model, rule, threshold):
+        self.model, self.meas = model, exits.CONFIDENCES[model.config.confidence]
+        self.rule, self.threshold = rule, threshold
+        self.prev, self.hist = None, []
+
+    def trigger(self, l, x_in, x_out, logits):
+        """Layer l's exit decision -> bool (N,) from its logits (N, V) fp32 and the residual
+        stream x_in, x_out (N, C) entering / leaving it (see exits.register_confidence)."""
+        m, model = self.meas, self.model
+        cin = exits.ConfIn(_HeadStats(torch.softmax(logits, dim=-1)), layer=l,
+                           config=model.config, hist=self.hist)
+        if m.logit_stat is not None and not (m.prev and self.prev is None):
+            cin.stat = m.logit_stat(logits, self.prev if m.prev else None)
+        if m.state:
+            cin.x_in, cin.x_out = x_in, x_out
+        if m.learned:
+            ln = model.transformer.ln_f
+            h = F.layer_norm(x_out, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+            cin.exit_logit = model.exit_classifier(h).squeeze(-1).float()
+        if m.prev:
+            self.prev = logits
+        if m.history:
+            self.hist.append(cin.argmax)
+        return self.rule(m(cin), self.threshold)
+
+    def keep(self, idx):
+        """Only the rows idx (k,) keep running."""
+        self.prev = None if self.prev is None else self.prev[idx]
+        self.hist = [a[idx] for a in self.hist]
 
 
 def _run_exit_step(model, cache, x, p0, head, check):
@@ -262,17 +293,19 @@ def _run_exit_step(model, cache, x, p0, head, check):
     leave the batch. Their deeper K/V are deferred to `cache.pending` at the end of the step
     (no row of this step reads another row's K/V)."""
     L, B = model.config.n_layer, x.size(0)
+    measure = _Measure(model, *check)
     rope = _rope_range(model, p0, 1)
     rows = None                                     # None: every row still runs
     exited = []                                     # (rows (n,) | None, x (n, C), logits, depth)
     for l in range(L):
         _flush(model, cache, l)
+        x_in = x
         x, _ = model.block(l)(x, rope, cache.slots(l, p0, p0 + 1, rows))
         lg = head(x[:, 0])                                                  # (R, V)
         if l == L - 1:
             exited.append((rows, x[:, 0], lg, L))
             break
-        trig = check(lg)                                                    # (R,)
+        trig = measure.trigger(l, x_in[:, 0], x[:, 0], lg)                  # (R,)
         if x.size(0) == 1:                          # one row: one host sync per layer
             if not trig.item():
                 continue
@@ -291,6 +324,7 @@ def _run_exit_step(model, cache, x, p0, head, check):
         exited.append((rows[ex], x[ex, 0], lg[ex], l + 1))
         keep = (~trig).nonzero()[:, 0]
         rows, x = rows[keep], x[keep]
+        measure.keep(keep)
     for r, h, _, d in exited:
         _defer(model, cache, h, r, p0, d)
     if len(exited) == 1:                            # the whole batch left at one depth
@@ -313,6 +347,7 @@ def _run_exit(model, cache, x, p0, head, check):
     L, (B, T, _) = model.config.n_layer, x.shape
     if T == 1:
         return _run_exit_step(model, cache, x, p0, head, check)
+    measure = _Measure(model, *check)
     dev, last = x.device, p0 + T - 1
     logits_out = torch.empty(B, model.config.vocab_size, device=dev)
     depth = torch.full((B,), float(L), device=dev)
@@ -320,6 +355,7 @@ def _run_exit(model, cache, x, p0, head, check):
     rope, xs = _rope_range(model, p0, T), x
     for l in range(L):
         _flush(model, cache, l)
+        h_in = xs.flatten(0, 1)                                             # (B*T | N, C)
         if rows is None:
             xs, _ = model.block(l)(xs, rope, cache.slots(l, p0, last + 1))
             h = xs.flatten(0, 1)                                            # (B*T, C)
@@ -335,7 +371,7 @@ def _run_exit(model, cache, x, p0, head, check):
                 logits_out[rows[at_last]] = head(h[at_last])
             break
         lg = head(h)                                                        # (N, V)
-        trig = check(lg)                                                    # (N,)
+        trig = measure.trigger(l, h_in, h, lg)                              # (N,)
         if not bool(trig.any()):
             continue
         if rows is None:
@@ -350,6 +386,7 @@ def _run_exit(model, cache, x, p0, head, check):
         if not bool(keep.any()):
             break
         rows, pos, xs = rows[keep], pos[keep], h[keep][None]
+        measure.keep(keep)
     return logits_out, depth
 
 
@@ -473,7 +510,7 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     _check(model, max_new_tokens, temperature, top_k, draft_layers, draft_tokens, early)
     rule = exits.EXIT_RULES["threshold" if exit_threshold is not None else cfg.exit_mode]
     thr = float(exit_threshold if exit_threshold is not None else cfg.exit_threshold)
-    check = _exit_check(model, rule, thr, idx.device) if early else None
+    check = _exit_rule(model, rule, thr, idx.device) if early else None
     head = _head_fn(model)
     L, cap = cfg.n_layer, cfg.block_size
     B = idx.size(0)
