@@ -17,10 +17,11 @@ import runlog
 
 
 def write(s, ckpt):
-    """The plots (what `python plot.py log/<run>.txt --out <img_dir>` writes), then with a final
-    checkpoint the exit table (exit_table set) and the next-step commands, as `#` notes."""
-    for note in plot.plot_run(s.log.txt_path, s.cfg["img_dir"]):
-        s.log.note(note)
+    """The plots (what `python plot.py log/<run>.txt --out <img_dir>` writes; img_dir None: none),
+    then with a final checkpoint the exit table (exit_table set) and the next-step commands."""
+    if s.cfg["img_dir"] is not None:
+        for note in plot.plot_run(s.log.txt_path, s.cfg["img_dir"]):
+            s.log.note(note)
     if ckpt is not None:
         next_steps(s, ckpt, exit_table(s, ckpt) if s.cfg["exit_table"] else None)
 
