@@ -68,7 +68,7 @@ def parse_args(argv=None):
         cli.check_input_file(args.ckpt, "--ckpt")
         if not os.path.isdir(args.data):
             raise EvalError(f"--data {args.data}: data directory does not exist")
-        args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "exit_eval.md")
+        args.out = args.out or os.path.join(os.path.dirname(args.ckpt), "exit_eval.md")
         cli.check_output(args.out, "--out")
         cli.check_output(args.img_dir, "--img-dir", is_dir=True)
         if args.img:
