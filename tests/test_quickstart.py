@@ -9,8 +9,8 @@ import sample
 import train_gpt2
 from model import GPT
 
-# README's first screen: config/quickstart.py in <= 3 min wall (~1.5 measured) on a 2-core CPU,
-# corpus build, evaluations, table and figures included. The training FLOPs are most of it: a
+# README's first screen: config/quickstart.py in <= 3 min wall on a 2-core CPU (~1.3 projected
+# from a quiet stretch), corpus build, evaluations, table and figures included. The training FLOPs are most of it: a
 # change that raises them past this (more steps, width, layers, T) has to be re-measured there.
 QUICKSTART_TRAIN_FLOPS = 2.5e12
 
