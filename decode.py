@@ -8,8 +8,9 @@
 
 - full depth (default): every new token runs all n_layer blocks, one head at the end.
 - early exit (`exit_threshold=t`, or config.early_exit with config.exit_mode/exit_threshold):
-  a token stops at the first layer whose confidence (config.confidence) triggers the exit rule;
-  its logits are that layer's head. Its state is frozen for the deeper layers (CALM state
+  a token stops at the first layer whose confidence (config.confidence, any exits.CONFIDENCES
+  measure; `_Measure` carries what it needs across layers for the rows still running)
+  triggers the exit rule; its logits are that layer's head. Its state is frozen for the deeper layers (CALM state
   propagation), and the K/V those layers keep for later tokens are projected from it
   (`Block.frozen_kv`; with shared weights one projection serves every remaining depth).
   Only the last position's head runs in a decode step, only for rows still running; rows (and,
@@ -44,7 +45,8 @@ import exits
 
 class DecodeCache:
     """K/V of every depth and attention module for B rows: k, v (L, n_attn, B, nh, cap, hd),
-    cap = block_size. `len` positions are filled at every depth (the shared length)."""
+    cap = block_size. `len` positions are filled at every depth (the shared length), except the
+    deeper depths of exited tokens still in `pending` (written by `_flush` when first read)."""
 
     def __init__(self, model, B, device, dtype):
         cfg = model.config
@@ -54,6 +56,8 @@ class DecodeCache:
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.len = 0
+        self.pending = []                   # [_Frozen]: exited tokens lacking deeper K/V
+        self.pending_next = cfg.n_layer     # the smallest depth a pending token lacks
 
     def slots(self, l, start, end, rows=None, pos=None):
         """One KVSlot per attention module of depth l (the `caches` a Block takes)."""
@@ -62,13 +66,25 @@ class DecodeCache:
 
     def put_frozen(self, lo, hi, i, rows, pos, k, v):
         """Write k, v (N, nh, 1, hd) of N exited tokens into attention i at depths lo..hi-1 (the
-        same K/V at each: a shared block's one projection). Token j is (rows[j], pos[j]), or,
-        with rows None, row j at the one position pos (a decode step where all rows exit)."""
+        same K/V at each: a shared block's one projection). Token j is row rows[j] (rows None:
+        row j, N = B) at position pos[j] (pos an int: every token at that position)."""
         for store, t in ((self.k, k), (self.v, v)):
+            t = t[:, :, 0]                                                  # (N, nh, hd)
             if rows is None:
-                store[lo:hi, i, :, :, pos] = t[:, :, 0]
+                store[lo:hi, i, :, :, pos] = t
+            elif isinstance(pos, int):
+                store[lo:hi, i, rows, :, pos] = t
             else:
-                store[lo:hi, i].permute(1, 3, 0, 2, 4)[rows, pos] = t[:, :, 0].unsqueeze(1)
+                store[lo:hi, i].permute(1, 3, 0, 2, 4)[rows, pos] = t.unsqueeze(1)
+
+
+class _Frozen:
+    """Exited tokens whose K/V at depths next..L-1 are not written yet: frozen states x (N, C),
+    rows (N,) or None (every row, N = B), pos (N,) or an int (all at that position)."""
+    __slots__ = ("x", "rows", "pos", "next")
+
+    def __init__(self, x, rows, pos, nxt):
+        self.x, self.rows, self.pos, self.next = x, rows, pos, nxt
 
 
 class KVSlot:
@@ -110,12 +126,13 @@ class KVSlot:
                 return sdpa(q, K, V, is_causal=True)
             mask = torch.ones(T, end, dtype=torch.bool, device=q.device).tril(end - T)
             return sdpa(q, K, V, attn_mask=mask)
-        # a decode step (T = 1) of the rows still running: their queries go into a batch of
-        # every row, which attends over the whole cache in place (no copy of the rows' K/V)
-        self.k[self.rows, :, s:s + 1], self.v[self.rows, :, s:s + 1] = k, v
-        qb = q.new_zeros((self.k.size(0),) + q.shape[1:])
-        qb[self.rows] = q
-        return sdpa(qb, self.k[:, :, :end], self.v[:, :, :end])[self.rows]
+        # a decode step (T = 1) of the rows still running: gather their keys and values (a
+        # copy of R rows reads less memory than attending over every row of the batch with
+        # padded queries, measured for 1..7 of 8 rows at the benchmark's shape)
+        rows = self.rows
+        self.k[rows, :, s:s + 1], self.v[rows, :, s:s + 1] = k, v
+        return sdpa(q, self.k[:, :, :end].index_select(0, rows),
+                    self.v[:, :, :end].index_select(0, rows))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,12 +153,23 @@ def _rope_range(model, p0, n):
     return model.rope_cos[p0:p0 + n], model.rope_sin[p0:p0 + n]
 
 
-def _logits(model, x):
-    """Head on states x (..., C): ln_f then the tied lm_head -> (..., V) fp32. (F.layer_norm on
-    ln_f's parameters: the module call costs as much as the op on one decode row.)"""
-    ln = model.transformer.ln_f
-    h = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
-    return F.linear(h, model.lm_head.weight).float()
+def _head_fn(model):
+    """-> logits(x (..., C)) -> (..., V) fp32: ln_f then the tied lm_head (with its bias), the
+    ops F.layer_norm / F.linear dispatch to, called directly, the parameters looked up once per
+    generate. On one decode row each op's dispatch, not its arithmetic, is the cost: a decode
+    step runs this head after every layer."""
+    ln, lm = model.transformer.ln_f, model.lm_head
+    shape, w, b, eps, W, Wb = ln.normalized_shape, ln.weight, ln.bias, ln.eps, lm.weight, lm.bias
+    Wt = W.t()
+
+    def logits(x):
+        h = torch.native_layer_norm(x, shape, w, b, eps)[0]
+        if x.dim() != 2:
+            lg = F.linear(h, W, Wb)
+        else:
+            lg = torch.mm(h, Wt) if Wb is None else torch.addmm(Wb, h, Wt)
+        return lg if lg.dtype == torch.float32 else lg.float()
+    return logits
 
 
 def _run_layers(model, cache, x, p0, lo, hi):
@@ -153,18 +181,43 @@ def _run_layers(model, cache, x, p0, lo, hi):
     return x
 
 
-def _fill_frozen(model, cache, lo, x, rows, pos):
-    """N tokens exited before depth lo with frozen states x (N, C) at (rows, pos) (N,) each, or
-    rows None: every row at position pos (int). Writes the K/V deeper layers keep for them: one
-    projection for all depths with shared weights, one per depth without."""
+# ----------------------------------------------------------------------------------------------
+# early exit: deferred K/V of exited tokens, the exit check, the decode step and the prompt
+
+
+def _defer(model, cache, x, rows, pos, lo):
+    """Tokens that exited before depth lo, frozen states x (N, C) at rows / pos (see _Frozen):
+    their K/V at depths lo..L-1 are written only when a later token first reads that depth."""
+    if lo < model.config.n_layer:
+        cache.pending.append(_Frozen(x, rows, pos, lo))
+        cache.pending_next = min(cache.pending_next, lo)
+
+
+def _flush(model, cache, l):
+    """Before depth l attends: write the K/V of every pending token that lacks depth l, all of
+    them in one projection per depth. With shared weights that projection is the token's K/V at
+    every remaining depth (written to all, the token leaves `pending`); without, each depth's
+    own block projects it when first read."""
     L = model.config.n_layer
-    if lo >= L:
-        return
-    rope = _rope_range(model, pos, 1) if rows is None else _rope_at(model, pos[:, None])
-    shared = model.config.share_weights
-    for l in range(lo, L if not shared else lo + 1):
-        for i, (k, v) in enumerate(model.block(l).frozen_kv(x[:, None], rope)):
-            cache.put_frozen(l, L if shared else l + 1, i, rows, pos, k, v)
+    while cache.pending_next <= l:
+        j = cache.pending_next
+        todo = [f for f in cache.pending if f.next <= (l if model.config.share_weights else j)]
+        x = todo[0].x if len(todo) == 1 else torch.cat([f.x for f in todo])
+        rope = None
+        if model.config.pos_encoding == "rope":
+            pos = torch.cat([torch.full((f.x.size(0),), f.pos, device=x.device)
+                             if isinstance(f.pos, int) else f.pos for f in todo])
+            rope = _rope_at(model, pos[:, None])
+        kvs = model.block(j).frozen_kv(x[:, None], rope)             # [(k, v) (N, nh, 1, hd)]
+        a = 0
+        for f in todo:
+            b = a + f.x.size(0)
+            hi = L if model.config.share_weights else f.next + 1
+            for i, (k, v) in enumerate(kvs):
+                cache.put_frozen(f.next, hi, i, f.rows, f.pos, k[a:b], v[a:b])
+            f.next, a = hi, b
+        cache.pending = [f for f in cache.pending if f.next < L]
+        cache.pending_next = min((f.next for f in cache.pending), default=L)
 
 
 class _HeadStats:
@@ -188,69 +241,121 @@ class _HeadStats:
         return self.probs.argmax(dim=-1)
 
 
-def _exit_trigger(confidence, logits, rule, threshold):
-    """Exit rule on the confidence (exits.CONFIDENCES entry) of logits (N, V) -> bool (N,)."""
-    return rule(confidence(_HeadStats(F.softmax(logits, dim=-1))), threshold)
+def _exit_rule(model, rule, threshold, device):
+    """-> (rule, threshold) for _Measure, or None when the rule can never fire
+    (exits.never_exits: decoding then skips the heads). The threshold becomes a 0-dim fp32
+    tensor: the comparison the rule makes with a Python float (in the confidence's fp32),
+    without the cost of wrapping the float at every layer."""
+    if exits.never_exits(rule, model.config.confidence, threshold):
+        return None
+    return rule, torch.tensor(threshold, dtype=torch.float32, device=device)
 
 
-def _run_exit_step(model, cache, x, p0, rule, threshold):
+class _Measure:
+    """config.confidence (an exits.CONFIDENCES entry) under `rule` at `threshold` while
+    decoding, with what it carries across layers for the rows still running: the previous
+    layer's logits (prev), the earlier layers' argmax (history)."""
+
+    def __init__(self, model, rule, threshold):
+        self.model, self.meas = model, exits.CONFIDENCES[model.config.confidence]
+        self.rule, self.threshold = rule, threshold
+        self.prev, self.hist = None, []
+
+    def trigger(self, l, x_in, x_out, logits):
+        """Layer l's exit decision -> bool (N,) from its logits (N, V) fp32 and the residual
+        stream x_in, x_out (N, C) entering / leaving it (see exits.register_confidence)."""
+        m, model = self.meas, self.model
+        cin = exits.ConfIn(_HeadStats(torch.softmax(logits, dim=-1)), layer=l,
+                           config=model.config, hist=self.hist)
+        if m.logit_stat is not None and not (m.prev and self.prev is None):
+            cin.stat = m.logit_stat(logits, self.prev if m.prev else None)
+        if m.state:
+            cin.x_in, cin.x_out = x_in, x_out
+        if m.learned:
+            ln = model.transformer.ln_f
+            h = F.layer_norm(x_out, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+            cin.exit_logit = model.exit_classifier(h).squeeze(-1).float()
+        if m.prev:
+            self.prev = logits
+        if m.history:
+            self.hist.append(cin.argmax)
+        return self.rule(m(cin), self.threshold)
+
+    def keep(self, idx):
+        """Only the rows idx (k,) keep running."""
+        self.prev = None if self.prev is None else self.prev[idx]
+        self.hist = [a[idx] for a in self.hist]
+
+
+def _run_exit_step(model, cache, x, p0, head, check):
     """One decode step with per-token early exit: x (B, 1, C) at position p0 -> (logits (B, V)
     fp32, exit depth (B,)). Each layer's head runs only on the rows still running; exited rows
-    leave the batch (their deeper K/V filled from the frozen state)."""
+    leave the batch. Their deeper K/V are deferred to `cache.pending` at the end of the step
+    (no row of this step reads another row's K/V)."""
     L, B = model.config.n_layer, x.size(0)
-    confidence = exits.CONFIDENCES[model.config.confidence]
+    measure = _Measure(model, *check)
     rope = _rope_range(model, p0, 1)
     rows = None                                     # None: every row still runs
-    logits_out = torch.empty(B, model.config.vocab_size, device=x.device)
-    depth = torch.full((B,), float(L), device=x.device)
+    exited = []                                     # (rows (n,) | None, x (n, C), logits, depth)
     for l in range(L):
+        _flush(model, cache, l)
+        x_in = x
         x, _ = model.block(l)(x, rope, cache.slots(l, p0, p0 + 1, rows))
-        lg = _logits(model, x[:, 0])                                        # (R, V)
+        lg = head(x[:, 0])                                                  # (R, V)
         if l == L - 1:
+            exited.append((rows, x[:, 0], lg, L))
             break
-        trig = _exit_trigger(confidence, lg, rule, threshold)               # (R,)
-        if trig.numel() == 1:                       # one row: one host sync per layer
-            if not bool(trig):
+        trig = measure.trigger(l, x_in[:, 0], x[:, 0], lg)                  # (R,)
+        if x.size(0) == 1:                          # one row: one host sync per layer
+            if not trig.item():
                 continue
-        elif not bool(trig.any()):
-            continue
-        if rows is None and (B == 1 or bool(trig.all())):    # every row exits here
-            _fill_frozen(model, cache, l + 1, x[:, 0], None, p0)
-            return lg, depth.fill_(float(l + 1))
+            ex = None
+        else:
+            ex = trig.nonzero()[:, 0]               # one host sync per layer
+            if ex.numel() == 0:
+                continue
+            if ex.numel() == x.size(0):
+                ex = None
+        if ex is None:                              # every running row exits here
+            exited.append((rows, x[:, 0], lg, l + 1))
+            break
         if rows is None:
             rows = torch.arange(B, device=x.device)
-        ex = trig.nonzero(as_tuple=True)[0]
-        ex_rows = rows[ex]
-        _fill_frozen(model, cache, l + 1, x[ex, 0], ex_rows, torch.full_like(ex_rows, p0))
-        logits_out[ex_rows], depth[ex_rows] = lg[ex], float(l + 1)
-        keep = (~trig).nonzero(as_tuple=True)[0]
-        if keep.numel() == 0:
-            return logits_out, depth
+        exited.append((rows[ex], x[ex, 0], lg[ex], l + 1))
+        keep = (~trig).nonzero()[:, 0]
         rows, x = rows[keep], x[keep]
-    if rows is None:
-        return lg, depth
-    logits_out[rows] = lg
-    return logits_out, depth
+        measure.keep(keep)
+    for r, h, _, d in exited:
+        _defer(model, cache, h, r, p0, d)
+    if len(exited) == 1:                            # the whole batch left at one depth
+        return exited[0][2], torch.full((B,), float(exited[0][3]), device=x.device)
+    logits = torch.empty(B, exited[0][2].size(-1), device=x.device)
+    depth = torch.empty(B, device=x.device)
+    for r, _, lg, d in exited:
+        logits[r], depth[r] = lg, float(d)
+    return logits, depth
 
 
-def _run_exit(model, cache, x, p0, rule, threshold):
+def _run_exit(model, cache, x, p0, head, check):
     """Prompt encoding with per-token early exit: x (B, T, C) at positions p0..p0+T-1 ->
     (logits (B, V) fp32 and exit depth (B,) of each row's last position).
 
     Until the first exit the (B, T) batch runs as is. Then the tokens still running are packed
     into one sequence xs (1, N, C) with their rows (N,) and positions (N,); each attends to its
     own row's keys (KVSlot packed mode), so deeper blocks run on exactly the N running tokens.
-    Exited tokens' deeper K/V are filled from their frozen state before anyone attends to them."""
+    Exited tokens' deeper K/V are written (`_flush`) before a later token reads them."""
     L, (B, T, _) = model.config.n_layer, x.shape
     if T == 1:
-        return _run_exit_step(model, cache, x, p0, rule, threshold)
-    confidence = exits.CONFIDENCES[model.config.confidence]
+        return _run_exit_step(model, cache, x, p0, head, check)
+    measure = _Measure(model, *check)
     dev, last = x.device, p0 + T - 1
     logits_out = torch.empty(B, model.config.vocab_size, device=dev)
     depth = torch.full((B,), float(L), device=dev)
     rows = pos = None                               # None: not packed yet, all (B, T) run
     rope, xs = _rope_range(model, p0, T), x
     for l in range(L):
+        _flush(model, cache, l)
+        h_in = xs.flatten(0, 1)                                             # (B*T | N, C)
         if rows is None:
             xs, _ = model.block(l)(xs, rope, cache.slots(l, p0, last + 1))
             h = xs.flatten(0, 1)                                            # (B*T, C)
@@ -260,20 +365,20 @@ def _run_exit(model, cache, x, p0, rule, threshold):
             h = xs[0]                                                       # (N, C)
         if l == L - 1:                              # everyone left exits; last positions only
             if rows is None:
-                logits_out = _logits(model, xs[:, -1])
+                logits_out = head(xs[:, -1])
             else:
                 at_last = pos == last
-                logits_out[rows[at_last]] = _logits(model, h[at_last])
+                logits_out[rows[at_last]] = head(h[at_last])
             break
-        lg = _logits(model, h)                                              # (N, V)
-        trig = _exit_trigger(confidence, lg, rule, threshold)               # (N,)
+        lg = head(h)                                                        # (N, V)
+        trig = measure.trigger(l, h_in, h, lg)                              # (N,)
         if not bool(trig.any()):
             continue
         if rows is None:
             rows = torch.arange(B, device=dev).repeat_interleave(T)
             pos = torch.arange(p0, p0 + T, device=dev).repeat(B)
         ex_rows, ex_pos = rows[trig], pos[trig]
-        _fill_frozen(model, cache, l + 1, h[trig], ex_rows, ex_pos)
+        _defer(model, cache, h[trig], ex_rows, ex_pos, l + 1)
         at_last = ex_pos == last
         logits_out[ex_rows[at_last]] = lg[trig][at_last]
         depth[ex_rows[at_last]] = float(l + 1)
@@ -281,6 +386,7 @@ def _run_exit(model, cache, x, p0, rule, threshold):
         if not bool(keep.any()):
             break
         rows, pos, xs = rows[keep], pos[keep], h[keep][None]
+        measure.keep(keep)
     return logits_out, depth
 
 
@@ -304,7 +410,7 @@ def _pick(logits, temperature, top_k, generator):
 # self-speculative decoding
 
 
-def _speculate(model, cache, tok, d, k, temperature, top_k, generator):
+def _speculate(model, cache, head, tok, d, k, temperature, top_k, generator):
     """One draft-and-verify round. tok (B, 1) is the newest token, not yet in the cache (at
     position cache.len). Returns (new tokens (B, m + 1), their verifier logits (B, m + 1, V),
     m accepted draft tokens); the cache then holds tok and the m accepted tokens."""
@@ -317,7 +423,7 @@ def _speculate(model, cache, tok, d, k, temperature, top_k, generator):
         hs.append(h)
         if j == k:
             break
-        lg = _logits(model, h[:, -1])
+        lg = head(h[:, -1])
         if greedy:
             cur = lg.argmax(dim=-1, keepdim=True)
         else:
@@ -326,7 +432,7 @@ def _speculate(model, cache, tok, d, k, temperature, top_k, generator):
             qs.append(q)
         drafts.append(cur)
     h = _run_layers(model, cache, torch.cat(hs, dim=1), p0, d, L)         # (B, k + 1, C)
-    lg = _logits(model, h)                                                  # (B, k + 1, V)
+    lg = head(h)                                                            # (B, k + 1, V)
     B = tok.size(0)
     D = torch.cat(drafts, dim=1) if drafts else tok.new_empty(B, 0)         # (B, k)
     if greedy:
@@ -404,6 +510,8 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     _check(model, max_new_tokens, temperature, top_k, draft_layers, draft_tokens, early)
     rule = exits.EXIT_RULES["threshold" if exit_threshold is not None else cfg.exit_mode]
     thr = float(exit_threshold if exit_threshold is not None else cfg.exit_threshold)
+    check = _exit_rule(model, rule, thr, idx.device) if early else None
+    head = _head_fn(model)
     L, cap = cfg.n_layer, cfg.block_size
     B = idx.size(0)
     dtype = next(model.parameters()).dtype
@@ -414,18 +522,18 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     def step(ctx, p0):
         """Run ctx (B, n) at positions p0.. through the model -> last position's logits, depth."""
         x, _ = model._embed(ctx, p0)
-        if early:
-            return _run_exit(model, cache, x, p0, rule, thr)
+        if check is not None:
+            return _run_exit(model, cache, x, p0, head, check)
         h = _run_layers(model, cache, x, p0, 0, L)
-        return _logits(model, h[:, -1]), torch.full((B,), float(L), device=idx.device)
+        return head(h[:, -1]), torch.full((B,), float(L), device=idx.device)
 
     tok = None                                      # newest token, not yet in the cache
     while n_done < max_new_tokens:
         seq_len = idx.size(1) + n_done
         if tok is not None and draft_layers is not None and seq_len <= cap:
             k = min(draft_tokens, max_new_tokens - n_done - 1, cap - cache.len - 1)
-            new, lg, m = _speculate(model, cache, tok, draft_layers, k, temperature, top_k,
-                                    generator)
+            new, lg, m = _speculate(model, cache, head, tok, draft_layers, k, temperature,
+                                    top_k, generator)
             drafted, accepted, rounds = drafted + k, accepted + m, rounds + 1
             new, lg = new[:, :max_new_tokens - n_done], lg[:, :max_new_tokens - n_done]
             if step_logits is not None:

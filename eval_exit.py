@@ -12,7 +12,24 @@ is >= threshold; > 1 never exits):
 - decode tokens/s of `model.generate(..., exit_threshold=thr)` and its ratio to full depth.
 Writes the markdown table to log/<run>/exit_eval.md (next to the checkpoint) and the
 val-loss-vs-depth Pareto plot to img/<run>_pareto.png.
+
+    python eval_exit.py ... --measures all [--tolerance 0.01]      # compare exit measures
+
+compares confidence measures (exits.CONFIDENCES) on the one checkpoint: each measure's
+thresholds are quantiles of its own per-layer confidences (a 0/1 measure sweeps its knob, e.g.
+argmax_stable_k), so the curves span comparable ranges. The val batches are split in two: the
+first half calibrates, the second reports. Calibrated threshold (a plain held-out check, no
+statistical bound): the shallowest setting whose calibration loss is within --tolerance of
+full depth's; the table says whether its loss on the report half holds. One table, one plot
+(img/<run>_measures.png) with a Pareto curve per measure; log/<run>/exit_measures.md.
+
+    python eval_exit.py ... --depths 1,2,...,12 [--depths-vs OTHER_CKPT]     # test-time depth
+
+val loss (early exit off) with the blocks applied d times for each depth d (shared weights:
+any d; otherwise d <= n_layer), beside a second checkpoint's with --depths-vs; table
+log/<run>/exit_depths.md and plot img/<run>_depths.png.
 """
+import contextlib
 import math
 import os
 import sys
@@ -41,6 +58,30 @@ def parse_thresholds(text):
     return ths
 
 
+def parse_depths(text):
+    """'1,2,4' -> [1, 2, 4]; EvalError unless every item is an int >= 1."""
+    try:
+        ds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        ds = []
+    if not ds or min(ds) < 1:
+        raise EvalError(f"--depths must be comma-separated ints >= 1, got {text!r}")
+    return ds
+
+
+def parse_measures(text):
+    """'entropy,kl-prev' | 'all' -> names; EvalError listing the valid ones on an unknown name.
+    target-prob needs targets at inference and is never compared."""
+    import exits
+    valid = sorted(n for n in exits.CONFIDENCES if n != "target-prob")
+    names = valid if text == "all" else [x.strip() for x in text.split(",") if x.strip()]
+    bad = [n for n in names if n not in valid]
+    if bad or not names:
+        raise EvalError(f"--measures: unknown measure {(bad or [text])[0]!r}; valid: all, "
+                        f"{', '.join(valid)}")
+    return names
+
+
 def parse_args(argv=None):
     """Parsed arguments; bad values and paths exit 2 with one error line, before any work."""
     p = cli.Parser(prog="eval_exit.py", description=cli.doc_head(__doc__))
@@ -60,15 +101,38 @@ def parse_args(argv=None):
     p.add_argument("--img-dir", default="img", help="where <run>_pareto.png goes")
     p.add_argument("--img", default=None, help="Pareto plot path (None: <img-dir>/<run>_pareto.png)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--measures", default=None,
+                   help="compare these confidence measures (comma-separated, or all) with "
+                        "calibrated thresholds instead of the threshold table")
+    p.add_argument("--tolerance", type=cli.float_arg(0), default=0.01,
+                   help="--measures: tolerated relative val-loss increase for the calibrated "
+                        "threshold")
+    p.add_argument("--depths", default=None,
+                   help="comma-separated depths (block applications) for val loss per depth "
+                        "instead of the threshold table")
+    p.add_argument("--depths-vs", action="append", default=None,
+                   help="--depths: another checkpoint evaluated at the same depths beside it "
+                        "(repeatable)")
     p.add_argument("--summary", action="store_true",
                    help="print the short table and a suggested threshold instead of the full one")
     args = p.parse_args(argv)
     try:
         args.threshold_list = parse_thresholds(args.thresholds)
+        args.measure_list = None if args.measures is None else parse_measures(args.measures)
+        args.depth_list = None if args.depths is None else parse_depths(args.depths)
+        if args.measure_list and args.depth_list:
+            raise EvalError("--measures and --depths are separate evaluations; give one")
+        if args.depths_vs is not None:
+            if args.depth_list is None:
+                raise EvalError("--depths-vs needs --depths")
+            for path in args.depths_vs:
+                cli.check_input_file(path, "--depths-vs")
         cli.check_input_file(args.ckpt, "--ckpt")
         if not os.path.isdir(args.data):
             raise EvalError(f"--data {args.data}: data directory does not exist")
-        args.out = args.out or os.path.join(os.path.dirname(args.ckpt), "exit_eval.md")
+        name = ("exit_measures.md" if args.measure_list else
+                "exit_depths.md" if args.depth_list else "exit_eval.md")
+        args.out = args.out or os.path.join(os.path.dirname(args.ckpt), name)
         cli.check_output(args.out, "--out")
         cli.check_output(args.img_dir, "--img-dir", is_dir=True)
         if args.img:
@@ -269,9 +333,7 @@ def pareto_front(points):
 
 
 def plot_pareto(rows, ref, L, path, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     pts = [(r["exit_depth"], r["val_loss"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="C0", zorder=3, label="threshold")
@@ -290,37 +352,23 @@ def plot_pareto(rows, ref, L, path, title):
                label="full depth (no exit)")
     ax.set_xlabel("average exit depth (layers)")
     ax.set_ylabel("val loss of exit-layer logits")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    finally:
-        plt.close(fig)
+    _finish(fig, ax, path, title)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def run(args):
-    """Evaluate; returns (rows, ref, markdown). Raises EvalError / fineweb.DataError on bad input."""
-    thresholds = args.threshold_list
+def load(args, ckpt, exit_at_inference=True):
+    """(model on args.device in eval mode, checkpoint dict, val batches, B, T, val tokens).
+    Raises EvalError / fineweb.DataError on bad input."""
     device = args.device
     try:
-        model, ck = checkpoint.load_model(args.ckpt)
+        model, ck = checkpoint.load_model(ckpt)
     except checkpoint.CheckpointError as e:
         raise EvalError(str(e)) from None
     model.to(device).eval()
     cfg = model.config
-    if cfg.confidence == "target-prob":
+    if exit_at_inference and cfg.confidence == "target-prob":
         raise EvalError("checkpoint uses confidence 'target-prob', which needs targets; "
                         "early exit at inference is undefined for it")
     T = args.seq_len
@@ -335,12 +383,21 @@ def run(args):
     import fineweb
     why = fineweb.vocabulary_mismatch(meta, ck.get("tokenizer"))
     if why:
-        raise EvalError(f"--data {args.data} has {why}: checkpoint {args.ckpt} was trained on "
+        raise EvalError(f"--data {args.data} has {why}: checkpoint {ckpt} was trained on "
                         f"another vocabulary")
     batches = val_batches(tokens, B, T, args.batches)
     if not batches:
         raise EvalError(f"val split of {args.data} has {len(tokens)} tokens; need at least "
                         f"{B * T + 1} (lower --batch-size or --seq-len)")
+    return model, ck, batches, B, T, tokens
+
+
+def run(args):
+    """Evaluate; returns (rows, ref, markdown). Raises EvalError / fineweb.DataError on bad input."""
+    thresholds = args.threshold_list
+    device = args.device
+    model, ck, batches, B, T, tokens = load(args, args.ckpt)
+    cfg = model.config
     prompt = torch.from_numpy(tokens[: min(8, len(tokens) - 1)]).view(1, -1).to(device)
     n_new = min(args.decode_tokens, cfg.block_size - prompt.shape[1])
     block, head, kv = layer_costs(model, T)
@@ -388,11 +445,253 @@ def run(args):
     return rows, ref, md, run_name
 
 
+# ---------------------------------------------------------------------------------------------
+# measures compared, calibrated thresholds
+
+QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995)
+
+
+@contextlib.contextmanager
+def overridden(cfg, **fields):
+    """Set config fields for the block, restore them after."""
+    old = {k: getattr(cfg, k) for k in fields}
+    for k, v in fields.items():
+        setattr(cfg, k, v)
+    try:
+        yield cfg
+    finally:
+        for k, v in old.items():
+            setattr(cfg, k, v)
+
+
+@torch.no_grad()
+def layer_confidences(model, batches, device):
+    """Confidences (config.confidence) of layers 1..L-1 of every token, no exit -> 1-D fp32."""
+    with overridden(model.config, early_exit=False):
+        out = [torch.cat([o.confidence.flatten().float().cpu() for o in
+                          model._trunk(x.to(device), heads_on=True)["layers"][:-1]])
+               for x, _ in batches]
+    return torch.cat(out)
+
+
+def measure_settings(model, calib, name, device):
+    """[(label, threshold, config overrides)] swept for measure `name`: its knob over
+    1..n_layer-1 at threshold 0.5 (a 0/1 measure), else thresholds at QUANTILES of its
+    confidences on the calibration batches, plus 1.01 (never exits)."""
+    import exits
+    meas, L = exits.CONFIDENCES[name], model.config.n_layer
+    if meas.knob:
+        return [(f"{meas.knob}={k}", 0.5, {meas.knob: k}) for k in range(1, L)]
+    with overridden(model.config, confidence=name):
+        c = layer_confidences(model, calib, device)
+    ths = sorted({round(float(t), 6) for t in torch.quantile(c, torch.tensor(QUANTILES))})
+    return [(format(t, "g"), t, {}) for t in ths + [1.01]]
+
+
+def calibrated(rows, ref_cal, tol):
+    """The row with the shallowest calibration depth whose calibration loss is within tol of
+    full depth's (a plain held-out check: `holds` says if the report half agrees), or None."""
+    ok = [r for r in rows if r["cal_loss"] <= (1 + tol) * ref_cal]
+    return min(ok, key=lambda r: (r["cal_depth"], r["cal_loss"])) if ok else None
+
+
+def run_measures(args):
+    """--measures: every measure's settings on the calibration and report halves of the val
+    batches -> (rows, refs, markdown, run name)."""
+    device = args.device
+    model, ck, batches, B, T, _ = load(args, args.ckpt)
+    if len(batches) < 2:
+        raise EvalError("--measures splits the val batches into calibration and report "
+                        "halves: needs --batches >= 2")
+    cfg = model.config
+    if any(n == "learned" for n in args.measure_list) and not hasattr(model, "exit_classifier"):
+        if args.measures != "all":
+            raise EvalError(f"measure 'learned' needs a checkpoint trained with "
+                            f"--confidence=learned (its exit classifier); {args.ckpt} has none")
+        args.measure_list = [n for n in args.measure_list if n != "learned"]
+    half = len(batches) // 2
+    cal, rep = batches[:half], batches[half:]
+    ref = {"cal": evaluate(model, cal, None, device)["val_loss"],
+           "rep": evaluate(model, rep, None, device)["val_loss"], "n_layer": cfg.n_layer}
+    rows = []
+    keep = (cfg.early_exit, cfg.exit_mode, cfg.exit_threshold, cfg.exit_propagate)
+    for name in args.measure_list:
+        for label, thr, extra in measure_settings(model, cal, name, device):
+            with overridden(cfg, confidence=name, **extra):
+                c, r = evaluate(model, cal, thr, device), evaluate(model, rep, thr, device)
+            rows.append(dict(measure=name, setting=label, threshold=thr,
+                             cal_loss=c["val_loss"], cal_depth=c["exit_depth"],
+                             val_loss=r["val_loss"], exit_depth=r["exit_depth"]))
+    cfg.early_exit, cfg.exit_mode, cfg.exit_threshold, cfg.exit_propagate = keep
+    run_name = os.path.basename(os.path.dirname(os.path.abspath(args.ckpt)))
+    md = format_measures(rows, ref, args, run_name, cfg, len(cal) * B * T, len(rep) * B * T)
+    return rows, ref, md, run_name
+
+
+def best_within(rows, ref, tol):
+    """{measure: shallowest row whose report loss is within tol of full depth's}."""
+    out = {}
+    for r in rows:
+        if r["val_loss"] <= (1 + tol) * ref and (r["measure"] not in out or
+                                                 r["exit_depth"] < out[r["measure"]]["exit_depth"]):
+            out[r["measure"]] = r
+    return out
+
+
+def format_measures(rows, ref, args, run_name, cfg, n_cal, n_rep):
+    tol, L = args.tolerance, cfg.n_layer
+    pct = lambda loss, base: 100 * (loss / base - 1)      # noqa: E731
+    best = best_within(rows, ref["rep"], tol)
+    lines = [
+        f"# Exit measures compared: {run_name}", "",
+        f"checkpoint `{args.ckpt}`, data `{args.data}`: the val batches split into a "
+        f"calibration half ({n_cal} tokens) and a report half ({n_rep} tokens); n_layer={L}, "
+        f"share_weights={cfg.share_weights}, exit_loss={cfg.exit_loss}. Full depth: val loss "
+        f"{ref['cal']:.4f} (calibration), {ref['rep']:.4f} (report). Exit rule: threshold, "
+        "exited state propagated (CALM). Thresholds: quantiles of each measure's own "
+        "confidences on the calibration half; argmax-stable sweeps k.", "",
+        f"Calibrated setting (tolerance {100 * tol:g} %): the shallowest setting whose "
+        "calibration-half loss is within the tolerance of full depth's; `holds` = its "
+        "report-half loss is too (a plain held-out check). Best at the tolerance: the "
+        "shallowest setting on the report half itself (an oracle).", "",
+        "| measure | calibrated setting | Δ loss (calibration) | Δ loss (report) | holds "
+        "| avg depth (report) | best at tolerance: setting, avg depth |",
+        "|" + "---|" * 7]
+    for name in dict.fromkeys(r["measure"] for r in rows):
+        c = calibrated([r for r in rows if r["measure"] == name], ref["cal"], tol)
+        b = best.get(name)
+        bcol = "none" if b is None else f"{b['setting']}, {b['exit_depth']:.3f}"
+        if c is None:
+            lines.append(f"| {name} | none | | | | {L:.3f} | {bcol} |")
+            continue
+        holds = "yes" if c["val_loss"] <= (1 + tol) * ref["rep"] else "no"
+        lines.append(f"| {name} | {c['setting']} | {pct(c['cal_loss'], ref['cal']):+.2f} % "
+                     f"| {pct(c['val_loss'], ref['rep']):+.2f} % | {holds} "
+                     f"| {c['exit_depth']:.3f} | {bcol} |")
+    if best:
+        w = min(best.values(), key=lambda r: r["exit_depth"])
+        lines += ["", f"Lowest average depth at <= {100 * tol:g} % loss (report half): "
+                      f"**{w['measure']}** ({w['setting']}: depth {w['exit_depth']:.3f} of {L}, "
+                      f"{pct(w['val_loss'], ref['rep']):+.2f} %)."]
+    lines += ["", "Every setting (report half):", "",
+              "| measure | setting | val loss | Δ loss | avg depth |", "|---|---|---|---|---|"]
+    lines += [f"| {r['measure']} | {r['setting']} | {r['val_loss']:.4f} "
+              f"| {pct(r['val_loss'], ref['rep']):+.2f} % | {r['exit_depth']:.3f} |" for r in rows]
+    return "\n".join(lines + [""])
+
+
+def plot_measures(rows, ref, L, tol, path, title):
+    """Report-half val loss vs average exit depth: one Pareto curve per measure."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, name in enumerate(dict.fromkeys(r["measure"] for r in rows)):
+        pts = [(r["exit_depth"], r["val_loss"]) for r in rows if r["measure"] == name]
+        front = pareto_front(pts)
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=10, color=f"C{i}", alpha=0.4)
+        ax.plot([pts[j][0] for j in front], [pts[j][1] for j in front], "-o", ms=3,
+                color=f"C{i}", label=name)
+    ax.scatter([L], [ref], marker="*", s=120, color="k", zorder=4, label="full depth")
+    ax.axhline((1 + tol) * ref, color="gray", ls="--", lw=1, label=f"+{100 * tol:g} % loss")
+    ax.set_ylim(top=min(ax.get_ylim()[1], ref * 1.15))
+    ax.set_xlabel("average exit depth (layers)")
+    ax.set_ylabel("val loss of exit-layer logits (report half)")
+    _finish(fig, ax, path, title)
+
+
+# ---------------------------------------------------------------------------------------------
+# test-time depth
+
+
+def run_depths(args):
+    """--depths: val loss (no exit) at every depth, for --ckpt and each --depths-vs ->
+    (runs [(run name, n_layer, depth_sampling, [loss per depth])], markdown, run name)."""
+    runs = []
+    for ckpt in [args.ckpt] + (args.depths_vs or []):
+        model, ck, batches, B, T, _ = load(args, ckpt, exit_at_inference=False)
+        losses = []
+        for d in args.depth_list:
+            try:
+                with model.at_depth(d):
+                    losses.append(evaluate(model, batches, None, args.device)["val_loss"])
+            except ValueError as e:
+                raise EvalError(f"{ckpt}: {e}") from None
+        runs.append((os.path.basename(os.path.dirname(os.path.abspath(ckpt))),
+                     model.config.n_layer, model.config.depth_sampling, losses))
+    n_tok = len(batches) * B * T
+    lines = [f"# Val loss per depth: {', '.join(r[0] for r in runs)}", "",
+             f"data `{args.data}` (val, {n_tok} tokens, B={B}, T={T}); early exit off, the "
+             "blocks applied `depth` times (a shared block any number of times). Δ: against "
+             "the run's own loss at its training depth n_layer.", "",
+             "| depth | " + " | ".join(f"{r[0]} (n_layer {r[1]}, depth_sampling {r[2]}) | Δ"
+                                       for r in runs) + " |",
+             "|---|" + "---|---|" * len(runs)]
+    for i, d in enumerate(args.depth_list):
+        cells = []
+        for _, L, _, losses in runs:
+            base = losses[args.depth_list.index(L)] if L in args.depth_list else None
+            delta = "" if base is None else f"{100 * (losses[i] / base - 1):+.2f} %"
+            cells.append(f"{losses[i]:.4f} | {delta}")
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return runs, "\n".join(lines + [""]), runs[0][0]
+
+
+def plot_depths(runs, depths, path, title):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, L, sampling, losses) in enumerate(runs):
+        ax.plot(depths, losses, "-o", ms=3, color=f"C{i}",
+                label=f"{name} (n_layer {L}, depth_sampling {sampling})")
+        ax.axvline(L, color=f"C{i}", ls=":", lw=1)
+    ax.set_xlabel("depth (block applications at test time)")
+    ax.set_ylabel("val loss")
+    _finish(fig, ax, path, title)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _finish(fig, ax, path, title):
+    """Title, grid, legend; save atomically to path; close."""
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        fig.clf()
+        _pyplot().close(fig)
+
+
 def evaluate_and_write(args):
     """run(args), then the markdown table (args.out) and the Pareto plot (--img, default
     <img-dir>/<run>_pareto.png) -> (rows, ref, md, out path, img path).
     Raises EvalError / fineweb.DataError on bad input, before writing anything."""
     import fineweb
+    if args.measure_list:
+        rows, ref, md, run_name = run_measures(args)
+        img = args.img or os.path.join(args.img_dir, f"{run_name}_measures.png")
+        plot_measures(rows, ref["rep"], ref["n_layer"], args.tolerance, img,
+                      f"{run_name}: exit measures")
+        fineweb.write_text_atomic(args.out, md)
+        return rows, ref, md, args.out, img
+    if args.depth_list:
+        runs, md, run_name = run_depths(args)
+        img = args.img or os.path.join(args.img_dir, f"{run_name}_depths.png")
+        plot_depths(runs, args.depth_list, img, "val loss vs test-time depth")
+        fineweb.write_text_atomic(args.out, md)
+        return runs, None, md, args.out, img
     rows, ref, md, run_name = run(args)
     img = args.img or os.path.join(args.img_dir, f"{run_name}_pareto.png")
     plot_pareto(rows, ref, len(ref["earlystopdict"]), img,
@@ -412,7 +711,9 @@ def main(argv=None):
         cli.fail(f"out of memory for --batch-size {args.batch_size} x --seq-len; lower them")
     except OSError as e:
         cli.fail(f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
-    if args.summary:
+    if args.summary and (args.measure_list or args.depth_list):
+        print(md.split("\n\nEvery setting")[0])
+    elif args.summary:
         L = len(ref["earlystopdict"])
         print(format_summary(rows, ref, L))
         best = suggest_threshold(rows, ref)

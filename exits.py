@@ -28,23 +28,57 @@ their deeper-layer xe / confidence are those of the frozen exit state.
 Numerics: log(1 - x) terms clamp 1 - x at `ctx.eps` (default 1e-6) so they stay finite; below
 the clamp the term is constant and has no gradient.
 """
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------------------------
-# confidences: fn(out) -> (N,) or (B, T); `out` is a heads.HeadOut or a LayerOut (fields
-# p_max, p_second, p_target of the same shape)
+# confidences: fn(out: ConfIn) -> (N,) fp32, higher = more ready to exit. Registered with what
+# they need beyond the head statistics (p_max, p_second, argmax, p_target, ce); the model and
+# the decoder provide exactly that (model._trunk, decode._Measure):
+#   logit_stat=f   f(z (n, V) fp32 logits, z_prev (n, V) | None) -> (n,): a per-row statistic
+#                  of the layer's logits, computed by heads.logit_statistic (tiled in the fused
+#                  impl, gradients by autograd) and read as out.stat;
+#   prev=True      z_prev is the previous layer's logits (out.stat is None at layer 0);
+#   state=True     out.x_in, out.x_out (n, C): the residual stream entering / leaving the layer;
+#   history=True   out.hist: argmax (n,) of the earlier layers, oldest first (no exit_layer_frac);
+#   learned=True   out.exit_logit (n,): the model's exit classifier on the stop-gradient head
+#                  input (GPT.exit_classifier), trained by `exit_classifier_loss`;
+#   knob="field"   a 0/1 measure whose trade-off is set by this int GPTConfig field rather than
+#                  the threshold (eval_exit.py sweeps it over 1..n_layer-1).
 
 CONFIDENCES: Dict[str, Callable] = {}
+CONFIDENCE_MAX: Dict[str, float] = {}    # name -> the largest value the confidence can take
 
 
-def register_confidence(name):
+def register_confidence(name, logit_stat=None, prev=False, state=False, history=False,
+                        learned=False, knob=None, max_value=1.0):
     def wrap(fn):
         CONFIDENCES[name] = fn
+        CONFIDENCE_MAX[name] = max_value
+        fn.logit_stat, fn.prev, fn.state, fn.history, fn.learned, fn.knob = (
+            logit_stat, prev, state, history, learned, knob)
         return fn
     return wrap
+
+
+class ConfIn:
+    """What a confidence reads at one layer: the head statistics (attributes of `head`, a
+    heads.HeadOut or anything with p_max, p_second, argmax, p_target, ce) and, as its
+    registration asks, stat / x_in / x_out / hist / exit_logit (see above). All rows (n,)."""
+
+    def __init__(self, head, layer=0, config=None, stat=None, x_in=None, x_out=None, hist=(),
+                 exit_logit=None):
+        self.head, self.layer, self.config, self.stat = head, layer, config, stat
+        self.x_in, self.x_out, self.hist, self.exit_logit = x_in, x_out, list(hist), exit_logit
+
+    def __getattr__(self, name):
+        if name == "head":                  # not set yet (copy / unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.head, name)
 
 
 @register_confidence("max-prob")
@@ -68,20 +102,89 @@ def target_prob(out):
     return out.p_max if out.p_target is None else out.p_target
 
 
+def _entropy(z, z_prev=None):
+    """H = -sum_v p_v log p_v = logsumexp(z) - sum_v p_v z_v of logits z (n, V) -> (n,)."""
+    return torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(-1)
+
+
+@register_confidence("entropy", logit_stat=_entropy)
+def entropy(out):
+    """1 - H / log V in [0, 1]: 1 for a one-hot distribution, 0 for the uniform one (H is the
+    entropy of the layer's next-token distribution; clamped against roundoff)."""
+    V = out.config.vocab_size
+    return (1.0 - out.stat / math.log(V)).clamp(0.0, 1.0)
+
+
+def _kl_prev(z, z_prev):
+    """KL(p || q) = sum_v p_v (log p_v - log q_v), p = softmax(z), q = softmax(z_prev) -> (n,)."""
+    logp, logq = torch.log_softmax(z, dim=-1), torch.log_softmax(z_prev, dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+@register_confidence("kl-prev", logit_stat=_kl_prev, prev=True)
+def kl_prev(out):
+    """exp(-KL(p_l || p_{l-1})) in (0, 1]: 1 when layer l's next-token distribution equals the
+    previous layer's; the threshold rule exits when KL <= -log(threshold). Layer 0 has no
+    previous layer: 0 (never exits there). KL clamped at 0 against roundoff."""
+    if out.stat is None:
+        return out.p_max.new_zeros(out.p_max.shape, dtype=torch.float32)
+    return torch.exp(-out.stat.float().clamp_min(0.0))
+
+
+@register_confidence("argmax-stable", history=True, knob="argmax_stable_k")
+def argmax_stable(out):
+    """1 when the argmax of this layer equals that of each of the k = config.argmax_stable_k
+    layers before it (it has not changed for k consecutive layers), else 0; 0 for the first k
+    layers. No gradient."""
+    k = out.config.argmax_stable_k
+    same = torch.zeros(out.argmax.shape, dtype=torch.bool, device=out.argmax.device)
+    if len(out.hist) >= k:
+        same = ~same
+        for a in out.hist[-k:]:
+            same &= a == out.argmax
+    return same.float()
+
+
+@register_confidence("state-cosine", state=True)
+def state_cosine(out):
+    """cos(x_in, x_out) in [-1, 1]: cosine similarity of the residual stream entering and
+    leaving the layer (CALM's state-propagation measure: no head needed, O(C) per token)."""
+    return F.cosine_similarity(out.x_in.float(), out.x_out.float(), dim=-1).clamp(-1.0, 1.0)
+
+
+@register_confidence("learned", learned=True)
+def learned(out):
+    """sigmoid(exit classifier(stop-gradient head input)) (CALM's meta measure): the predicted
+    probability that this layer's argmax equals the last layer's; trained jointly by
+    `exit_classifier_loss`, whose stop-gradient leaves the trunk exactly as without it."""
+    return torch.sigmoid(out.exit_logit.float())
+
+
 # ----------------------------------------------------------------------------------------------
 # exit rules: fn(confidence, threshold) -> bool, same shape as confidence
 
 EXIT_RULES: Dict[str, Callable] = {}
 
 
-def register_exit_rule(name):
+def register_exit_rule(name, never_fires=lambda threshold, max_confidence: False):
+    """never_fires(threshold, max_confidence) -> True when the rule cannot fire whatever the
+    confidence (at most max_confidence): see never_exits."""
     def wrap(fn):
         EXIT_RULES[name] = fn
+        fn.never_fires = never_fires
         return fn
     return wrap
 
 
-@register_exit_rule("threshold")
+def never_exits(rule, confidence, threshold):
+    """True when exit rule `rule` (an EXIT_RULES entry) at `threshold` cannot fire on
+    confidence `confidence` (a CONFIDENCES name) for any head output; decoding then skips the
+    per-layer heads (the threshold rule above the confidence's maximum, e.g. max-prob > 1)."""
+    return rule.never_fires(threshold, CONFIDENCE_MAX[confidence])
+
+
+@register_exit_rule("threshold", never_fires=lambda threshold, max_confidence:
+                    threshold > max_confidence)
 def threshold_rule(confidence, threshold):
     """Exit when confidence >= threshold (threshold > 1 never exits, 0 always exits)."""
     return confidence >= threshold
@@ -136,6 +239,8 @@ class LayerOut:
     p_target: Optional[torch.Tensor]    # probability of the target (grad)
     mask_BT: torch.Tensor               # float, 1 = still running when entering this layer
     just_triggered: torch.Tensor        # float, 1 = exits at this layer
+    exit_logit: Optional[torch.Tensor] = None   # confidence "learned": the exit classifier's
+                                                # logit (grad into the classifier only)
 
 
 @dataclass
@@ -207,6 +312,20 @@ def exit_summary(layers, early_exit=True):
     depth = (esd * torch.arange(1, L + 1, device=device, dtype=esd.dtype)).sum()
     return {"earlystop": esd[:-1].sum(), "earlystopdict": esd, "exit_depth": depth,
             "exit_ce": exit_ce}
+
+
+def exit_classifier_loss(layers):
+    """The learned confidence's own loss (CALM's meta measure), added to the exit loss:
+      label_l = 1[argmax_l == argmax_{L-1}]               (no grad)
+      loss    = (1/(L-1)) sum_{l<L-1} mean_{b,t} BCE(sigmoid(exit_logit_l), label_l)
+    exit_logit reads the head input through a stop-gradient, so only the classifier learns
+    from it. 0 with one layer."""
+    if len(layers) < 2:
+        return _zero(layers)
+    last = layers[-1].argmax
+    terms = [F.binary_cross_entropy_with_logits(o.exit_logit.float(), (o.argmax == last).float())
+             for o in layers[:-1]]
+    return sum(terms) / len(terms)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,6 +16,10 @@ the implementation can be swapped by name:
                 (chunk_size, vocab_chunk), ~32 MiB on CPU and ~256 MiB on CUDA by default.
                 Costs one extra logits matmul (the recompute) over naive.
 
+A confidence that needs more than these statistics (exits.register_confidence's `logit_stat`,
+e.g. the entropy or the KL to the previous layer) gets it from `logit_statistic`: a per-row
+function of the logits, on the whole logits (naive) or in row chunks under checkpoint.
+
 Inputs:  h (N, C) (any float dtype; autocast respected), weight (V, C) (the tied lm_head),
          targets (N,) int64 or None.
 Outputs: HeadOut of (N,) float32 tensors (argmax int64); ce / p_target are None without targets.
@@ -222,6 +226,38 @@ def fused_head_outputs(h, weight, targets=None, chunk_size=None, vocab_chunk=Non
     ce, p_max, p_second, am, p_t = FusedHead.apply(h, weight, targets, chunk_size, vocab_chunk,
                                                    _compute_dtype(h, weight))
     return HeadOut(ce, p_max, p_second, am, p_t)
+
+
+# ----------------------------------------------------------------------------------------------
+# a per-row statistic of the logits (a confidence's `logit_stat`, exits.register_confidence)
+
+
+def _logit_stat_rows(fn, h, weight, h_prev):
+    z = F.linear(h, weight).float()                                     # (n, V)
+    return fn(z, None if h_prev is None else F.linear(h_prev, weight).float())
+
+
+def logit_statistic(fn, h, weight, h_prev=None, impl="fused", rows=None):
+    """fn(z (n, V) fp32, z_prev (n, V) | None) -> (n,) for the logits z = h @ W.T of h (N, C)
+    (and z_prev of h_prev (N, C), e.g. the previous layer's head input) -> (N,) fp32, with
+    autograd gradients w.r.t. h, h_prev and weight. naive: on the whole (N, V) logits;
+    checkpoint / fused: row chunks of `rows` (default: the fused tile budget / V, so one chunk
+    is as large as one fused tile) under torch.utils.checkpoint, so no (N, V) tensor is kept
+    (each chunk's logits are recomputed in backward: one extra head matmul over naive)."""
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (h, weight, h_prev))
+    if impl == "naive":
+        return _logit_stat_rows(fn, h, weight, h_prev)
+    r, c = default_chunk_sizes(h.shape[0], weight.shape[0], h.device)
+    rows = max(1, (r * c) // weight.shape[0]) if rows is None else int(rows)
+    out = []
+    for s, e in _tiles(h.shape[0], rows):
+        hp = None if h_prev is None else h_prev[s:e]
+        if grad:
+            out.append(checkpoint(_logit_stat_rows, fn, h[s:e], weight, hp, use_reentrant=False))
+        else:
+            out.append(_logit_stat_rows(fn, h[s:e], weight, hp))
+    return torch.cat(out) if out else h.new_zeros(0, dtype=torch.float32)
 
 
 HEAD_IMPLS = {

@@ -8,10 +8,14 @@ in the config, validated in `GPTConfig.__post_init__` and resolved once in `GPT.
 - `confidence`, `exit_mode`, `exit_loss` -> `exits.CONFIDENCES`, `exits.EXIT_RULES`,
   `exits.EXIT_LOSSES`;  `head_impl` -> `heads.HEAD_IMPLS`
 
+A shared-weight model can be run at any depth at test time (`GPT.at_depth`) and trained with a
+random depth per step (`depth_sampling`, `sample_depth`).
+
 Every block maps one residual-stream tensor (B, T, C) to the next, so all wirings share one
 layer loop (`GPT._trunk`, training forward and evaluation); KV-cached generation runs the same
 blocks through its own loops in decode.py (`GPT.generate`).
 """
+import contextlib
 import inspect
 import math
 import dataclasses
@@ -54,12 +58,17 @@ class GPTConfig:
                                     # False = journal: all layers run, exited tokens just stop counting.
                                     # KV decoding (generate) always propagates: that is what skips work
     confidence: str = "max-prob"    # per-layer confidence, a name in exits.CONFIDENCES
+    argmax_stable_k: int = 2        # confidence "argmax-stable": exit once the argmax held for k
+                                    # consecutive layers (k >= 1; earliest exit at layer k + 1)
     exit_loss: str = "final"        # training loss, a name in exits.EXIT_LOSSES
     head_impl: str = "fused"        # per-layer head implementation, a name in heads.HEAD_IMPLS
     layerskip_scale: float = 1.0    # exit_loss="layerskip": e_scale of the per-layer weights
     layerskip_curriculum: str = "gradual"  # layerskip: gradual | rotational | none
     layerskip_rotation: int = 2     # layerskip rotational curriculum: period R (in steps)
     prev_token_shift: int = 1       # reward-prev-token: 1 = the journal's diagram, 0 = same position
+    depth_sampling: str = "fixed"   # training depth per step, a name in DEPTH_SAMPLERS: fixed
+                                    # (n_layer) | uniform | lognormal-poisson over [1, depth_max]
+    depth_max: int = 0              # largest depth drawn (0: 2 * n_layer - 1, uniform mean n_layer)
     exit_token_frac: float = 1.0    # training: heads of layers 1..L-1 on this random fraction of
                                     # the token positions (whole columns); last head on every token
     exit_layer_frac: float = 1.0    # training: heads on a random max(1, round(frac*(L-1))) of
@@ -97,6 +106,15 @@ class GPTConfig:
         if isinstance(self.layerskip_rotation, bool) or not isinstance(self.layerskip_rotation, int) \
                 or self.layerskip_rotation < 1:
             raise ValueError(f"layerskip_rotation must be an int >= 1, got {self.layerskip_rotation!r}")
+        if isinstance(self.argmax_stable_k, bool) or not isinstance(self.argmax_stable_k, int) \
+                or self.argmax_stable_k < 1:
+            raise ValueError(f"argmax_stable_k must be an int >= 1, got {self.argmax_stable_k!r}")
+        _check_name("depth_sampling", self.depth_sampling, DEPTH_SAMPLERS)
+        if isinstance(self.depth_max, bool) or not isinstance(self.depth_max, int) or self.depth_max < 0:
+            raise ValueError(f"depth_max must be an int >= 1 (0: 2 * n_layer - 1), got {self.depth_max!r}")
+        if self.depth_sampling != "fixed" and not self.share_weights:
+            raise ValueError(f"depth_sampling {self.depth_sampling!r} applies one block a random "
+                             "number of times: needs share_weights")
         if self.prev_token_shift not in (0, 1):
             raise ValueError(f"prev_token_shift must be 0 or 1, got {self.prev_token_shift!r}")
         if not float(self.layerskip_scale) >= 0.0:
@@ -125,6 +143,14 @@ class GPTConfig:
             if self.early_exit and self.exit_propagate:
                 raise ValueError("exit_token_frac < 1 with exit_propagate: a propagated exit "
                                  "needs every token's confidence at every layer")
+        meas = exits.CONFIDENCES[self.confidence]
+        if meas.learned and not (self.layer_heads or self.early_exit):
+            raise ValueError(f"confidence {self.confidence!r} trains its exit classifier on the "
+                             "per-layer heads: needs layer_heads, early_exit or an exit_loss "
+                             "other than 'final'")
+        if self.exit_layer_frac < 1 and (meas.prev or meas.history):
+            raise ValueError(f"confidence {self.confidence!r} compares consecutive layers: "
+                             "exit_layer_frac must be 1")
         if self.exit_layer_frac < 1:
             if not loss.layer_sampling or self.early_exit:
                 known = sorted(n for n, f in exits.EXIT_LOSSES.items() if f.layer_sampling)
@@ -156,6 +182,33 @@ class GPTConfig:
         if self.exit_layer_frac < 1:
             early = max(1, round(self.exit_layer_frac * early))
         return 1.0 + early * self.exit_token_frac
+
+
+DEPTH_SAMPLERS = ("fixed", "uniform", "lognormal-poisson")
+HUGINN_SIGMA = 0.5      # lognormal-poisson: std of log(lambda) (Geiping et al. 2025, Huginn)
+
+
+def sample_depth(config, seed, step):
+    """The depth (block applications) of optimizer step `step` -> int in [1, depth_max].
+    fixed: n_layer. Otherwise drawn from numpy's Generator seeded by (seed, step): the same on
+    every DDP rank, and a resumed run draws what the uninterrupted one did (nothing saved).
+      uniform:           d ~ U{1, ..., depth_max}
+      lognormal-poisson: tau ~ N(log(n_layer - 1) - sigma^2 / 2, sigma), d = Poisson(e^tau) + 1
+                         (Huginn's recurrence sampler: mean n_layer, heavy right tail), clamped
+                         to [1, depth_max]; n_layer 1: d = 1.
+    depth_max 0 means 2 * n_layer - 1 (uniform's mean is then n_layer)."""
+    import numpy as np
+    L = config.n_layer
+    hi = config.depth_max or 2 * L - 1
+    if config.depth_sampling == "fixed":
+        return L
+    rng = np.random.default_rng([int(seed), int(step), 0x6465707468])       # "depth"
+    if config.depth_sampling == "uniform":
+        return int(rng.integers(1, hi + 1))
+    if L == 1:
+        return 1
+    tau = rng.normal(math.log(L - 1) - HUGINN_SIGMA ** 2 / 2, HUGINN_SIGMA)
+    return int(min(max(rng.poisson(math.exp(tau)) + 1, 1), hi))
 
 
 def _check_name(field, name, registry):
@@ -230,12 +283,11 @@ class CausalSelfAttention(nn.Module):
         return parts if self.has_value else parts + [self._heads(x)]
 
     def kv(self, x):
-        """x (B, T, C) -> k, v (B, nh, T, hd) without computing q."""
+        """x (B, T, C) -> k, v (B, nh, T, hd) without computing q (one matmul for both)."""
         C = self.n_embd
         b = self.c_attn.bias
-        k = F.linear(x, self.c_attn.weight[C:2 * C], None if b is None else b[C:2 * C])
-        v = F.linear(x, self.c_attn.weight[2 * C:], None if b is None else b[2 * C:]) \
-            if self.has_value else x
+        kv = F.linear(x, self.c_attn.weight[C:], None if b is None else b[C:])
+        k, v = kv.split(C, dim=2) if self.has_value else (kv, x)
         return self._heads(k), self._heads(v)
 
     def out(self, y):
@@ -637,6 +689,10 @@ class GPT(nn.Module):
         self.step = 0                # training step (set_progress)
         self.last_generate_stats = {}
         self.apply(self._init_weights)
+        if exits.CONFIDENCES[cfg.confidence].learned:     # CALM's exit classifier, C -> 1;
+            self.exit_classifier = nn.utils.skip_init(nn.Linear, cfg.n_embd, 1)  # zeroed, no
+            nn.init.zeros_(self.exit_classifier.weight)      # RNG drawn: the trunk and the RNG
+            nn.init.zeros_(self.exit_classifier.bias)        # stream are as without it
 
     def _init_weights(self, module):
         """GPT-2 init: N(0, 0.02); residual projections (NANOGPT_SCALE_INIT) scaled by
@@ -656,6 +712,26 @@ class GPT(nn.Module):
     def block(self, l):
         """The Block applied at depth l (0-based): the one shared block, or the l-th."""
         return self.transformer.h[0 if self.config.share_weights else l]
+
+    @contextlib.contextmanager
+    def at_depth(self, depth):
+        """Within the block, forward, the losses and generate apply the blocks `depth` times
+        instead of n_layer (config.n_layer is set to depth and restored): any depth >= 1 with
+        share_weights (test-time depth of a recurrent-depth model), <= n_layer without. None:
+        n_layer. ValueError (one line) on a bad depth."""
+        L = self.config.n_layer
+        if depth is None:
+            depth = L
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+        if depth > len(self.transformer.h) and not self.config.share_weights:
+            raise ValueError(f"depth {depth} > n_layer {L} needs share_weights (one block "
+                             f"applied any number of times); valid: 1..{L}")
+        self.config.n_layer = depth
+        try:
+            yield self
+        finally:
+            self.config.n_layer = L
 
     def set_progress(self, frac, step=0):
         """Training progress in [0, 1] and the optimizer step, read by curriculum losses
@@ -706,15 +782,38 @@ class GPT(nn.Module):
             rope = (self.rope_cos[pos0:pos0 + T], self.rope_sin[pos0:pos0 + T])
         return self.transformer.drop(x), rope
 
-    def _head(self, h, targets, grad):
-        """heads.head_outputs on h (B, T, C) -> HeadOut of (B*T,) tensors. An lm_head bias
+    def _head_in(self, h):
+        """(h (N, C'), weight (V, C')) the heads multiply, from h (..., C): an lm_head bias
         enters as one more input feature, constant 1, whose weight column is the bias."""
+        h, w, b = h.reshape(-1, h.size(-1)), self.lm_head.weight, self.lm_head.bias
+        if b is not None:
+            h = torch.cat([h, h.new_ones(h.size(0), 1)], dim=1)
+            w = torch.cat([w, b[:, None].to(w.dtype)], dim=1)
+        return h, w
+
+    def _head(self, h, targets, grad):
+        """heads.head_outputs on h (B, T, C) -> HeadOut of (B*T,) tensors."""
         with torch.set_grad_enabled(grad):
-            h, w, b = h.reshape(-1, h.size(-1)), self.lm_head.weight, self.lm_head.bias
-            if b is not None:
-                h = torch.cat([h, h.new_ones(h.size(0), 1)], dim=1)
-                w = torch.cat([w, b[:, None].to(w.dtype)], dim=1)
+            h, w = self._head_in(h)
             return heads.head_outputs(h, w, targets, impl=self.config.head_impl)
+
+    def _confidence(self, meas, ho, l, h, x_in, x_out, prev_h, hist, grad):
+        """meas (an exits.CONFIDENCES entry) at layer l -> (confidence (N,), exit_logit (N,) or
+        None), given what it asks for: ho the layer's HeadOut, h (N, C) its head input (ln_f
+        output), x_in / x_out (N, C) the residual stream entering / leaving it, prev_h (N, C)
+        the previous layer's head input (None at layer 0), hist the earlier layers' argmax."""
+        cin = exits.ConfIn(ho, layer=l, config=self.config, hist=hist if meas.history else ())
+        with torch.set_grad_enabled(grad):
+            if meas.logit_stat is not None and not (meas.prev and prev_h is None):
+                hh, w = self._head_in(h)
+                hp = self._head_in(prev_h)[0] if meas.prev else None
+                cin.stat = heads.logit_statistic(meas.logit_stat, hh, w, hp,
+                                                 impl=self.config.head_impl)
+            if meas.state:
+                cin.x_in, cin.x_out = x_in, x_out
+            if meas.learned:
+                cin.exit_logit = self.exit_classifier(h.detach()).squeeze(-1).float()
+            return meas(cin), cin.exit_logit
 
     def _trunk(self, idx, targets=None, *, early=False, threshold=None,
                mode=None, heads_on=False, want_stats=False, propagate=None, sample=None):
@@ -745,6 +844,12 @@ class GPT(nn.Module):
             mask, tcols = mask.view(-1)[cols], tflat[cols]
         depth = torch.full((B, T), float(L), device=idx.device)
         h_exit, layers, stds, final_xe = None, [], [], None
+        meas = exits.CONFIDENCES[cfg.confidence]
+        prev_h, hist = None, []                   # previous layer's head input, argmaxes
+
+        def rows(t):                              # (B, T, C) | (k, C) -> the LayerOut rows
+            t = t.reshape(-1, t.size(-1))
+            return t[cols] if cols is not None and t.size(0) != cols.numel() else t
         for l in range(L):
             blk = self.block(l)
             x_in = x
@@ -773,7 +878,13 @@ class GPT(nn.Module):
 
             def view(t):                                          # (B*T,) -> (B, T); cols: (k,)
                 return t if t is None or cols is not None else t.view(B, T)
-            confidence = view(exits.CONFIDENCES[cfg.confidence](ho))
+            h_rows = rows(h)
+            confidence, exit_logit = self._confidence(
+                meas, ho, l, h_rows, rows(x_in) if meas.state else None,
+                rows(x) if meas.state else None, prev_h, hist, need_grad)
+            confidence = view(confidence)
+            prev_h = h_rows
+            hist.append(ho.argmax)
             if early:
                 trigger = exits.EXIT_RULES[mode](confidence.detach(), threshold)
             else:
@@ -782,7 +893,7 @@ class GPT(nn.Module):
             layers.append(exits.LayerOut(
                 layer=l, xe=view(ho.ce), confidence=confidence, p_max=view(ho.p_max),
                 p_second=view(ho.p_second), argmax=view(ho.argmax), p_target=view(ho.p_target),
-                mask_BT=mask, just_triggered=just_triggered))
+                mask_BT=mask, just_triggered=just_triggered, exit_logit=view(exit_logit)))
             if early and cols is None:
                 jt = just_triggered[..., None] > 0
                 h_exit = h if h_exit is None else torch.where(jt, h, h_exit)
@@ -820,6 +931,8 @@ class GPT(nn.Module):
                                         step=self.step, final_xe=r["final_xe"])
                 terms = exits.EXIT_LOSSES[cfg.exit_loss](layers, ctx)
                 loss = terms.loss
+                if exits.CONFIDENCES[cfg.confidence].learned:
+                    loss = loss + exits.exit_classifier_loss(layers)
             elif layers:
                 loss = layers[-1].xe.float().mean()
             elif logits is not None:
@@ -876,16 +989,18 @@ class GPT(nn.Module):
     # -- generation ----------------------------------------------------------------------------
 
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, exit_threshold=None,
-                 draft_layers=None, draft_tokens=4, generator=None, step_logits=None):
+                 draft_layers=None, draft_tokens=4, generator=None, step_logits=None, depth=None):
         """Sample max_new_tokens after idx (B, T) with a KV cache -> (B, T + max_new_tokens).
+        depth: apply the blocks this many times instead of n_layer (see at_depth).
         temperature 0: greedy. exit_threshold (or config.early_exit): per-token early exit;
         draft_layers=d, draft_tokens=k: self-speculative decoding (first d layers draft k
         tokens, the full model verifies; same output distribution as full depth). See decode.py
         (decode.generate) for the details and model.last_generate_stats."""
-        return decode.generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k,
-                               exit_threshold=exit_threshold, draft_layers=draft_layers,
-                               draft_tokens=draft_tokens, generator=generator,
-                               step_logits=step_logits)
+        with self.at_depth(depth):
+            return decode.generate(self, idx, max_new_tokens, temperature=temperature,
+                                   top_k=top_k, exit_threshold=exit_threshold,
+                                   draft_layers=draft_layers, draft_tokens=draft_tokens,
+                                   generator=generator, step_logits=step_logits)
 
     # -- torch.compile -------------------------------------------------------------------------
 

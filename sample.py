@@ -54,6 +54,9 @@ def parse_args(argv=None):
                    help="self-speculative decoding: draft with the first d layers (1..n_layer-1)")
     p.add_argument("--draft_tokens", type=cli.int_arg(1, 1024), default=4,
                    help="tokens drafted per verification (with --draft_layers)")
+    p.add_argument("--depth", type=cli.int_arg(1), default=None,
+                   help="apply the blocks this many times (shared weights: any depth >= 1; "
+                        "default: n_layer)")
     p.add_argument("--show_depth", action="store_true",
                    help="mark each new token with its exit layer (1-based)")
     args = p.parse_args(argv)
@@ -174,7 +177,7 @@ def generate(model, idx, args):
     Returns (ids (T + n,) list, depths [n] or None). With --show_depth the tokens are drawn one
     generate call at a time (each re-runs the prompt: quadratic, fine for a screenful) so that
     last_generate_stats["avg_exit_depth"] is the exit layer of that one token's prediction."""
-    kw = dict(temperature=args.temperature, top_k=args.top_k or None)
+    kw = dict(temperature=args.temperature, top_k=args.top_k or None, depth=args.depth)
     if args.exit_threshold is not None:
         kw["exit_threshold"] = args.exit_threshold
     if args.draft_layers is not None:
@@ -228,6 +231,11 @@ def main(argv=None):
         if args.exit_threshold is not None and cfg.confidence == "target-prob":
             raise SampleError("this model's confidence is 'target-prob', which needs targets: "
                               "early-exit decoding is undefined for it")
+        try:
+            with model.at_depth(args.depth):      # validates --depth against the model
+                pass
+        except ValueError as e:
+            raise SampleError(f"--depth: {e}") from None
         idx = encode_prompt(tok, text, cfg.block_size)
     except SampleError as e:
         print(f"error: {e}", file=sys.stderr)

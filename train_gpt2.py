@@ -67,7 +67,7 @@ import tracking
 from configurator import ConfigError
 from dataloader import DataLoader, prepare_data, to_device
 from distributed import DistContext
-from model import GPT, GPTConfig, exit_sample_seed
+from model import GPT, GPTConfig, exit_sample_seed, sample_depth
 from runlog import RunLog
 
 # ----------------------------------------------------------------------------------------------
@@ -80,7 +80,7 @@ dataset_source = None            # if set and `dataset` has no manifest: fineweb
 tokenizer = None                 # None: the manifest's; "gpt2" | "char": must match the manifest
 shuffle = False                  # deterministic (seeded) shuffle of shard and block order
 log_dir = "log"
-img_dir = "img"
+img_dir = "img"                  # figures at the end of a run (None: no figures)
 # batch: total_batch_size tokens per optimizer step = B * T * grad_accum * world_size
 total_batch_size = 524288        # 2**19, ~0.5M tokens
 B = 64                           # micro batch size (sequences per rank per micro step)
@@ -175,12 +175,16 @@ exit_threshold = 0.9             # exit when confidence >= this (> 1: never)
 exit_mode = "threshold"          # exit rule, a name in exits.EXIT_RULES
 exit_propagate = False           # exited tokens' state frozen for deeper layers (CALM)
 confidence = "max-prob"          # per-layer confidence, a name in exits.CONFIDENCES
+argmax_stable_k = 2              # confidence "argmax-stable": argmax unchanged for k layers
 exit_loss = "final"              # training loss, a name in exits.EXIT_LOSSES
 head_impl = "fused"              # per-layer heads: fused (least memory), checkpoint, naive
 layerskip_scale = 1.0            # exit_loss="layerskip": e_scale of the per-layer weights
 layerskip_curriculum = "gradual" # layerskip: gradual | rotational | none
 layerskip_rotation = 2           # layerskip rotational curriculum: period R (in steps)
 prev_token_shift = 1             # reward-prev-token: 1 = the journal's diagram, 0 = same position
+depth_sampling = "fixed"         # training depth per step: fixed (n_layer) | uniform |
+                                 #   lognormal-poisson over [1, depth_max] (share_weights)
+depth_max = 0                    # largest depth drawn (0: 2 * n_layer - 1)
 exit_token_frac = 1.0            # cheap exits: heads of layers 1..L-1 (and the exit loss) on this
                                  #   random fraction of token positions; last head on every token
 exit_layer_frac = 1.0            # cheap exits: heads on a random max(1, round(frac*(L-1))) of
@@ -192,7 +196,7 @@ DEFAULTS = {k: v for k, v in dict(globals()).items()
 NONE_TYPES = {"dataset_source": str, "tokenizer": str, "min_lr": float, "hellaswag": str,
               "hellaswag_limit": int, "resume": str, "stop_at_step": int, "compile": bool,
               "preset_scale": str, "vocab_size": int, "exit_table": str}
-NULLABLE = {"residual_limit"}
+NULLABLE = {"residual_limit", "img_dir"}
 LR_SCHEDULES = ("cosine", "onecycle")
 SIGNALS = (None, "SIGTERM", "SIGINT")   # stop["signal"] values, in the order ranks agree on
 DTYPES = ("auto", "float32", "bfloat16")
@@ -282,7 +286,10 @@ def validate_config(cfg, world_size):
     _check_values(cfg)
     try:
         for key in ("log_dir", "img_dir"):
-            cli.check_output(cfg[key], key, is_dir=True)
+            if cfg[key] is not None or key == "log_dir":
+                cli.check_output(cfg[key], key, is_dir=True)
+        if cfg["img_dir"] is None and (cfg["exit_table"] or cfg["lr_find"]):
+            raise cli.UsageError("img_dir=None: exit_table and lr_find draw figures; set img_dir")
         cli.check_output(os.path.join(cfg["log_dir"], cfg["run_name"]), "checkpoint directory",
                          is_dir=True)
         if cfg["hellaswag"] not in (None, "hf"):
@@ -597,26 +604,30 @@ def train_step(s, batches, lr, step, guard=True, want_stats=True):
     n_stats = n if heads_on else (1 if want_stats else 0)
     rows = s.cfg["stats_rows"]
     sums = {"objective": torch.zeros((), device=s.device)}
-    for micro, (x, y) in enumerate(batches):
-        x, y = to_device(x, y, s.device)
-        distributed.set_grad_sync(s.model, micro == n - 1)
-        sampled = micro < n_stats and not heads_on and 0 < rows < x.size(0)
-        # exit sampling (exit_token/layer_frac) is a function of (seed, step, global micro index):
-        # 2 ranks draw what 1 rank accumulating their micro steps draws; resume saves nothing
-        seed = exit_sample_seed(s.cfg["seed"], step, micro * s.dist.world + s.dist.rank)
-        with s.autocast:
-            out = s.model(x, y, return_stats=micro < n_stats and not sampled,
-                          return_logits=False, exit_sample_seed=seed)
-            loss, st = out.loss, out.stats
-            if sampled:
-                st = sample_stats(s.raw, x[:rows], y[:rows])
-        (loss / n).backward()
-        with torch.no_grad():
-            sums["objective"] += loss.detach().float() / n
-            for k, v in (st.items() if micro < n_stats else ()):
-                sums[k] = sums.get(k, 0) + v.float() / n_stats
+    # depth_sampling: this step's depth, a function of (seed, step): every rank, and a resumed
+    # run, draws the same; the per-layer stats then have `depth` entries
+    depth = sample_depth(s.mcfg, s.cfg["seed"], step)
+    with s.raw.at_depth(depth):
+        for micro, (x, y) in enumerate(batches):
+            x, y = to_device(x, y, s.device)
+            distributed.set_grad_sync(s.model, micro == n - 1)
+            sampled = micro < n_stats and not heads_on and 0 < rows < x.size(0)
+            # exit sampling (exit_token/layer_frac) is a function of (seed, step, global micro index):
+            # 2 ranks draw what 1 rank accumulating their micro steps draws; resume saves nothing
+            seed = exit_sample_seed(s.cfg["seed"], step, micro * s.dist.world + s.dist.rank)
+            with s.autocast:
+                out = s.model(x, y, return_stats=micro < n_stats and not sampled,
+                              return_logits=False, exit_sample_seed=seed)
+                loss, st = out.loss, out.stats
+                if sampled:
+                    st = sample_stats(s.raw, x[:rows], y[:rows])
+            (loss / n).backward()
+            with torch.no_grad():
+                sums["objective"] += loss.detach().float() / n
+                for k, v in (st.items() if micro < n_stats else ()):
+                    sums[k] = sums.get(k, 0) + v.float() / n_stats
     r = reduce_mean(s.dist, sums)
-    r["stats"] = n_stats > 0
+    r["stats"], r["depth"] = n_stats > 0, depth
     # the train field: the last layer's CE (a model without per-layer heads has it as its loss)
     r["loss"] = r["layer_losses"][-1] if heads_on else r["objective"]
     clip = s.cfg["grad_clip"] if s.cfg["grad_clip"] and s.cfg["grad_clip"] > 0 else float("inf")
@@ -864,7 +875,7 @@ def log_train(s, step, r):
                 earlystopdict=r["earlystopdict"], layer_losses=r["layer_losses"],
                 exit_depth=r["exit_depth"], lr=r["lr"], norm=r["norm"], dt_ms=r["dt"] * 1000,
                 tok_sec=r["tok_sec"], flops=r["tflops"], mfu=r["mfu"], peak_mem_bytes=mem,
-                batch_reuse=k, skipped=s.skipped, skipped_step=r["skip"])
+                batch_reuse=k, skipped=s.skipped, skipped_step=r["skip"], depth=r["depth"])
 
 
 def train(s, ck, stop):
@@ -919,9 +930,10 @@ def train(s, ck, stop):
     log.note(f"done: {steps} steps, final val {last_val}")
     log.event("done", step=steps - 1, val=last_val, skipped=s.skipped)
     if s.dist.master:      # what `python plot.py log/<run>.txt --out <img_dir>` writes
-        import plot
-        for note in plot.plot_run(s.log.txt_path, cfg["img_dir"]):
-            log.note(note)
+        if cfg["img_dir"] is not None:
+            import plot
+            for note in plot.plot_run(s.log.txt_path, cfg["img_dir"]):
+                log.note(note)
         if ckpt is not None:
             next_steps(s, ckpt, exit_table(s, ckpt) if cfg["exit_table"] else None)
     return 0

@@ -9,7 +9,9 @@ The checkpoint (default: the newest log/decode_bench_cpu/ckpt_*.pt) comes from
 --new-tokens greedy tokens after --prompt-len tokens of distinct val-split prompts:
 
   full         plain full-depth KV-cached decoding (the reference of every ratio)
-  exit@t       per-token early exit at threshold t (1.01: the check runs, never fires)
+  exit@t       per-token early exit at threshold t (1.01 > every max-prob: can never fire, so
+               the heads are skipped (exits.never_exits); 1: every layer's head and check
+               run, firing only on a probability of exactly 1)
   spec d×k     self-speculative: layers 1..d draft k tokens, the full model verifies
 
 Per case: tok/s median and min..max over rounds, speedup = ratio of medians to full at the same
@@ -70,8 +72,9 @@ def parse_args(argv=None):
     ap.add_argument("--ckpt", default=None, help=f"checkpoint (None: the newest {DEFAULT_CKPT_GLOB})")
     ap.add_argument("--data", default=os.path.join("data", "shakespeare_char"),
                     help="data directory (fineweb.py) for prompts and val loss")
-    ap.add_argument("--thresholds", default="1.01,0.6,0.4,0.3,0.25,0.2",
-                    help="early-exit thresholds (1.01 never fires)")
+    ap.add_argument("--thresholds", default="1.01,1,0.6,0.4,0.3,0.25,0.2",
+                    help="early-exit thresholds (1.01 can never fire: heads skipped; 1: checked "
+                         "at every layer)")
     ap.add_argument("--spec", default="1x4,1x8,2x6", help="self-speculative DxK cases")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--rounds", type=cli.int_arg(1, 1000), default=9)
@@ -188,6 +191,8 @@ def run(args):
     import checkpoint
     import eval_exit
 
+    from bench import cpu_info
+    load_start = cpu_info()["loadavg"]
     thresholds, specs, batch_sizes = args.threshold_list, args.spec_list, args.batch_list
     ckpt = args.ckpt or newest_ckpt(os.path.join(ROOT, DEFAULT_CKPT_GLOB))
     if ckpt is None or not os.path.isfile(ckpt):
@@ -244,7 +249,8 @@ def run(args):
             del r["out"]
         per_batch[B] = res
     return dict(ckpt=ckpt, device=device, n_layer=L, config=cfg, ref_loss=ref_loss,
-                losses=losses, fwd_depth=fwd_depth, per_batch=per_batch, thresholds=thresholds)
+                losses=losses, fwd_depth=fwd_depth, per_batch=per_batch, thresholds=thresholds,
+                loadavg_start=load_start, loadavg_end=cpu_info()["loadavg"])
 
 
 def within_1pct(report):
@@ -254,6 +260,32 @@ def within_1pct(report):
     return min(ok)[1] if ok else None
 
 
+def out_of_order(res):
+    """Early-exit cases whose speedup is out of order with their decode depth beyond the spread:
+    pairs (deeper, shallower) where the deeper case's slowest round ratio beats the shallower
+    case's fastest one. [] = speedup monotone in depth within the per-round spread."""
+    ex = [(r["depth"], n, r) for n, r in res.items() if n.startswith("exit@")]
+    return [(a, b) for da, a, ra in ex for db, b, rb in ex
+            if da > db and ra["speedup_min"] > rb["speedup_max"]]
+
+
+def acceptance_lines(report):
+    """Issue 17's decode-speed checks, read off the tables (one line each)."""
+    lines, pick = [], within_1pct(report)
+    for B, res in report["per_batch"].items():
+        never = [n for n in res if n.startswith("exit@") and res[n]["depth"] == report["n_layer"]]
+        lines += [f"- batch {B}, thresholds that never fired: " + ", ".join(
+            f"{n} {res[n]['speedup']:.2f}x" for n in never) + " of full depth (target >= 0.95x)"]
+        if pick in res:
+            r = res[pick]
+            lines += [f"- batch {B}, {pick}: {r['speedup']:.2f}x, {r['of_ideal']:.2f} of the ideal "
+                      f"{r['ideal']:.2f} (targets: batch 8 >= 1.3x, batch 1 >= 0.8 of ideal)"]
+        bad = out_of_order(res)
+        lines += [f"- batch {B}: speedup monotone in decode depth within the spread: "
+                  + ("yes" if not bad else "no, " + "; ".join(f"{a} vs {b}" for a, b in bad))]
+    return lines
+
+
 def render(report, args, command):
     import torch
     sys.path.insert(0, ROOT)
@@ -261,12 +293,12 @@ def render(report, args, command):
     cfg = report["config"]
     dev = report["device"]
     name = torch.cuda.get_device_name(0) if dev == "cuda" else cpu_info()["cpu"]
-    load = cpu_info()["loadavg"]
     pick = within_1pct(report)
     lines = [f"# Decode benchmark — {name}, {datetime.date.today().isoformat()}", "",
              f"`{command}`  ",
              f"device: {dev} ({name}), torch {torch.__version__}, threads "
-             f"{torch.get_num_threads()}, load avg at the end {load}  ",
+             f"{torch.get_num_threads()}, load avg (1, 5, 15 min) at the start "
+             f"{report['loadavg_start']}, at the end {report['loadavg_end']}  ",
              f"checkpoint `{os.path.relpath(report['ckpt'], ROOT)}`: n_layer {cfg.n_layer}, "
              f"n_embd {cfg.n_embd}, share_weights {cfg.share_weights}, exit_loss "
              f"{cfg.exit_loss}, vocab {cfg.vocab_size}; val loss full depth "
@@ -279,6 +311,7 @@ def render(report, args, command):
         lines += [f"Threshold with the smallest exit depth within 1 % of full-depth val loss: "
                   f"**{pick}** (val loss {report['losses'][pick]:.4f}, forward exit depth "
                   f"{report['fwd_depth'][pick]:.2f}).", ""]
+    lines += ["Checks (issue 17):", ""] + acceptance_lines(report) + [""]
     for B, res in report["per_batch"].items():
         lines += [f"## batch {B}", "", render_table(res, report["losses"], report["ref_loss"]), ""]
     return "\n".join(lines)

@@ -14,12 +14,17 @@ import zipfile
 import numpy as np
 import pytest
 
+import prefork
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train_gpt2.py")
 sys.path.insert(0, ROOT)
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes > ~5 s; `pytest -m 'not slow'` skips it")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch     # `-n 2`: one core per worker, like the trainer subprocesses (OMP 1)
+        torch.set_num_threads(1)
 
 
 # tiny model + data; every test run adds its own --key=value overrides
@@ -81,22 +86,65 @@ def char_data(tmp_path_factory):
     return make_char_dataset(str(tmp_path_factory.mktemp("data") / "tiny"))
 
 
-def run_train(args, cwd=ROOT, timeout=300, nproc=None, env_extra=None, nonfinite=None):
-    """Run train_gpt2.py (or under torch.distributed.run with nproc) -> CompletedProcess.
+def run_train(args, cwd=ROOT, timeout=300, nproc=None, env_extra=None, nonfinite=None,
+              torchrun=False):
+    """Run train_gpt2.py -> CompletedProcess; nproc=N: N ranks with torchrun's worker
+    environment (forked by tests/prefork.py; torchrun=True: under the real torchrun).
     nonfinite=(kind, step): through tests/nonfinite.py, which injects a NaN/inf at that step."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     env.update(env_extra or {})
-    if nproc:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", TRAIN] + list(args)
-    elif nonfinite:
-        cmd = [sys.executable, os.path.join(ROOT, "tests", "nonfinite.py"), nonfinite[0],
-               str(nonfinite[1])] + list(args)
+    if nproc and torchrun:
+        return subprocess.run(_torchrun(nproc) + [TRAIN] + list(args), cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    if nonfinite:
+        script, argv = NONFINITE, [nonfinite[0], str(nonfinite[1])] + list(args)
     else:
-        cmd = [sys.executable, TRAIN] + list(args)
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        script, argv = TRAIN, list(args)
+    return run_script(script, argv, cwd=cwd, env=env, timeout=timeout, nproc=nproc)
+
+
+NONFINITE = os.path.join(ROOT, "tests", "nonfinite.py")
+_LAUNCHER = prefork.Launcher()
+
+
+def _torchrun(nproc):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}"]
+
+
+def run_script(script, argv, cwd=ROOT, env=None, timeout=300, nproc=None):
+    """`python script *argv` as a new process -> CompletedProcess (text stdout/stderr).
+
+    Forked from a server that has already imported torch and the repo (tests/prefork.py), so a
+    launch costs milliseconds instead of ~5 CPU seconds; PREFORK=0 runs plain subprocesses
+    (and torchrun for nproc ranks).
+    env is the child's whole environment (default: this one with OMP_NUM_THREADS=1)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1") if env is None else dict(env)
+    if os.environ.get("PREFORK", "1") == "0" or env.get("OMP_NUM_THREADS") != "1":
+        launch = _torchrun(nproc) if nproc else [sys.executable]
+        return subprocess.run(launch + [script] + [str(a) for a in argv], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    return _LAUNCHER.run(script, argv, cwd, env, timeout, nproc=nproc)
+
+
+def popen_train(args, env, cwd=ROOT):
+    """train_gpt2.py running in the background -> a Popen-like handle (pid, poll, communicate,
+    returncode); nothing else may be launched through the prefork server until it ends
+    (PREFORK=0: a real subprocess.Popen)."""
+    if os.environ.get("PREFORK", "1") == "0" or env.get("OMP_NUM_THREADS") != "1":
+        return subprocess.Popen([sys.executable, TRAIN] + list(args), cwd=cwd, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return _LAUNCHER.popen(TRAIN, args, cwd, env)
+
+
+def run_py(cmd, cwd=None, env=None, timeout=300, capture_output=True, text=True):
+    """subprocess.run(cmd, capture_output=True, text=True, ...) for cmd = [sys.executable,
+    "script.py", *args], through run_script (the child's cwd defaults to the current one)."""
+    assert cmd[0] == sys.executable and cmd[1].endswith(".py") and capture_output and text, cmd
+    return run_script(cmd[1], cmd[2:], cwd=os.getcwd() if cwd is None else cwd, env=env,
+                      timeout=timeout)
 
 
 def read_jsonl(path):
@@ -109,7 +157,9 @@ def train_events(path):
 
 
 def tiny_args(data_dir, log_dir, name, *extra):
-    return TINY + [f"--dataset={data_dir}", f"--log_dir={log_dir}", f"--img_dir={log_dir}/img",
+    """The tiny trainer arguments on data_dir, logging to log_dir as run `name`; no figures at
+    the end (a test that checks them adds --img_dir=...)."""
+    return TINY + [f"--dataset={data_dir}", f"--log_dir={log_dir}", "--img_dir=None",
                    f"--run_name={name}"] + list(extra)
 
 
@@ -168,5 +218,6 @@ def char_text_file(d, n_chars=300_000):
     return path
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than ~5 s (`pytest -m 'not slow'` skips it)")
+
+def pytest_sessionfinish(session, exitstatus):
+    _LAUNCHER.close()

@@ -95,6 +95,13 @@ EVAL_CASES = [
     (EV, ["--seq-len", "0"], "argument --seq-len: must be >= 1, got 0"),
     (EV, ["--seq-len", "1.5"], "argument --seq-len: expected an integer, got '1.5'"),
     (EV, ["--decode-tokens", "-1"], "argument --decode-tokens: must be >= 0, got -1"),
+    (EV, ["--measures", "max-prob,nope"], "--measures: unknown measure 'nope'; valid: all, "
+                                          "argmax-stable, entropy, kl-prev, learned, max-prob"),
+    (EV, ["--tolerance", "-0.01"], "argument --tolerance: must be a finite number >= 0, got -0.01"),
+    (EV, ["--depths", "0,1"], "--depths must be comma-separated ints >= 1, got '0,1'"),
+    (EV, ["--depths", "2,x"], "--depths must be comma-separated ints >= 1, got '2,x'"),
+    (EV, ["--depths-vs", "{ck.pt}"], "--depths-vs needs --depths"),
+    (EV, ["--depths", "1", "--measures", "all"], "--measures and --depths are separate"),
     (EV, ["--decode-tokens", "many"], "argument --decode-tokens: expected an integer"),
     (EV, ["--out", UNDER_FILE], "--out {afile}/sub: {afile} is a file, not a directory"),
     (EV, ["--out", READ_ONLY], "--out {ro}/sub: cannot create it, {ro} is not writable"),
@@ -213,6 +220,7 @@ SAMPLE_CASES = [
     ([], ["--ckpt", "{ro}"], "no checkpoint ckpt_*.pt in {ro}"),
     (SA, ["--prompt", "FILE:{afile}x"], "cannot read prompt file '{afile}x'"),
     (SA, ["--num_samples", "0"], "argument --num_samples: must be in [1, 10000], got 0"),
+    (SA, ["--depth", "0"], "argument --depth: must be >= 1, got 0"),
     (SA, ["--max_new_tokens", "x"], "argument --max_new_tokens: expected an integer, got 'x'"),
     (SA, ["--temperature", "-1"], "argument --temperature: must be a finite number >= 0, got -1"),
     (SA, ["--temperature", "nan"], "argument --temperature: must be a finite number >= 0, got nan"),
@@ -326,6 +334,8 @@ TRAIN_CASES = [_wrong_type(k, v) for k, v in train_gpt2.all_defaults().items()] 
     (TR, ["--log_dir={ro}"], "log_dir {ro}: not writable"),
     (TR, ["--img_dir={afile}/img"], "img_dir {afile}/img: {afile} is a file, not a directory"),
     (TR, ["--img_dir={ro}/img"], "img_dir {ro}/img: cannot create it, {ro} is not writable"),
+    (TR, ["--img_dir=None", "--lr_find"], "img_dir=None: exit_table and lr_find draw figures"),
+    (TR, ["--img_dir=None", "--exit_table=0.5"], "img_dir=None: exit_table and lr_find draw"),
     (TR, ["--run_name=" + "r" * 300], "must be a plain file name"),
     (TR, ["--run_name=../up"], "must be a plain file name"),
     (TR, ["--run_name=afile", "--log_dir=."], "checkpoint directory "),
@@ -349,9 +359,13 @@ TRAIN_CASES = [_wrong_type(k, v) for k, v in train_gpt2.all_defaults().items()] 
     (TR, ["--layerskip_rotation=0"], "layerskip_rotation must be an int >= 1, got 0"),
     (TR, ["--prev_token_shift=2"], "prev_token_shift must be 0 or 1, got 2"),
     (TR, ["--layerskip_scale=-1.0"], "layerskip_scale must be >= 0"),
+    (TR, ["--argmax_stable_k=0"], "argmax_stable_k must be an int >= 1, got 0"),
+    (TR, ["--depth_max=-1"], "depth_max must be an int >= 1 (0: 2 * n_layer - 1), got -1"),
+    (TR, ["--depth_sampling=uniform"], "depth_sampling 'uniform' applies one block a random "
+                                       "number of times: needs share_weights"),
 ] + [(TR, [f"--{k}=nope"], f"unknown {k} 'nope'; known: ")
      for k in ("block_type", "pos_encoding", "exit_mode", "confidence", "exit_loss", "head_impl",
-               "layerskip_curriculum")]
+               "layerskip_curriculum", "depth_sampling")]
 
 MATRIX = {"train_gpt2": TRAIN_CASES, "fineweb": FINEWEB_CASES, "eval_exit": EVAL_CASES, "hellaswag": HELLASWAG_CASES,
           "plot": PLOT_CASES, "sweep": SWEEP_CASES, "bench": BENCH_CASES, "sample": SAMPLE_CASES,

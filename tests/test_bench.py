@@ -1,10 +1,11 @@
 """bench.py: the ratio arithmetic on known numbers, a tiny real run end to end, bad input."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+
+from conftest import run_py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -52,7 +53,7 @@ def test_tiny_run_writes_results(tmp_path):
     """Two cases at a tiny shape: both run, the report names the CPU, ratios are present and
     consistent with the per-case numbers, and LATEST.md is the same table."""
     out = tmp_path / "res"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--quick", "--device", "cpu",
+    r = run_py([sys.executable, os.path.join(ROOT, "bench.py"), "--quick", "--device", "cpu",
                         "--cases", "plain,shared-fused", "--n_layer", "2", "--n_embd", "32",
                         "--n_head", "2", "--vocab_size", "256", "--B", "2", "--T", "16",
                         "--warmup", "0", "--steps", "2", "--threads", "1", "--out", str(out)],
@@ -84,7 +85,7 @@ def test_tiny_run_writes_results(tmp_path):
 ])
 def test_bad_arguments_one_error_line(tmp_path, args, msg):
     out = tmp_path / "res"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--quick", "--device", "cpu",
+    r = run_py([sys.executable, os.path.join(ROOT, "bench.py"), "--quick", "--device", "cpu",
                         "--out", str(out)] + args, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: ")

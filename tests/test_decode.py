@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import decode   # noqa: E402
+import model as model_mod   # noqa: E402
 from model import BLOCKS, GPT, GPTConfig   # noqa: E402
 
 torch.set_num_threads(1)
@@ -54,13 +55,14 @@ def masked_reference(m, idx, n, thr):
     return idx, steps
 
 
-def layer1_median_confidence(m, idx):
-    """A threshold near the median layer-1 confidence of idx: tokens exit at various depths."""
+def layer1_median_confidence(m, idx, q=0.5):
+    """A threshold near the median (quantile q) layer-1 confidence of idx: tokens exit at
+    various depths."""
     with torch.no_grad():
         x, rope = m._embed(idx)
         h, _ = m.block(0)(x, rope)
         p = F.softmax(m.lm_head(m.transformer.ln_f(h)).float(), -1).amax(-1).flatten().sort().values
-    k = len(p) // 2
+    k = max(int(len(p) * q), 1)
     return float((p[k - 1] + p[k]) / 2)
 
 
@@ -132,6 +134,103 @@ def test_exited_tokens_skip_deeper_blocks(share):
     assert sum(seen) == int(depth.sum())
     assert sum(seen) < out[:, :-1].numel() * L                  # work was skipped
     assert 1.0 < float(depth.mean()) < L
+
+
+@pytest.mark.parametrize("share,seed", [(True, 7), (False, 0)])   # seeds: mixed exit depths
+def test_exited_tokens_kv_projected_once_when_first_read(share, seed, monkeypatch):
+    """Batch 1, one-token prompt (every step one token): an exited token's deeper K/V are
+    projected only once a later token runs deeper than it did, all pending tokens in one
+    projection. With shared weights each such token is projected exactly once; without, once
+    per depth that a later token reads: from its exit depth to the deepest later token's."""
+    m = make(share=share)
+    idx = prompts(1, 1, seed=seed)
+    thr = layer1_median_confidence(m, prompts(1, 16, seed=seed))
+    rows = []
+    orig = model_mod.CausalSelfAttention.project_kv
+    monkeypatch.setattr(model_mod.CausalSelfAttention, "project_kv",
+                        lambda self, x, rope=None: rows.append(x.size(0)) or orig(self, x, rope))
+    got_logits = []
+    out = m.generate(idx, 16, temperature=0, exit_threshold=thr, step_logits=got_logits)
+    ref, ref_logits = masked_reference(m, idx, 16, thr)
+    assert torch.equal(out, ref)
+    for g, r in zip(got_logits, ref_logits):
+        torch.testing.assert_close(g, r)
+    cfg = m.config
+    cfg.early_exit, cfg.exit_threshold, cfg.exit_propagate = True, thr, True
+    with torch.no_grad():
+        d = m._trunk(out[:, :-1], early=True, threshold=thr, mode="threshold",
+                     heads_on=True)["depth"][0].long().tolist()               # fed tokens
+    deeper = [max(d[p + 1:], default=0) for p in range(len(d))]
+    if share:
+        want = sum(deeper[p] > d[p] for p in range(len(d)))
+    else:
+        want = sum(max(deeper[p] - d[p], 0) for p in range(len(d)))
+    assert want > 0
+    assert sum(rows) == want
+    assert len(rows) < sum(rows)                     # batched: fewer projections than tokens
+    if share:                                        # some exited tokens are never read
+        assert want < sum(x < L for x in d)
+
+
+def test_early_exit_batch_8_equals_masked_reference():
+    """Batch 8, RoPE: decode steps where 2 to 6 of the 8 rows run past layer 1 (their keys
+    gathered) equal the masked reference at every step."""
+    m = make(pos_encoding="rope")
+    idx = prompts(8, 4, seed=0)
+    thr = layer1_median_confidence(m, idx, q=0.8)
+    running = []
+    orig = decode.KVSlot.attend
+
+    def attend(self, q, k, v):
+        if self.rows is not None and self.pos is None:
+            running.append(self.rows.numel())
+        return orig(self, q, k, v)
+    decode.KVSlot.attend = attend
+    try:
+        got_logits = []
+        out = m.generate(idx, 8, temperature=0, exit_threshold=thr, step_logits=got_logits)
+    finally:
+        decode.KVSlot.attend = orig
+    ref, ref_logits = masked_reference(m, idx, 8, thr)
+    assert torch.equal(out, ref)
+    for g, r in zip(got_logits, ref_logits):
+        torch.testing.assert_close(g, r)
+    assert min(running) <= 2 and max(running) >= 6
+
+
+def test_threshold_above_max_confidence_skips_the_heads(monkeypatch):
+    """exit_threshold 1.01 can never fire on a probability (exits.never_exits): one head per
+    step, the full-depth path and its tokens; at 1.0 (fires only at p = 1 exactly) every layer's
+    head runs, with the same tokens here."""
+    m = make()
+    idx = prompts(2, 5)
+    n = {"heads": 0}
+    orig = decode._head_fn
+
+    def head_fn(model):
+        head = orig(model)
+        return lambda x: n.__setitem__("heads", n["heads"] + 1) or head(x)
+    monkeypatch.setattr(decode, "_head_fn", head_fn)
+    full = m.generate(idx, 6, temperature=0)
+    assert n["heads"] == 6
+    assert torch.equal(m.generate(idx, 6, temperature=0, exit_threshold=1.01), full)
+    assert n["heads"] == 12
+    assert torch.equal(m.generate(idx, 6, temperature=0, exit_threshold=1.0), full)
+    assert n["heads"] == 12 + 6 * L
+
+
+def test_decode_logits_include_lm_head_bias():
+    """lm_head_bias: every decoding mode's logits equal model.forward's (which adds the bias)."""
+    m = make(lm_head_bias=True)
+    with torch.no_grad():
+        m.lm_head.bias.normal_(0.0, 3.0)
+    idx = prompts(2, 5)
+    with torch.no_grad():
+        ref = m(idx)[0][:, -1].float()
+    for kw in ({}, {"exit_threshold": 1.0}):
+        got = []
+        m.generate(idx, 1, temperature=0, step_logits=got, **kw)
+        torch.testing.assert_close(got[0], ref)
 
 
 def test_never_firing_threshold_runs_every_layer_once_per_row():
@@ -296,6 +395,21 @@ def test_decode_bench_summarize_ratio_of_medians():
     assert out["exit"]["ideal"] == 2.0 and out["exit"]["of_ideal"] == 0.75
 
 
+def test_decode_bench_out_of_order_beyond_spread():
+    """A deeper threshold faster than a shallower one counts only when their per-round ratio
+    ranges do not overlap."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "bench"))
+    import decode_bench
+
+    def case(depth, lo, hi):
+        return {"depth": depth, "speedup_min": lo, "speedup_max": hi}
+    res = {"full": case(8, 1, 1), "exit@0.5": case(6, 1.1, 1.3), "exit@0.3": case(3, 1.2, 2.0)}
+    assert decode_bench.out_of_order(res) == []                       # overlapping: in order
+    res["exit@0.2"] = case(2, 0.9, 1.15)          # slower than exit@0.3, overlaps exit@0.5
+    assert decode_bench.out_of_order(res) == [("exit@0.3", "exit@0.2")]
+
+
 def test_decode_bench_end_to_end(tmp_path, capsys):
     import bench
     from test_eval_exit import write_ckpt, write_data
@@ -311,3 +425,4 @@ def test_decode_bench_end_to_end(tmp_path, capsys):
     assert all(ln.startswith("| full | 3.00 |") and "**1.00x**" in ln for ln in rows[::2])
     assert all(ln.rstrip().endswith("| yes |") for ln in rows[1::2])   # identical to full depth
     assert "## batch 2" in text and "wrote" in capsys.readouterr().out
+    assert "- batch 1, thresholds that never fired: exit@1.01 " in text

@@ -287,9 +287,10 @@ def test_early_exit_decoding_from_config():
 
 
 @pytest.mark.parametrize("share", [False, True])
-def test_exited_token_kv_computed_once_with_shared_weights(share, monkeypatch):
-    """threshold 0: every token exits at layer 1; its K/V at layers 2..L come from the frozen
-    state: one project_kv call for all of them with a shared block, one per layer without."""
+def test_exited_token_kv_never_projected_when_no_later_token_reads_it(share, monkeypatch):
+    """threshold 0: every token exits at layer 1, so no later token ever attends at layers
+    2..L: the exited tokens' deeper K/V are deferred until read, i.e. never projected (counts
+    when they are read: tests/test_decode.py)."""
     calls = {"forward": 0, "project_kv": 0}
     orig_fwd = model_mod.CausalSelfAttention.forward
     orig_kv = model_mod.CausalSelfAttention.project_kv
@@ -308,8 +309,107 @@ def test_exited_token_kv_computed_once_with_shared_weights(share, monkeypatch):
     monkeypatch.setattr(model_mod.CausalSelfAttention, "forward", fwd)
     monkeypatch.setattr(model_mod.CausalSelfAttention, "project_kv", kv)
     out = m.generate(prompt, 6, temperature=0, exit_threshold=0.0)
-    assert torch.equal(out, ref)                  # the reused K/V are the right ones
+    assert torch.equal(out, ref)
     steps = 6                                     # 1 prefill + 5 single-token steps
     assert calls["forward"] == steps              # layer 1 only
-    assert calls["project_kv"] == (steps if share else steps * (L - 1))
+    assert calls["project_kv"] == 0
     assert m.last_generate_stats["avg_exit_depth"] == 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# every confidence measure: exact full depth when it never fires; decoding == forward
+
+
+MEASURES = sorted(exits.CONFIDENCES)
+
+
+def make_measure(name, share=True, **kw):
+    """make() with confidence `name`, argmax_stable_k 1 and a random exit classifier."""
+    m = make(share, confidence=name, layer_heads=True, argmax_stable_k=1, **kw)
+    if hasattr(m, "exit_classifier"):
+        with torch.no_grad():
+            torch.manual_seed(1)
+            m.exit_classifier.weight.normal_(0, 1.0)
+    return m
+
+
+def spread_threshold(m, idx):
+    """Midpoint of the widest gap between distinct layer-1..L-1 confidences in their middle
+    half: tokens exit at various depths, none within roundoff of the threshold."""
+    with torch.no_grad():
+        r = m._trunk(idx, heads_on=True)
+    c = torch.cat([o.confidence.flatten() for o in r["layers"][:-1]]).unique().sort().values
+    lo, hi = len(c) // 4, max(len(c) // 4 + 2, 3 * len(c) // 4)
+    c = c[lo:hi]
+    i = int((c[1:] - c[:-1]).argmax())
+    return float((c[i] + c[i + 1]) / 2)
+
+
+@pytest.mark.parametrize("name", MEASURES)
+def test_measure_never_firing_is_full_depth_forward_and_decode(name):
+    """Threshold 1.01 never fires (every measure is <= 1): logits, stats and greedy decoding
+    equal full depth exactly."""
+    m = make_measure(name)
+    idx, y = data()
+    with torch.no_grad():
+        full, _ = m(idx)
+        st = set_exit(m, 1.01)(idx, y, return_stats=True).stats
+        assert torch.equal(m(idx)[0], full)
+    assert float(st["exit_depth"]) == L
+    m.config.early_exit = False
+    prompt = idx[:, :4]
+    ref = m.generate(prompt, 8, temperature=0)
+    assert torch.equal(m.generate(prompt, 8, temperature=0, exit_threshold=1.01), ref)
+    assert m.last_generate_stats["avg_exit_depth"] == L
+
+
+@pytest.mark.parametrize("name", [n for n in MEASURES if n != "target-prob"])
+def test_measure_decoding_equals_forward_reference(name):
+    """KV-cached early-exit decoding with each measure (rows leave the batch, its per-row state
+    is carried: previous logits, argmax history) == the no-cache forward, token for token."""
+    m = make_measure(name)
+    prompt, _ = data(B=3, T=5)
+    thr = spread_threshold(m, prompt)
+    ref_logits, got_logits = [], []
+    ref = greedy_reference(set_exit(m, thr), prompt, 8, ref_logits)
+    m.config.early_exit = False
+    out = m.generate(prompt, 8, temperature=0, exit_threshold=thr, step_logits=got_logits)
+    assert torch.equal(out, ref)
+    for g, r in zip(got_logits, ref_logits):
+        torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-5)
+    assert 1.0 < m.last_generate_stats["avg_exit_depth"] < L
+
+
+@pytest.mark.parametrize("name", MEASURES)
+def test_measure_trains_fused_equals_naive(name):
+    """One training forward/backward with early exit and 4-test (whose loss multiplies the
+    confidence in): finite, and the fused head's loss and gradients equal the naive head's."""
+    grads = {}
+    for impl in ("naive", "fused"):
+        m = make_measure(name, head_impl=impl, early_exit=True, exit_loss="4-test",
+                         exit_threshold=0.5).train()
+        idx, y = data()
+        loss = m(idx, y).loss
+        loss.backward()
+        grads[impl] = [loss.detach()] + [p.grad.clone() for p in m.parameters()]
+    assert torch.isfinite(grads["naive"][0])
+    for a, b in zip(grads["naive"], grads["fused"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_learned_classifier_is_stop_gradient():
+    """confidence 'learned' (joint, stop-gradient): same init, same trunk gradients as
+    max-prob; the loss adds exactly exits.exit_classifier_loss; the classifier gets gradient."""
+    got = {}
+    for name in ("max-prob", "learned"):
+        m = make(True, confidence=name, exit_loss="all-layers").train()
+        idx, y = data()
+        out = m(idx, y, return_stats=True)
+        out.loss.backward()
+        got[name] = (out, {k: p.grad for k, p in m.named_parameters()}, m)
+    (a, ga, _), (b, gb, mb) = got["max-prob"], got["learned"]
+    layers = mb._trunk(idx, y, heads_on=True)["layers"]
+    torch.testing.assert_close(b.loss, a.loss + exits.exit_classifier_loss(layers))
+    for k, g in ga.items():
+        assert torch.equal(g, gb[k]), k
+    assert gb["exit_classifier.weight"].abs().sum() > 0

@@ -160,3 +160,61 @@ def test_format_summary():
         "      off   2.000                4.00 / 4            1.00x",
         "      0.5   2.020    +1.0%       2.50 / 4            1.50x",
         "      0.9   2.000    +0.0%       3.75 / 4              n/a"]
+
+
+def test_parse_measures_all_and_unknown():
+    import exits
+    assert eval_exit.parse_measures("all") == sorted(set(exits.CONFIDENCES) - {"target-prob"})
+    with pytest.raises(eval_exit.EvalError, match="unknown measure 'target-prob'; valid: all, "):
+        eval_exit.parse_measures("max-prob,target-prob")
+
+
+@pytest.mark.slow
+def test_measures_compared_with_calibrated_thresholds(setup):
+    """--measures: one Pareto curve per measure (quantile thresholds + never; argmax-stable
+    sweeps k); the calibrated row is the shallowest within tolerance on the calibration half;
+    1.01 reproduces full depth on both halves; one table row per measure and the plot.
+    ('all' is every measure but target-prob, and learned only with a classifier: the
+    parse test.)"""
+    tmp, ckpt, data = setup
+    args = eval_exit.parse_args(argv(tmp, ckpt, data, "--measures", "argmax-stable,kl-prev",
+                                     "--batches", "2", "--batch-size", "1"))
+    rows, ref, md, _, img = eval_exit.evaluate_and_write(args)
+    names = {r["measure"] for r in rows}
+    assert names == {"argmax-stable", "kl-prev"}
+    assert [r["setting"] for r in rows if r["measure"] == "argmax-stable"] == [
+        "argmax_stable_k=1", "argmax_stable_k=2"]
+    for name in names - {"argmax-stable"}:
+        never = [r for r in rows if r["measure"] == name][-1]
+        assert never["threshold"] == 1.01 and never["exit_depth"] == L
+        assert never["cal_loss"] == pytest.approx(ref["cal"], rel=1e-6)
+        assert never["val_loss"] == pytest.approx(ref["rep"], rel=1e-6)
+    for name in names:
+        mine = [r for r in rows if r["measure"] == name]
+        c = eval_exit.calibrated(mine, ref["cal"], 0.01)
+        ok = [r for r in mine if r["cal_loss"] <= 1.01 * ref["cal"]]
+        assert c["cal_depth"] == min(r["cal_depth"] for r in ok)
+        assert f"| {name} | {c['setting']} |" in md
+    assert "Lowest average depth at <= 1 % loss (report half)" in md
+    assert (tmp / "img" / "tinyrun_measures.png").stat().st_size > 1000
+    assert img.endswith("tinyrun_measures.png")
+
+
+def test_depths_table_and_plot(setup, tmp_path):
+    """--depths: val loss per depth (depth n_layer == the plain full-depth loss), the shared
+    block applied past n_layer; beside --depths-vs; a non-shared checkpoint past n_layer is
+    one error line naming the valid depths."""
+    tmp, ckpt, data = setup
+    base = argv(tmp, ckpt, data, "--batches", "2")
+    model, _, batches, _, _, _ = eval_exit.load(eval_exit.parse_args(base), str(ckpt))
+    full = eval_exit.evaluate(model, batches, None, "cpu")["val_loss"]
+    args = eval_exit.parse_args(base + ["--depths", "1,3,6", "--depths-vs", str(ckpt)])
+    runs, _, md, out, img = eval_exit.evaluate_and_write(args)
+    (name, n_layer, sampling, losses), twin = runs
+    assert (name, n_layer, sampling) == ("tinyrun", L, "fixed") and twin == runs[0]
+    assert losses[1] == pytest.approx(full, rel=1e-6) and len(set(losses)) == 3
+    assert "| 3 | " in md and "+0.00 %" in md and img.endswith("tinyrun_depths.png")
+    plain = write_ckpt(tmp_path / "log" / "plain" / "ckpt_000000.pt", share_weights=False)
+    with pytest.raises(eval_exit.EvalError, match=r"depth 6 > n_layer 3 needs share_weights.*valid: 1..3"):
+        eval_exit.run_depths(eval_exit.parse_args(
+            argv(tmp, plain, data, "--batches", "1", "--depths", "2,6")))

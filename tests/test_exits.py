@@ -459,5 +459,122 @@ def test_check_name_lists_known():
     exits.check_name("exit_loss", "4-test")
     with pytest.raises(ValueError, match="known: .*4-test"):
         exits.check_name("exit_loss", "4test")
-    with pytest.raises(ValueError, match="known: max-prob"):
-        exits.check_name("confidence", "entropy")
+    with pytest.raises(ValueError, match="known: argmax-stable, entropy, kl-prev, learned, max-prob"):
+        exits.check_name("confidence", "entropie")
+
+
+def logit_measure(name, impl, h, w, h_prev=None, **cfg):
+    """CONFIDENCES[name] of a logit_stat measure through heads.logit_statistic (as the model
+    computes it; 2-row chunks in the chunked impls) -> (n,)."""
+    meas = exits.CONFIDENCES[name]
+    stat = heads.logit_statistic(meas.logit_stat, h, w, h_prev, impl=impl, rows=2)
+    out = exits.ConfIn(heads.naive_head_outputs(h, w), config=GPTConfig(vocab_size=w.shape[0], **cfg),
+                       stat=stat)
+    return meas(out)
+
+
+@pytest.mark.parametrize("impl", sorted(heads.HEAD_IMPLS))
+def test_entropy_value_and_grad_match_formula(impl):
+    """confidence = 1 - H / log V with H = -sum p log p; gradient from the formula
+    dH/dz = -p (log p + H), chained through z = h W^T (float64 reference)."""
+    torch.manual_seed(0)
+    h = torch.randn(5, 8, requires_grad=True)
+    w = torch.randn(7, 8, requires_grad=True)
+    conf = logit_measure("entropy", impl, h, w)
+    g = torch.randn(5)
+    (conf * g).sum().backward()
+    z = (h.double() @ w.double().T).detach()
+    logp = torch.log_softmax(z, -1)
+    H = -(logp.exp() * logp).sum(-1)
+    torch.testing.assert_close(conf, (1 - H / math.log(7)).float())
+    dz = (g.double() / math.log(7))[:, None] * logp.exp() * (logp + H[:, None])   # d conf / dz
+    torch.testing.assert_close(h.grad.double(), dz @ w.double(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(w.grad.double(), dz.T @ h.double(), rtol=1e-4, atol=1e-5)
+    uniform = logit_measure("entropy", impl, torch.zeros(2, 8), w.detach())
+    assert torch.equal(uniform, torch.zeros(2))
+
+
+@pytest.mark.parametrize("impl", sorted(heads.HEAD_IMPLS))
+def test_kl_prev_value_and_grad_match_formula(impl):
+    """confidence = exp(-KL(p || q)), p = softmax(h W^T), q = softmax(h_prev W^T); gradients
+    from dKL/dz_p = p (log p - log q - KL), dKL/dz_q = q - p (float64 reference)."""
+    torch.manual_seed(1)
+    h, hp = torch.randn(5, 8, requires_grad=True), torch.randn(5, 8, requires_grad=True)
+    w = torch.randn(7, 8, requires_grad=True)
+    conf = logit_measure("kl-prev", impl, h, w, hp)
+    g = torch.randn(5)
+    (conf * g).sum().backward()
+    zp, zq = (h.double() @ w.double().T).detach(), (hp.double() @ w.double().T).detach()
+    lp, lq = torch.log_softmax(zp, -1), torch.log_softmax(zq, -1)
+    p, q = lp.exp(), lq.exp()
+    kl = (p * (lp - lq)).sum(-1)
+    c = torch.exp(-kl)
+    torch.testing.assert_close(conf, c.float())
+    gk = (-g.double() * c)[:, None]                                    # d out / d KL
+    dzp, dzq = gk * p * (lp - lq - kl[:, None]), gk * (q - p)
+    tol = dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(h.grad.double(), dzp @ w.double(), **tol)
+    torch.testing.assert_close(hp.grad.double(), dzq @ w.double(), **tol)
+    torch.testing.assert_close(w.grad.double(), dzp.T @ h.double() + dzq.T @ hp.double(), **tol)
+    same = logit_measure("kl-prev", impl, h.detach(), w.detach(), h.detach())
+    assert torch.equal(same, torch.ones(5))                             # KL 0: confidence 1
+    out0 = exits.ConfIn(heads.naive_head_outputs(h.detach(), w.detach()), config=GPTConfig())
+    assert torch.equal(exits.CONFIDENCES["kl-prev"](out0), torch.zeros(5))   # layer 0
+
+
+def test_argmax_stable_counts_consecutive_layers():
+    """1 iff the argmax equals that of each of the last k layers."""
+    am = torch.tensor([3, 3, 3, 1])
+    hist = [torch.tensor([0, 3, 3, 1]), torch.tensor([3, 3, 2, 1])]    # oldest first
+    head = heads.HeadOut(None, torch.ones(4), torch.zeros(4), am, None)
+    for k, want in ((1, [1, 1, 0, 1]), (2, [0, 1, 0, 1]), (3, [0, 0, 0, 0])):
+        out = exits.ConfIn(head, config=GPTConfig(argmax_stable_k=k), hist=hist)
+        assert torch.equal(exits.CONFIDENCES["argmax-stable"](out), torch.tensor(want).float())
+
+
+def test_state_cosine_value_and_grad_match_formula():
+    """cos = <a, b> / (|a| |b|); d cos / d b = a / (|a||b|) - cos b / |b|^2 (and symmetric)."""
+    torch.manual_seed(2)
+    a, b = torch.randn(4, 6, requires_grad=True), torch.randn(4, 6, requires_grad=True)
+    head = heads.HeadOut(None, torch.ones(4), torch.zeros(4), torch.zeros(4, dtype=torch.long), None)
+    conf = exits.CONFIDENCES["state-cosine"](exits.ConfIn(head, x_in=a, x_out=b))
+    g = torch.randn(4)
+    (conf * g).sum().backward()
+    A, Bv = a.detach().double(), b.detach().double()
+    na, nb = A.norm(dim=-1, keepdim=True), Bv.norm(dim=-1, keepdim=True)
+    cos = (A * Bv).sum(-1, keepdim=True) / (na * nb)
+    torch.testing.assert_close(conf, cos[:, 0].float())
+    G = g.double()[:, None]
+    torch.testing.assert_close(b.grad.double(), G * (A / (na * nb) - cos * Bv / nb ** 2), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(a.grad.double(), G * (Bv / (na * nb) - cos * A / na ** 2), rtol=1e-4, atol=1e-6)
+
+
+def test_learned_confidence_and_classifier_loss_match_formula():
+    """confidence = sigmoid(logit); loss = mean over layers < L-1 of BCE against
+    1[argmax_l == argmax_{L-1}]; d loss / d logit = (sigmoid - label) / (n (L - 1))."""
+    logits = [torch.tensor([[2.0, -1.0]], requires_grad=True) for _ in range(2)]
+    am = [torch.tensor([[1, 2]]), torch.tensor([[1, 5]]), torch.tensor([[1, 3]])]
+    head = heads.HeadOut(None, torch.ones(2), torch.zeros(2), am[0][0], None)
+    conf = exits.CONFIDENCES["learned"](exits.ConfIn(head, exit_logit=logits[0][0]))
+    torch.testing.assert_close(conf, torch.sigmoid(torch.tensor([2.0, -1.0])))
+    layers = [exits.LayerOut(layer=l, xe=None, confidence=None, p_max=torch.ones(1, 2),
+                             p_second=None, argmax=am[l], p_target=None, mask_BT=None,
+                             just_triggered=None, exit_logit=logits[l] if l < 2 else None)
+              for l in range(3)]
+    loss = exits.exit_classifier_loss(layers)
+    s = lambda x: 1 / (1 + math.exp(-x))          # noqa: E731
+    # labels (1, 0) at both layers, logits (2, -1) at both: mean over 2 tokens and 2 layers
+    want = -(math.log(s(2.0)) + math.log(1 - s(-1.0))) / 2
+    assert abs(loss.item() - want) < 1e-6
+    loss.backward()
+    for lg in logits:
+        torch.testing.assert_close(lg.grad, (torch.sigmoid(lg.detach()) - torch.tensor([[1.0, 0.0]])) / 4)
+
+
+def test_every_confidence_has_a_reference_test():
+    """A new measure needs its reference test here (named test_<name>_...)."""
+    names = {n.replace("-", "_") for n in exits.CONFIDENCES}
+    tests = " ".join(k for k in globals() if k.startswith("test_"))
+    missing = {n for n in names if f"test_{n}" not in tests} - {"max_prob", "top2_margin",
+                                                               "target_prob"}
+    assert not missing, f"confidences without a reference test: {sorted(missing)}"

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import checkpoint
-from conftest import ROOT, flip_bit_in_largest_tensor
+from conftest import ROOT, flip_bit_in_largest_tensor, run_py
 import export_hf
 from model import GPT, GPTConfig
 
@@ -228,7 +227,7 @@ def test_cli_process(tmp_path):
     """The real script in its own process: exit 2 with one stderr line for rope; 0 otherwise."""
     ckpt = str(tmp_path / "ckpt.pt")
     save_ckpt(ckpt, pos_encoding="rope")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "export_hf.py"), "--ckpt", ckpt,
+    r = run_py([sys.executable, os.path.join(ROOT, "export_hf.py"), "--ckpt", ckpt,
                         "--out", str(tmp_path / "hf")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert r.stderr.splitlines()[-1:] == [

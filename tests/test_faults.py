@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import faultlog
-from conftest import (ROOT, TRAIN, flip_bit_in_largest_tensor, parse_train_lines, read_jsonl,
-                      run_train, tiny_args, train_events)
+from conftest import (ROOT, TRAIN, flip_bit_in_largest_tensor, parse_train_lines, popen_train,
+                      read_jsonl, run_train, tiny_args, train_events)
 import checkpoint
 import train_gpt2 as tg
 
@@ -46,9 +46,12 @@ def _env():
 
 
 def _popen(args, nproc=None, extra=()):
-    cmd = [sys.executable, TRAIN] if not nproc else [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={nproc}", *extra, TRAIN]
+    """The trainer running in the background: one process (forked by tests/prefork.py), or
+    torchrun with nproc workers."""
+    if not nproc:
+        return popen_train(args, env=_env())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", *extra, TRAIN]
     return subprocess.Popen(cmd + list(args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 

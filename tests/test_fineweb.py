@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import run_py
+
 import fineweb
 import tokenizer
 
@@ -162,7 +164,7 @@ def test_default_source_is_fineweb_edu(tmp_path, capsys, monkeypatch, enc, strea
 @pytest.mark.slow
 def test_default_source_offline_error_subprocess(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--out", str(tmp_path / "o")],
+    p = run_py([sys.executable, os.path.join(ROOT, "fineweb.py"), "--out", str(tmp_path / "o")],
                        env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and not (tmp_path / "o").exists()
     last = p.stderr.strip().splitlines()[-1]
@@ -317,7 +319,7 @@ def test_bad_inputs_one_line_exit_2_nothing_written(tmp_path, capsys):
 
 def test_bad_input_subprocess_unknown_source_format(tmp_path):
     (tmp_path / "data.csv").write_text("text\nhello\n")
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", str(tmp_path / "data.csv"),
+    p = run_py([sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", str(tmp_path / "data.csv"),
                         "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and p.stdout == "" and not (tmp_path / "o").exists()
     assert p.stderr.startswith("error: unknown source format '.csv'") and p.stderr.count("\n") == 1

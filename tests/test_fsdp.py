@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TRAIN, read_jsonl, run_train, tiny_args, train_events
+from conftest import ROOT, TRAIN, read_jsonl, run_script, run_train, tiny_args, train_events
 
 # shared weights, a head after every layer, early exit: every feature FSDP must carry
 EARLY = ["--share_weights=True", "--layer_heads=True", "--early_exit=True",
@@ -33,25 +33,38 @@ def _assert_same(a, b, tol=1e-5):
         assert abs(na - nb) < 10 * tol, (s, na, nb)
 
 
+# 16 steps with checkpoints every 4: the uninterrupted reference of every test below
+FULL = EARLY + QUIET + ["--max_steps=16", "--shuffle=True", "--checkpoint_interval=4",
+                        "--keep_checkpoints=10"]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(char_data, tmp_path_factory):
+    """An uninterrupted DDP(2) run of FULL -> its run directory (r.jsonl, r/ckpt_*.pt)."""
+    d = tmp_path_factory.mktemp("ddp")
+    _ok(run_train(tiny_args(char_data, d, "r", *FULL), nproc=2))
+    return d
+
+
+def _assert_prefix(full, part):
+    """part's steps are full's first steps, with the same losses and norms."""
+    assert part and [s for s, _, _ in part] == [s for s, _, _ in full[:len(part)]]
+    _assert_same(full[:len(part)], part)
+
+
 @pytest.mark.slow
-def test_fsdp_equals_ddp_equals_grad_accum(char_data, tmp_path):
-    """20 steps: the same losses and grad norms (fp32, within 1e-5) for FSDP on 2 ranks, DDP on
-    2 ranks and 1 process accumulating 2 micro steps; val losses too."""
-    extra = EARLY + QUIET + ["--max_steps=20"]
-    runs = {"one": {}, "ddp": {"nproc": 2}, "fsdp": {"nproc": 2}}
-    for name, kw in runs.items():
-        par = ["--parallel=fsdp"] if name == "fsdp" else []
-        _ok(run_train(tiny_args(char_data, tmp_path, name, *extra, *par), **kw))
-    one, ddp, fsdp = (_losses(tmp_path / f"{n}.jsonl") for n in runs)
-    assert len(one) == 20
+def test_one_process_accumulation_equals_ddp(char_data, tmp_path, ddp_run):
+    """The same losses, grad norms and val losses (fp32, within 1e-5) for 1 process accumulating
+    2 micro steps as for DDP on 2 ranks. FSDP(2) == DDP(2): the FSDP legs of
+    test_resume_across_modes_and_world_sizes (steps 0-3 from scratch, 12-15 resumed) and the
+    two-node run (steps 0-5)."""
+    _ok(run_train(tiny_args(char_data, tmp_path, "one", *FULL)))
+    ddp, one = _losses(ddp_run / "r.jsonl"), _losses(tmp_path / "one.jsonl")
+    assert len(one) == 16 and one[-1][1] < one[0][1]
     _assert_same(one, ddp)
-    _assert_same(ddp, fsdp)
-    vals = {n: [e["loss"] for e in read_jsonl(tmp_path / f"{n}.jsonl") if e["event"] == "val"]
-            for n in runs}
-    assert len(vals["fsdp"]) == 3 and np.allclose(vals["fsdp"], vals["one"], atol=1e-5)
-    assert one[-1][1] < one[0][1]
-    head = next(e for e in read_jsonl(tmp_path / "fsdp.jsonl") if e["event"] == "header")
-    assert head["config"]["parallel"] == "fsdp" and head["world_size"] == 2
+    vals = {n: [e["loss"] for e in read_jsonl(p) if e["event"] == "val"]
+            for n, p in (("one", tmp_path / "one.jsonl"), ("ddp", ddp_run / "r.jsonl"))}
+    assert len(vals["one"]) == 3 and np.allclose(vals["one"], vals["ddp"], atol=1e-5)
 
 
 def _free_port():
@@ -61,16 +74,16 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_nodes_equal_standalone(char_data, tmp_path):
+def test_two_nodes_equal_standalone(char_data, tmp_path, ddp_run):
     """Two torchrun agents (--nnodes=2, node_rank 0/1, one process each, c10d rendezvous on
-    localhost) train exactly like one standalone 2-process run; rank 0 alone writes the log."""
-    extra = EARLY + QUIET + ["--max_steps=6", "--parallel=fsdp"]
-    _ok(run_train(tiny_args(char_data, tmp_path / "single", "r", *extra), nproc=2))
+    localhost) under FSDP train exactly like one standalone 2-process run (6 steps); rank 0
+    alone writes the log and the checkpoints."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     port = _free_port()
-    args = tiny_args(char_data, tmp_path / "nodes", "r", *extra)
+    args = tiny_args(char_data, tmp_path / "nodes", "r", *FULL, "--parallel=fsdp",
+                     "--stop_at_step=5")
     agents = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={n}",
          "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
@@ -79,32 +92,34 @@ def test_two_nodes_equal_standalone(char_data, tmp_path):
         for n in (0, 1)]
     outs = [a.communicate(timeout=300)[0] for a in agents]
     assert [a.returncode for a in agents] == [0, 0], outs
-    _assert_same(_losses(tmp_path / "single" / "r.jsonl"), _losses(tmp_path / "nodes" / "r.jsonl"))
+    nodes = _losses(tmp_path / "nodes" / "r.jsonl")
+    assert len(nodes) == 6
+    _assert_prefix(_losses(ddp_run / "r.jsonl"), nodes)
     head = next(e for e in read_jsonl(tmp_path / "nodes" / "r.jsonl") if e["event"] == "header")
     assert head["world_size"] == 2
-    assert sorted(os.listdir(tmp_path / "nodes" / "r")) == ["ckpt_000005.pt"]
+    assert sorted(os.listdir(tmp_path / "nodes" / "r")) == ["ckpt_000004.pt", "ckpt_000005.pt"]
 
 
 @pytest.mark.slow
-def test_resume_across_modes_and_world_sizes(char_data, tmp_path):
+def test_resume_across_modes_and_world_sizes(char_data, tmp_path, ddp_run):
     """FSDP(2) -> DDP(2) -> 1 process -> FSDP(2), each leg resuming the last: every step's loss
     equals an uninterrupted DDP(2) run (where the world size changes the step's tokens are the
     same: the loader's position is counted in optimizer steps of total_batch_size tokens), and
     each checkpoint's data position equals the uninterrupted run's at that step."""
-    extra = EARLY + QUIET + ["--max_steps=16", "--shuffle=True", "--checkpoint_interval=4",
-                             "--keep_checkpoints=10"]
-    _ok(run_train(tiny_args(char_data, tmp_path / "full", "r", *extra), nproc=2))
     legs = [(["--parallel=fsdp", "--stop_at_step=3"], 2), (["--stop_at_step=7"], 2),
             (["--stop_at_step=11"], None), (["--parallel=fsdp"], 2)]
     for i, (args, nproc) in enumerate(legs):
         resume = ["--resume=auto"] if i else []
-        _ok(run_train(tiny_args(char_data, tmp_path / "legs", "r", *extra, *args, *resume),
+        _ok(run_train(tiny_args(char_data, tmp_path / "legs", "r", *FULL, *args, *resume),
                       nproc=nproc))
-    full, legs_ = _losses(tmp_path / "full" / "r.jsonl"), _losses(tmp_path / "legs" / "r.jsonl")
+    full, legs_ = _losses(ddp_run / "r.jsonl"), _losses(tmp_path / "legs" / "r.jsonl")
     assert [s for s, _, _ in legs_] == list(range(16))
     _assert_same(full, legs_)
+    heads = [e for e in read_jsonl(tmp_path / "legs" / "r.jsonl") if e["event"] == "header"]
+    assert [(h["config"]["parallel"], h["world_size"]) for h in heads] == [
+        ("fsdp", 2), ("ddp", 2), ("ddp", 1), ("fsdp", 2)]
     for step in (4, 8, 12, 15):          # interval checkpoints of both, and the final one
-        a = torch.load(tmp_path / "full" / "r" / f"ckpt_{step:06d}.pt", weights_only=True)
+        a = torch.load(ddp_run / "r" / f"ckpt_{step:06d}.pt", weights_only=True)
         b = torch.load(tmp_path / "legs" / "r" / f"ckpt_{step:06d}.pt", weights_only=True)
         assert a["loader"] == b["loader"], step
         assert a["model"].keys() == b["model"].keys()
@@ -120,14 +135,12 @@ def test_fsdp_shards_parameters_and_optimizer_state(char_data, tmp_path):
     """Each of 2 ranks holds about half the parameter and AdamW bytes (bench/fsdp_memory.py's
     accounting, measured on the live tensors)."""
     out = tmp_path / "mem.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           os.path.join(ROOT, "bench", "fsdp_memory.py"), "--worker", "--n_layer=4",
-           "--n_embd=64", "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    _ok(p)
+    _ok(run_script(os.path.join(ROOT, "bench", "fsdp_memory.py"),
+                   ["--worker", "--n_layer=4", "--n_embd=64", "--out", str(out)], env=env,
+                   nproc=2))
     import json
     r = json.loads(out.read_text())
     assert r["world"] == 2
@@ -151,7 +164,8 @@ def test_fsdp_resume_of_a_different_model_is_one_line_error(char_data, tmp_path)
     """Resuming under FSDP from a checkpoint of another model shape -> one error line."""
     _ok(run_train(tiny_args(char_data, tmp_path, "r", "--max_steps=2", *QUIET)))
     p = run_train(tiny_args(char_data, tmp_path, "r", "--max_steps=4", "--n_embd=64",
-                            "--parallel=fsdp", "--resume=auto", *QUIET), nproc=2)
+                            "--parallel=fsdp", "--resume=auto", *QUIET), nproc=2,
+                  torchrun=True)
     assert p.returncode != 0
     errs = [l for l in p.stderr.splitlines() if l.startswith("error: ")]
     assert len(errs) == 1 and "different model config" in errs[0] and "n_embd" in errs[0], p.stderr

@@ -3,10 +3,11 @@ item's plumbing on CPU (fresh worker processes, the memory model, MFU arithmetic
 torchrun training run on the builtin corpus with a checkpoint resume) and writes its report."""
 import os
 import re
-import subprocess
 import sys
 
 import pytest
+
+from conftest import run_py
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,7 +20,7 @@ BENCH = os.path.join(ROOT, "bench.py")
 
 
 def _run(*args, timeout=60):
-    return subprocess.run([sys.executable, BENCH, *args], capture_output=True, text=True,
+    return run_py([sys.executable, BENCH, *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
 
 

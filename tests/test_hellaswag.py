@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import subprocess
 import sys
 
 import pytest
@@ -12,6 +11,7 @@ import torch.nn as nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import hellaswag  # noqa: E402
+from conftest import run_py  # noqa: E402
 
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "hellaswag_tiny.jsonl")
 LN2 = math.log(2.0)
@@ -153,7 +153,7 @@ def test_bad_input(tmp_path):
     bad.write_text(json.dumps({"ctx": "x", "endings": ["a", "b"], "label": 0}) + "\n")
     with pytest.raises(ValueError, match="4 endings"):
         hellaswag.load_examples(str(bad))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "hellaswag.py"), "--model", "gpt2",
+    r = run_py([sys.executable, os.path.join(ROOT, "hellaswag.py"), "--model", "gpt2",
                         "--data", str(tmp_path / "missing.jsonl")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr == f"error: --data {tmp_path / 'missing.jsonl'}: no such file\n"
     assert "Traceback" not in r.stderr
@@ -173,7 +173,7 @@ def test_trainer_hellaswag_lines_one_and_two_ranks(tmp_path):
     text.write_text("".join(f"Paragraph {i}: the good, the ok and the bad met the meh at noon. "
                             f"It was {'good' if i % 3 else 'bad'} news for number {i * 7}.\n"
                             for i in range(400)))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", str(text),
+    r = run_py([sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", str(text),
                         "--tokenizer", "gpt2", "--out", str(tmp_path / "data"), "--quiet",
                         "--procs", "1"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

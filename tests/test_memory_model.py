@@ -1,10 +1,11 @@
 """bench/memory_model.py: the accounting on closed-form cases, against measured CPU peaks, and
 `bench.py --memory` end to end."""
 import os
-import subprocess
 import sys
 
 import pytest
+
+from conftest import run_py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -78,12 +79,12 @@ def test_model_matches_measured_cpu_peak_within_15_percent(label):
 
 @pytest.mark.slow
 def test_bench_memory_prints_the_124m_table():
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--memory"],
+    p = run_py([sys.executable, os.path.join(ROOT, "bench.py"), "--memory"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     rows = [l for l in p.stdout.splitlines() if l.startswith("| ") and "GiB" not in l]
     assert len(rows) == 1 + len(mm.CASES)
     assert "B=64, T=1024, bf16" in p.stdout
-    bad = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "--memory", "--B", "0"],
+    bad = run_py([sys.executable, os.path.join(ROOT, "bench.py"), "--memory", "--B", "0"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --B and --T must be >= 1"

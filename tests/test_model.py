@@ -565,3 +565,71 @@ def test_per_layer_heads_memory_does_not_grow_with_logits():
     assert grow["fused"] < 0.1 * one_logits, grow     # the default: no (B,T,V) kept at all
     assert grow["checkpoint"] < 0.1 * one_logits, grow
     assert grow["naive"] > 0.9 * one_logits, grow    # contrast: naive keeps (B,T,V) per layer
+
+
+# ----------------------------------------------------------------------------------------------
+# test-time depth and random-depth training (shared weights)
+
+def test_at_depth_applies_the_shared_block_d_times_forward_and_generate():
+    """at_depth(5) on a 2-layer shared model: logits == the block applied 5 times by hand;
+    greedy KV decoding at depth 5 == the no-cache forward at depth 5; config restored."""
+    torch.manual_seed(0)
+    m = GPT(tiny(share_weights=True)).eval()
+    idx, _ = batch()
+    with torch.no_grad():
+        x, rope = m._embed(idx)
+        for _ in range(5):
+            x, _ = m.block(0)(x, rope)
+        ref = m.lm_head(m.transformer.ln_f(x))
+        with m.at_depth(5):
+            got, _ = m(idx)
+            seq = idx[:, :4]
+            for _ in range(6):
+                seq = torch.cat([seq, m(seq)[0][:, -1].argmax(-1, keepdim=True)], 1)
+    torch.testing.assert_close(got, ref)
+    assert m.config.n_layer == 2
+    assert torch.equal(m.generate(idx[:, :4], 6, temperature=0, depth=5), seq)
+    assert m.config.n_layer == 2 and m.last_generate_stats["avg_exit_depth"] == 5
+
+
+@pytest.mark.parametrize("share,depth,msg", [
+    (True, 0, "depth must be an int >= 1, got 0"),
+    (True, 2.5, "depth must be an int >= 1, got 2.5"),
+    (False, 3, "depth 3 > n_layer 2 needs share_weights (one block applied any number of "
+               "times); valid: 1..2"),
+])
+def test_at_depth_rejects_bad_depths(share, depth, msg):
+    m = GPT(tiny(share_weights=share))
+    with pytest.raises(ValueError) as e:
+        with m.at_depth(depth):
+            pass
+    assert str(e.value) == msg and m.config.n_layer == 2
+
+
+def test_sample_depth_seeded_in_range_with_mean_n_layer():
+    """fixed: n_layer. uniform / lognormal-poisson: a function of (seed, step) only, in
+    [1, depth_max], mean ~ n_layer (2 * n_layer - 1 cap: uniform's mean is exactly n_layer)."""
+    from model import sample_depth
+    assert sample_depth(tiny(n_layer=4), 1, 7) == 4
+    for kind in ("uniform", "lognormal-poisson"):
+        cfg = tiny(n_layer=4, share_weights=True, depth_sampling=kind)
+        ds = [sample_depth(cfg, 1337, s) for s in range(1500)]
+        assert ds[:100] == [sample_depth(cfg, 1337, s) for s in range(100)]
+        assert ds[:100] != [sample_depth(cfg, 1338, s) for s in range(100)]
+        assert min(ds) == 1 and max(ds) == 7
+        assert abs(sum(ds) / len(ds) - 4) < 0.25, (kind, sum(ds) / len(ds))
+    capped = tiny(n_layer=4, share_weights=True, depth_sampling="uniform", depth_max=2)
+    assert {sample_depth(capped, 0, s) for s in range(50)} == {1, 2}
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(depth_sampling="poisson"), "unknown depth_sampling 'poisson'; known: fixed, "
+                                     "lognormal-poisson, uniform"),
+    (dict(depth_sampling="uniform"), "depth_sampling 'uniform' applies one block a random "
+                                     "number of times: needs share_weights"),
+    (dict(depth_max=-1), "depth_max must be an int >= 1 (0: 2 * n_layer - 1), got -1"),
+])
+def test_depth_sampling_config_errors(kw, msg):
+    with pytest.raises(ValueError) as e:
+        tiny(**kw)
+    assert str(e.value) == msg

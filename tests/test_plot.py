@@ -1,7 +1,6 @@
 """plot.py: the parsed numbers and the plotted numbers equal the log's numbers."""
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -212,18 +211,18 @@ def test_missing_data_raises(tmp_path):
 def test_cli_writes_all_and_errors(log, tmp_path):
     path, _ = log
     out = tmp_path / "figs"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), path, "--out", str(out)],
+    r = run_py([sys.executable, os.path.join(ROOT, "plot.py"), path, "--out", str(out)],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(out)) == ["synth-exits.png", "synth-layers.png", "synth-residuals.png",
                                        "synth.png"]
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), str(tmp_path / "nope.txt")],
+    r = run_py([sys.executable, os.path.join(ROOT, "plot.py"), str(tmp_path / "nope.txt")],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2
     assert r.stderr == f"error: log file {tmp_path / 'nope.txt'}: no such file\n"
 
 
-from conftest import char_text_file  # noqa: E402
+from conftest import char_text_file, run_py  # noqa: E402
 
 
 @pytest.mark.slow
@@ -233,12 +232,12 @@ def test_real_short_run_log(tmp_path):
     independent regexes) prints rounded."""
     import re
     text_file = char_text_file(tmp_path)
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", text_file,
+    r = run_py([sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", text_file,
                         "--tokenizer", "char", "--out", str(tmp_path / "data"), "--quiet", "--procs", "1"],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     vocab = json.load(open(tmp_path / "data" / "meta.json"))["vocab_size"]
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "train_gpt2.py"),
+    r = run_py([sys.executable, os.path.join(ROOT, "train_gpt2.py"),
                         os.path.join(ROOT, "config", "8-res-attn2.py"), f"--dataset={tmp_path / 'data'}",
                         f"--vocab_size={vocab}", "--n_layer=4", "--n_embd=32", "--n_head=2", "--block_size=32", "--T=32",
                         "--B=4", "--total_batch_size=128", "--max_steps=10", "--warmup_steps=2",
@@ -268,7 +267,7 @@ def test_real_short_run_log(tmp_path):
     esd = [e["earlystopdict"] for e in tr_ev]
 
     out = tmp_path / "figs"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "plot.py"), str(log), "--out", str(out)],
+    r = run_py([sys.executable, os.path.join(ROOT, "plot.py"), str(log), "--out", str(out)],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(out)) == ["real-exits.png", "real-layers.png", "real-residuals.png", "real.png"]

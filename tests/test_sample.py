@@ -2,13 +2,12 @@
 early exit), --show_depth markers, run-name lookup, and one-line errors for bad input."""
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, run_train, tiny_args
+from conftest import ROOT, run_train, tiny_args, run_py
 
 import sample
 from model import GPT
@@ -189,7 +188,7 @@ def test_init_from_unknown_and_offline(tmp_path):
                                 "gpt2-large, gpt2-xl or a directory saved by transformers"),
                        ("gpt2", "error: cannot load 'gpt2' through transformers (offline and not "
                                 "in the Hugging Face cache?)")):
-        r = subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), "--init_from", name],
+        r = run_py([sys.executable, os.path.join(ROOT, "sample.py"), "--init_from", name],
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and r.stdout == ""
         lines = r.stderr.strip().splitlines()

@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import sweep  # noqa: E402
 
-from conftest import char_text_file  # noqa: E402
+from conftest import char_text_file, run_py  # noqa: E402
 
 # final (train, val) per (pos_encoding, n_embd): train and val orders differ on purpose
 LOSSES = {("learned", 32): (1.30, 1.60), ("learned", 64): (1.10, 1.70),
@@ -71,7 +71,7 @@ def test_bad_sweep_files(tmp_path):
     p.write_text('GRID = {"n_embd": [32]}\nBASE = {"n_embd": 64}\n')
     with pytest.raises(ValueError, match="both in BASE and GRID: n_embd"):
         sweep.load_sweep(str(p))
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), str(tmp_path / "none.py")],
+    r = run_py([sys.executable, os.path.join(ROOT, "sweep.py"), str(tmp_path / "none.py")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr == f"error: sweep file {tmp_path / 'none.py'}: no such file\n"
 
@@ -174,7 +174,7 @@ def test_end_to_end_tiny_sweep(tmp_path):
     rerun skips both."""
     text_file = char_text_file(tmp_path)
     data = tmp_path / "data"
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", text_file,
+    r = run_py([sys.executable, os.path.join(ROOT, "fineweb.py"), "--source", text_file,
                         "--tokenizer", "char", "--out", str(data), "--quiet", "--procs", "1"],
                        capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr

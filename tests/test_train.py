@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (SAMPLE_RE, SIZE_RE, TRAIN_RE, VAL_EXIT_RE, VAL_LAYERS_RE, VAL_OBJECTIVE_RE,
-                      VAL_RE, make_char_dataset, parse_train_lines, read_jsonl, run_train, tiny_args,
-                      train_events)
+from conftest import (ROOT, SAMPLE_RE, SIZE_RE, TRAIN_RE, VAL_EXIT_RE, VAL_LAYERS_RE,
+                      VAL_OBJECTIVE_RE, VAL_RE, make_char_dataset, parse_train_lines, read_jsonl,
+                      run_train, tiny_args, train_events)
 import train_gpt2 as tg
 from dataloader import DataLoader
 
 EARLY = ["--share_weights=True", "--layer_heads=True", "--early_exit=True",
          "--exit_threshold=0.05", "--exit_loss=all-layers"]
+# random depth per step (shared weights): same depth on every rank, drawn again on resume
+DEPTH = ["--share_weights=True", "--depth_sampling=uniform", "--depth_max=4"]
 # cheap exits: layers 1..2 of 3 sample one head per micro step, each on half of the tokens
 SAMPLED = ["--share_weights=True", "--n_layer=3", "--exit_loss=all-layers",
            "--exit_token_frac=0.5", "--exit_layer_frac=0.5"]
@@ -35,7 +37,7 @@ def _ok(p):
 def test_log_lines_match_journal_format(char_data, tmp_path, variant):
     # vanilla: B=4 (no accumulation), so the stats' micro batch is the whole step's batch
     extra = EARLY if variant == "early-exit" else ["--B=4"]
-    p = run_train(tiny_args(char_data, tmp_path, "fmt", *extra))
+    p = run_train(tiny_args(char_data, tmp_path, "fmt", *extra, f"--img_dir={tmp_path / 'img'}"))
     _ok(p)
     txt, jsl = tmp_path / "fmt.txt", tmp_path / "fmt.jsonl"
     lines = txt.read_text().splitlines()
@@ -154,7 +156,8 @@ def test_val_is_ce_whatever_the_exit_loss(char_data, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["vanilla", "shared+early-exit", "sampled-exits"])
 def test_ddp_two_procs_equals_grad_accum(char_data, tmp_path, variant):
-    mode = {"vanilla": [], "shared+early-exit": EARLY, "sampled-exits": SAMPLED}[variant]
+    mode = {"vanilla": [], "shared+early-exit": EARLY + DEPTH[1:],
+            "sampled-exits": SAMPLED}[variant]
     extra = mode + ["--max_steps=4", "--sample_interval=0", "--size_interval=0"]
     p1 = run_train(tiny_args(char_data, tmp_path / "one", "r", *extra))
     _ok(p1)
@@ -167,9 +170,13 @@ def test_ddp_two_procs_equals_grad_accum(char_data, tmp_path, variant):
     t1 = [e for e in one if e["event"] == "train"]
     t2 = [e for e in two if e["event"] == "train"]
     assert len(t1) == len(t2) == 4
+    if variant == "shared+early-exit":      # the sampled depths vary; stats have depth entries
+        assert len({e["depth"] for e in t1}) > 1
+        assert all(len(e["earlystopdict"]) == e["depth"] for e in t1)
     for a, b in zip(t1, t2):
         assert abs(a["loss"] - b["loss"]) < 1e-5, (a["step"], a["loss"], b["loss"])
         assert abs(a["norm"] - b["norm"]) < 1e-4
+        assert a["depth"] == b["depth"]
         if variant != "vanilla":   # stats over every micro step: equal too
             assert np.allclose(a["earlystopdict"], b["earlystopdict"], atol=1e-5)
             assert abs(a["allloss"] - b["allloss"]) < 1e-4   # the same exit samples drawn
@@ -231,11 +238,12 @@ def test_stats_interval_skips_plain_stats_only(char_data, tmp_path):
 # 3. resume
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reuse,stop", [(1, 9), (2, 10)])
-def test_resume_matches_uninterrupted(char_data, tmp_path, reuse, stop):
+@pytest.mark.parametrize("reuse,stop,depth", [(1, 9, []), (2, 10, DEPTH[:1] + [
+    "--depth_sampling=lognormal-poisson"])])
+def test_resume_matches_uninterrupted(char_data, tmp_path, reuse, stop, depth):
     extra = ["--max_steps=20", "--dropout=0.1", "--shuffle=True", f"--batch_reuse={reuse}",
              "--eval_interval=5", "--size_interval=0", "--sample_interval=7",
-             "--checkpoint_interval=4"]
+             "--checkpoint_interval=4"] + depth
     _ok(run_train(tiny_args(char_data, tmp_path, "full", *extra)))
     _ok(run_train(tiny_args(char_data, tmp_path, "split", *extra, f"--stop_at_step={stop}")))
     ckpts = sorted(os.listdir(tmp_path / "split"))
@@ -249,10 +257,16 @@ def test_resume_matches_uninterrupted(char_data, tmp_path, reuse, stop):
     ef = {e["step"]: e["loss"] for e in train_events(tmp_path / "full.jsonl")}
     es = {e["step"]: e["loss"] for e in train_events(tmp_path / "split.jsonl")}
     assert all(es[s] == ef[s] for s in range(20))
+    depths = [e["depth"] for e in train_events(tmp_path / "split.jsonl")]
+    assert depths == [e["depth"] for e in train_events(tmp_path / "full.jsonl")]
+    assert len(set(depths)) > (1 if depth else 0)
     text = (tmp_path / "split.txt").read_text()
     assert f"# resumed from {tmp_path / 'split' / f'ckpt_{stop:06d}.pt'} at step {stop + 1}" in text
     assert f"stop_at_step={stop} reached" in text
     assert "train config differs" not in text   # resume/stop_at_step only; min_lr etc. resolved alike
+    # img_dir=None (tiny_args): no figures, no plot notes, no img/ anywhere
+    assert "plot written" not in text and not os.path.exists(tmp_path / "img")
+    assert not os.path.exists(os.path.join(ROOT, "None"))
 
 
 @pytest.mark.slow
@@ -301,7 +315,8 @@ def test_compile_trains_evaluates_samples(char_data, tmp_path):
 @pytest.mark.slow
 def test_lr_find_writes_plot_and_suggestion(char_data, tmp_path):
     p = run_train(tiny_args(char_data, tmp_path, "lrf", "--lr_find", "--lr_find_steps=40",
-                            "--lr_find_start=1e-5", "--lr_find_end=10.0"))
+                            "--lr_find_start=1e-5", "--lr_find_end=10.0",
+                            f"--img_dir={tmp_path / 'img'}"))
     _ok(p)
     assert (tmp_path / "img" / "lrf_lr_find.png").stat().st_size > 1000
     ev = read_jsonl(tmp_path / "lrf_lr_find.jsonl")
