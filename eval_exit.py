@@ -132,7 +132,7 @@ def parse_args(argv=None):
             raise EvalError(f"--data {args.data}: data directory does not exist")
         name = ("exit_measures.md" if args.measure_list else
                 "exit_depths.md" if args.depth_list else "exit_eval.md")
-        args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), name)
+        args.out = args.out or os.path.join(os.path.dirname(args.ckpt), name)
         cli.check_output(args.out, "--out")
         cli.check_output(args.img_dir, "--img-dir", is_dir=True)
         if args.img:

@@ -31,18 +31,20 @@ def exit_table(s, ckpt):
     child process: the trainer does not import the tools that read it): its short table on
     screen and in the log, the full one in log/<run>/exit_eval.md, the Pareto plot
     img/<run>-pareto.png -> the threshold it suggests, or None."""
-    cfg, batches, rows_per = s.cfg, 16, 8
+    cfg, batches, rows_per, decode_tokens = s.cfg, 8, 8, 32   # a summary: ~7 CPU s, not ~11
     img = os.path.join(cfg["img_dir"], f"{cfg['run_name']}-pareto.png")
     cmd = [sys.executable, os.path.join(runlog.ROOT, "eval_exit.py"), "--ckpt", ckpt, "--data",
            cfg["dataset"], "--thresholds", cfg["exit_table"], "--batches", str(batches),
-           "--batch-size", str(rows_per), "--img", img, "--device", s.device, "--summary"]
+           "--batch-size", str(rows_per), "--decode-tokens", str(decode_tokens), "--img", img,
+           "--device", s.device, "--summary"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         s.log.note(f"exit table skipped: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
         return None
     n_tok = batches * rows_per * min(cfg["T"], s.mcfg.block_size)
     s.log.note(f"early exit on {n_tok:,} val tokens (a token exits at the first layer whose "
-               f"{s.mcfg.confidence} confidence >= threshold; decode: greedy, batch 1):")
+               f"{s.mcfg.confidence} confidence >= threshold; decode: {decode_tokens} greedy "
+               "tokens, batch 1):")
     for line in r.stdout.strip().splitlines():
         s.log.note("  " + line)
     m = re.search(r"^suggested: --exit_threshold (\S+)", r.stdout, flags=re.M)

@@ -1,6 +1,6 @@
 """Sample text from a trained checkpoint or from OpenAI's GPT-2 weights (nanoGPT's sample.py).
 
-    python sample.py --ckpt log/quickstart/ckpt_000599.pt          # a checkpoint file
+    python sample.py --ckpt log/quickstart/ckpt_000799.pt          # a checkpoint file
     python sample.py --ckpt quickstart                             # a run name: its latest checkpoint
     python sample.py --ckpt quickstart --exit_threshold 0.5 --show_depth
     python sample.py --ckpt quickstart --draft_layers 2 --draft_tokens 4   # self-speculative

@@ -6,6 +6,26 @@ import pytest
 from conftest import run_train
 
 import sample
+import train_gpt2
+from model import GPT
+
+# README's first screen: config/quickstart.py in <= 3 min wall on a 2-core CPU (~1.3 projected
+# from a quiet stretch), corpus build, evaluations, table and figures included. The training FLOPs are most of it: a
+# change that raises them past this (more steps, width, layers, T) has to be re-measured there.
+QUICKSTART_TRAIN_FLOPS = 2.5e12
+
+
+def test_quickstart_budget():
+    cfg, _ = train_gpt2.parse_config(["config/quickstart.py"])
+    assert cfg["vocab_size"] is None            # the data's: 221 characters of the builtin corpus
+    cfg["vocab_size"] = 221
+    model = GPT(train_gpt2.model_config(cfg))
+    flops = model.flops_per_token(cfg["T"]) * cfg["total_batch_size"] * cfg["max_steps"]
+    assert flops <= QUICKSTART_TRAIN_FLOPS, f"{flops:.3g} training FLOPs: re-measure README's wall time"
+    # the research on screen: shared weights, a head per layer, early exit, the table at the end
+    assert model.config.share_weights and model.config.layer_heads and model.config.early_exit
+    assert cfg["exit_table"] and cfg["checkpoint_interval"] == 0
+    assert (cfg["max_steps"] - 1) // cfg["eval_interval"] + 2 <= 3     # evaluations: 0, mid, last
 
 
 @pytest.mark.slow
