@@ -224,3 +224,13 @@ def char_text_file(d, n_chars=300_000):
 
 def pytest_sessionfinish(session, exitstatus):
     _LAUNCHER.close()
+    if hasattr(session.config, "workeroutput"):       # an xdist worker: tally to the controller
+        import faultlog
+        session.config.workeroutput["faults"] = faultlog.state()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist controller: a worker ended; add its fault tally."""
+    import faultlog
+    faultlog.merge(getattr(node, "workeroutput", {}).get("faults", {"injected": [], "survived": []}))

@@ -1,5 +1,5 @@
 """Tally of the faults tests/test_faults.py injects and survives (printed by conftest's
-pytest_terminal_summary as one line)."""
+pytest_terminal_summary as one line; under `-n 2` each worker hands its tally to the controller)."""
 INJECTED = []
 SURVIVED = []
 
@@ -12,6 +12,16 @@ def inject(name):
 def survived(name):
     """Call at the end of a test, after every recovery assertion has passed."""
     SURVIVED.append(name)
+
+
+def state():
+    return {"injected": list(INJECTED), "survived": list(SURVIVED)}
+
+
+def merge(other):
+    """Add a worker's state() to this process's tally."""
+    INJECTED.extend(other["injected"])
+    SURVIVED.extend(other["survived"])
 
 
 def summary():

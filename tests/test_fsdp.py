@@ -33,8 +33,8 @@ def _assert_same(a, b, tol=1e-5):
         assert abs(na - nb) < 10 * tol, (s, na, nb)
 
 
-# 16 steps with checkpoints every 4: the uninterrupted reference of every test below
-FULL = EARLY + QUIET + ["--max_steps=16", "--shuffle=True", "--checkpoint_interval=4",
+# 20 steps with checkpoints every 4: the uninterrupted reference of every test below
+FULL = EARLY + QUIET + ["--max_steps=20", "--shuffle=True", "--checkpoint_interval=4",
                         "--keep_checkpoints=10"]
 
 
@@ -53,18 +53,23 @@ def _assert_prefix(full, part):
 
 
 @pytest.mark.slow
-def test_one_process_accumulation_equals_ddp(char_data, tmp_path, ddp_run):
-    """The same losses, grad norms and val losses (fp32, within 1e-5) for 1 process accumulating
-    2 micro steps as for DDP on 2 ranks. FSDP(2) == DDP(2): the FSDP legs of
-    test_resume_across_modes_and_world_sizes (steps 0-3 from scratch, 12-15 resumed) and the
-    two-node run (steps 0-5)."""
+def test_fsdp_equals_ddp_equals_grad_accum(char_data, tmp_path, ddp_run):
+    """20 steps: the same losses, grad norms and val losses (fp32, within 1e-5) for FSDP on 2
+    ranks, DDP on 2 ranks and 1 process accumulating 2 micro steps."""
     _ok(run_train(tiny_args(char_data, tmp_path, "one", *FULL)))
-    ddp, one = _losses(ddp_run / "r.jsonl"), _losses(tmp_path / "one.jsonl")
-    assert len(one) == 16 and one[-1][1] < one[0][1]
+    _ok(run_train(tiny_args(char_data, tmp_path, "fsdp", *FULL, "--parallel=fsdp"), nproc=2))
+    runs = {"one": tmp_path / "one.jsonl", "ddp": ddp_run / "r.jsonl",
+            "fsdp": tmp_path / "fsdp.jsonl"}
+    one, ddp, fsdp = (_losses(p) for p in runs.values())
+    assert len(one) == 20 and one[-1][1] < one[0][1]
     _assert_same(one, ddp)
-    vals = {n: [e["loss"] for e in read_jsonl(p) if e["event"] == "val"]
-            for n, p in (("one", tmp_path / "one.jsonl"), ("ddp", ddp_run / "r.jsonl"))}
-    assert len(vals["one"]) == 3 and np.allclose(vals["one"], vals["ddp"], atol=1e-5)
+    _assert_same(ddp, fsdp)
+    vals = {n: [e["loss"] for e in read_jsonl(p) if e["event"] == "val"] for n, p in runs.items()}
+    assert len(vals["fsdp"]) == 3
+    assert np.allclose(vals["one"], vals["ddp"], atol=1e-5)
+    assert np.allclose(vals["fsdp"], vals["ddp"], atol=1e-5)
+    head = next(e for e in read_jsonl(runs["fsdp"]) if e["event"] == "header")
+    assert head["config"]["parallel"] == "fsdp" and head["world_size"] == 2
 
 
 def _free_port():
@@ -113,12 +118,12 @@ def test_resume_across_modes_and_world_sizes(char_data, tmp_path, ddp_run):
         _ok(run_train(tiny_args(char_data, tmp_path / "legs", "r", *FULL, *args, *resume),
                       nproc=nproc))
     full, legs_ = _losses(ddp_run / "r.jsonl"), _losses(tmp_path / "legs" / "r.jsonl")
-    assert [s for s, _, _ in legs_] == list(range(16))
+    assert [s for s, _, _ in legs_] == list(range(20))
     _assert_same(full, legs_)
     heads = [e for e in read_jsonl(tmp_path / "legs" / "r.jsonl") if e["event"] == "header"]
     assert [(h["config"]["parallel"], h["world_size"]) for h in heads] == [
         ("fsdp", 2), ("ddp", 2), ("ddp", 1), ("fsdp", 2)]
-    for step in (4, 8, 12, 15):          # interval checkpoints of both, and the final one
+    for step in (4, 8, 12, 19):          # interval checkpoints of both, and the final one
         a = torch.load(ddp_run / "r" / f"ckpt_{step:06d}.pt", weights_only=True)
         b = torch.load(tmp_path / "legs" / "r" / f"ckpt_{step:06d}.pt", weights_only=True)
         assert a["loader"] == b["loader"], step
