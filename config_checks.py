@@ -81,7 +81,7 @@ def validate_config(cfg, world_size):
     _check_values(cfg)
     try:
         for key in ("log_dir", "img_dir"):
-            if cfg[key] is not None or key == "log_dir":
+            if cfg[key] is not None:          # img_dir=None: no figures
                 cli.check_output(cfg[key], key, is_dir=True)
         if cfg["img_dir"] is None and (cfg["exit_table"] or cfg["lr_find"]):
             raise cli.UsageError("img_dir=None: exit_table and lr_find draw figures; set img_dir")

@@ -94,12 +94,9 @@ def run_train(args, cwd=ROOT, timeout=300, nproc=None, env_extra=None, nonfinite
     """Run train_gpt2.py -> CompletedProcess; nproc=N: N ranks with torchrun's worker
     environment (forked by tests/prefork.py; torchrun=True: under the real torchrun).
     nonfinite=(kind, step): through tests/nonfinite.py, which injects a NaN/inf at that step."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    env.update(env_extra or {})
+    env = dict(trainer_env(), **(env_extra or {}))
     if nproc and torchrun:
-        return subprocess.run(_torchrun(nproc) + [TRAIN] + list(args), cwd=cwd, env=env,
+        return subprocess.run(torchrun_cmd(nproc) + [TRAIN] + list(args), cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=timeout)
     if nonfinite:
         script, argv = NONFINITE, [nonfinite[0], str(nonfinite[1])] + list(args)
@@ -112,9 +109,25 @@ NONFINITE = os.path.join(ROOT, "tests", "nonfinite.py")
 _LAUNCHER = prefork.Launcher()
 
 
-def _torchrun(nproc):
+def trainer_env():
+    """This environment for a trainer process: one thread, unbuffered output, and none of the
+    torchrun variables (a test may itself run under some)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def torchrun_cmd(nproc, *options):
+    """The real torchrun, one node, nproc workers; the script and its arguments follow."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}"]
+            f"--nproc_per_node={nproc}", *options]
+
+
+def _prefork(env):
+    """Launch through tests/prefork.py? Not with PREFORK=0, nor where the child wants other
+    threads than the server's one (OMP_NUM_THREADS is read when torch is imported)."""
+    return os.environ.get("PREFORK", "1") != "0" and env.get("OMP_NUM_THREADS") == "1"
 
 
 def run_script(script, argv, cwd=ROOT, env=None, timeout=300, nproc=None):
@@ -125,8 +138,8 @@ def run_script(script, argv, cwd=ROOT, env=None, timeout=300, nproc=None):
     (and torchrun for nproc ranks).
     env is the child's whole environment (default: this one with OMP_NUM_THREADS=1)."""
     env = dict(os.environ, OMP_NUM_THREADS="1") if env is None else dict(env)
-    if os.environ.get("PREFORK", "1") == "0" or env.get("OMP_NUM_THREADS") != "1":
-        launch = _torchrun(nproc) if nproc else [sys.executable]
+    if not _prefork(env):
+        launch = torchrun_cmd(nproc) if nproc else [sys.executable]
         return subprocess.run(launch + [script] + [str(a) for a in argv], cwd=cwd, env=env,
                               capture_output=True, text=True, timeout=timeout)
     return _LAUNCHER.run(script, argv, cwd, env, timeout, nproc=nproc)
@@ -136,7 +149,7 @@ def popen_train(args, env, cwd=ROOT):
     """train_gpt2.py running in the background -> a Popen-like handle (pid, poll, communicate,
     returncode); nothing else may be launched through the prefork server until it ends
     (PREFORK=0: a real subprocess.Popen)."""
-    if os.environ.get("PREFORK", "1") == "0" or env.get("OMP_NUM_THREADS") != "1":
+    if not _prefork(env):
         return subprocess.Popen([sys.executable, TRAIN] + list(args), cwd=cwd, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return _LAUNCHER.popen(TRAIN, args, cwd, env)
@@ -219,7 +232,6 @@ def char_text_file(d, n_chars=300_000):
     with open(path, "w") as f:
         f.write(text[:n_chars])
     return path
-
 
 
 def pytest_sessionfinish(session, exitstatus):

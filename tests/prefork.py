@@ -1,12 +1,13 @@
 """A pre-forking launcher: run repo scripts as fresh processes without paying the imports again.
 
 Every trainer test runs `python train_gpt2.py ...` in a child process (own pid, argv, cwd,
-environment, exit code, stdout/stderr, signals), and ~2 CPU seconds of each launch are the
-interpreter start and `import torch`. This module is that process's body, started once per test
-session: it imports torch and the repo's modules, then reads one JSON request per line from
-stdin and answers each by fork(): the child is a new process that runs the script as __main__
-(runpy), exactly as `python script args` would after the same imports. The parent writes
-`{"pid": ...}` when the child starts and `{"pid": ..., "rc": ...}` when it ends.
+environment, exit code, stdout/stderr, signals), and ~5 CPU seconds of each launch are the
+interpreter start, `import torch`, `torch._dynamo` and matplotlib. This module is that process's
+body, started once per test process: it imports them and the repo's modules, then reads one JSON
+request per line from stdin and answers each by fork(): the child is a new process that runs the
+script as __main__ (runpy), exactly as `python script args` would after the same imports. The
+server writes `{"pids": [...]}` when the children start and `{"pids": [...], "rc": ...}` when
+they have ended.
 
 With "nproc": N in the request, N children are forked with the environment torchrun gives its
 workers on one node (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
@@ -165,30 +166,22 @@ class Launcher:
         self.proc.stdin.flush()
         return self._reply(60)["pids"], out, err
 
-    def popen(self, script, argv, cwd, env):
+    def popen(self, script, argv, cwd, env, nproc=None):
         """A running `python script *argv` -> Process (pid, poll, communicate, returncode). Until
         it ends, this launcher starts nothing else."""
-        pids, out, err = self._send(script, argv, cwd, env)
-        return Process(self, pids[0], out, err)
+        return Process(self, *self._send(script, argv, cwd, env, nproc))
 
     def run(self, script, argv, cwd, env, timeout, nproc=None):
         import subprocess
-        pids, out, err = self._send(script, argv, cwd, env, nproc)
-        done = self._reply(timeout)
-        timed_out = done is None
-        if timed_out:
-            for pid in pids:
-                try:
-                    os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            done = self._reply(60)
-        with open(out, errors="replace") as f_out, open(err, errors="replace") as f_err:
-            stdout, stderr = f_out.read(), f_err.read()
+        proc = self.popen(script, argv, cwd, env, nproc)
         cmd = [sys.executable, script] + [str(a) for a in argv]
-        if timed_out:
-            raise subprocess.TimeoutExpired(cmd, timeout, output=stdout, stderr=stderr)
-        return subprocess.CompletedProcess(cmd, done["rc"], stdout, stderr)
+        try:
+            stdout, stderr = proc.communicate(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate(60)
+            raise subprocess.TimeoutExpired(cmd, timeout, output=stdout, stderr=stderr) from None
+        return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
     def close(self):
         if self.proc is not None and self.proc.poll() is None:
@@ -197,14 +190,23 @@ class Launcher:
 
 
 class Process:
-    """The subprocess.Popen subset the fault tests use, for a child of the prefork server."""
+    """The subprocess.Popen subset the tests use, for the children (ranks) of one launch of
+    the prefork server; pid is the first (rank 0)."""
 
-    def __init__(self, launcher, pid, out, err):
-        self.launcher, self.pid, self.out, self.err = launcher, pid, out, err
-        self.returncode = None
+    def __init__(self, launcher, pids, out, err):
+        self.launcher, self.pids, self.out, self.err = launcher, pids, out, err
+        self.pid, self.returncode = pids[0], None
 
     def send_signal(self, sig):
         os.kill(self.pid, sig)
+
+    def kill(self):
+        """SIGKILL every child's process group."""
+        for pid in self.pids:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def poll(self):
         if self.returncode is None:

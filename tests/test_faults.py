@@ -22,7 +22,7 @@ import torch
 
 import faultlog
 from conftest import (ROOT, TRAIN, flip_bit_in_largest_tensor, parse_train_lines, popen_train,
-                      read_jsonl, run_train, tiny_args, train_events)
+                      read_jsonl, run_train, tiny_args, torchrun_cmd, train_events, trainer_env)
 import checkpoint
 import train_gpt2 as tg
 
@@ -38,22 +38,14 @@ def _ok(p):
     assert p.returncode == 0, f"rc={p.returncode}\nstdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-3000:]}"
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
-
-
 def _popen(args, nproc=None, extra=()):
     """The trainer running in the background: one process (forked by tests/prefork.py), or
     torchrun with nproc workers."""
     if not nproc:
-        return popen_train(args, env=_env())
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", *extra, TRAIN]
-    return subprocess.Popen(cmd + list(args), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+        return popen_train(args, env=trainer_env())
+    return subprocess.Popen(torchrun_cmd(nproc, *extra) + [TRAIN] + list(args), cwd=ROOT,
+                            env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
 
 
 def _last_step(jsonl):
@@ -393,7 +385,7 @@ def test_log_write_failure_is_one_error_line(char_data, tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (12000, 12000))
     args = tiny_args(char_data, tmp_path, "full", "--max_steps=200", "--eval_interval=0",
                      "--size_interval=0", "--sample_interval=0", "--checkpoint_interval=0")
-    p = subprocess.run([sys.executable, TRAIN] + args, cwd=ROOT, env=_env(), capture_output=True,
+    p = subprocess.run([sys.executable, TRAIN] + args, cwd=ROOT, env=trainer_env(), capture_output=True,
                        text=True, timeout=300, preexec_fn=limit)
     faultlog.inject("log write fails (file size limit)")
     assert p.returncode == 1, p.stderr[-2000:]

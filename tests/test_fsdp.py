@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, TRAIN, read_jsonl, run_script, run_train, tiny_args, train_events
+from conftest import (ROOT, TRAIN, read_jsonl, run_script, run_train, tiny_args, train_events,
+                      trainer_env)
 
 # shared weights, a head after every layer, early exit: every feature FSDP must carry
 EARLY = ["--share_weights=True", "--layer_heads=True", "--early_exit=True",
@@ -83,9 +84,7 @@ def test_two_nodes_equal_standalone(char_data, tmp_path, ddp_run):
     """Two torchrun agents (--nnodes=2, node_rank 0/1, one process each, c10d rendezvous on
     localhost) under FSDP train exactly like one standalone 2-process run (6 steps); rank 0
     alone writes the log and the checkpoints."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
+    env = trainer_env()
     port = _free_port()
     args = tiny_args(char_data, tmp_path / "nodes", "r", *FULL, "--parallel=fsdp",
                      "--stop_at_step=5")
@@ -140,12 +139,9 @@ def test_fsdp_shards_parameters_and_optimizer_state(char_data, tmp_path):
     """Each of 2 ranks holds about half the parameter and AdamW bytes (bench/fsdp_memory.py's
     accounting, measured on the live tensors)."""
     out = tmp_path / "mem.json"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
     _ok(run_script(os.path.join(ROOT, "bench", "fsdp_memory.py"),
-                   ["--worker", "--n_layer=4", "--n_embd=64", "--out", str(out)], env=env,
-                   nproc=2))
+                   ["--worker", "--n_layer=4", "--n_embd=64", "--out", str(out)],
+                   env=trainer_env(), nproc=2))
     import json
     r = json.loads(out.read_text())
     assert r["world"] == 2

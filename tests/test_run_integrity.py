@@ -17,19 +17,12 @@ import pytest
 
 import faultlog
 from conftest import (ROOT, TRAIN, flip_bit_in_largest_tensor, make_char_dataset, read_jsonl,
-                      run_train, tiny_args, train_events)
+                      run_train, tiny_args, train_events, trainer_env)
 
 pytestmark = pytest.mark.slow     # every test here runs the trainer in subprocesses
 
 SHORT = ["--max_steps=12", "--eval_interval=0", "--size_interval=0", "--sample_interval=0",
          "--checkpoint_interval=4"]
-
-
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(k, None)
-    return env
 
 
 def _ok(p):
@@ -104,7 +97,7 @@ def test_file_size_limit_on_checkpoint_save(char_data, tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
     p = subprocess.run([sys.executable, TRAIN] + tiny_args(char_data, tmp_path, "fs", *SHORT),
-                       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300,
+                       cwd=ROOT, env=trainer_env(), capture_output=True, text=True, timeout=300,
                        preexec_fn=limit)
     faultlog.inject("file size limit (ulimit -f) while saving a checkpoint")
     ck4 = tmp_path / "fs" / "ckpt_000004.pt"
@@ -152,7 +145,7 @@ LONG = ["--max_steps=100000", "--eval_interval=0", "--size_interval=0", "--sampl
 
 
 def _start(args):
-    return subprocess.Popen([sys.executable, TRAIN] + args, cwd=ROOT, env=_env(),
+    return subprocess.Popen([sys.executable, TRAIN] + args, cwd=ROOT, env=trainer_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
