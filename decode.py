@@ -10,12 +10,17 @@
 - early exit (`exit_threshold=t`, or config.early_exit with config.exit_mode/exit_threshold):
   a token stops at the first layer whose confidence (config.confidence, any exits.CONFIDENCES
   measure; `_Measure` carries what it needs across layers for the rows still running)
-  triggers the exit rule; its logits are that layer's head. Its state is frozen for the deeper layers (CALM state
-  propagation), and the K/V those layers keep for later tokens are projected from it
-  (`Block.frozen_kv`; with shared weights one projection serves every remaining depth).
+  triggers the exit rule; its logits are that layer's head. Its state is frozen for the deeper
+  layers (CALM state propagation), and the K/V those layers keep for later tokens are projected
+  from it (`Block.frozen_kv`; with shared weights one projection serves every remaining depth).
   Only the last position's head runs in a decode step, only for rows still running; rows (and,
   in the prompt, tokens) that exited are gathered out of the deeper blocks, so they cost
   nothing there. Equal to model.forward with exit_propagate=True (tests, every step's logits).
+
+Decode steps (one new token) run their layers through `kernel_for(model)`: for a shared-weight
+pre-ln block with GPT-2 attention, `_SharedPreLN` (the exit head rides on the next layer's
+q/k/v matmul, and an exiting row's K/V come from that same matmul); for every other model the
+Block modules themselves (`_Blocks`). Prompts and the speculative verification run the Blocks.
 - self-speculative (`draft_layers=d, draft_tokens=k`): the first d layers and their head
   draft k tokens one at a time; one forward of layers d..L-1 over the k + 1 positions verifies
   them, reusing the draft's layer 1..d hidden states and K/V (the draft *is* the verifier's
@@ -172,13 +177,156 @@ def _head_fn(model):
     return logits
 
 
-def _run_layers(model, cache, x, p0, lo, hi):
-    """Blocks lo..hi-1 on every row of x (B, n, C) at positions p0..p0+n-1; writes their K/V."""
+def _run_layers(model, cache, x, p0, lo, hi, layers=None):
+    """Blocks lo..hi-1 on every row of x (B, n, C) at positions p0..p0+n-1; writes their K/V.
+    A one-token step (n = 1) runs through `layers` (a kernel_for class) when given."""
+    if layers is not None and x.size(1) == 1:
+        run, h = layers.begin(cache, p0).run, x[:, 0]
+        for l in range(lo, hi):
+            h = run(l, h, None)
+        return h[:, None]
     rope = _rope_range(model, p0, x.size(1))
     end = p0 + x.size(1)
     for l in range(lo, hi):
         x, _ = model.block(l)(x, rope, cache.slots(l, p0, end))
     return x
+
+
+# ----------------------------------------------------------------------------------------------
+# the layers of one decode step (T = 1) on the rows still running: any block, or the kernel of
+# a shared pre-ln block
+
+
+class _Blocks:
+    """Decode-step layers through the model's own Block modules (every block type), built once
+    per generate; `begin` starts a step at position p0. x (R, C) are the rows still running
+    (`rows`: their batch rows, None = all). The head of a state leaving a layer is `head`
+    (ln_f, lm_head); exited rows' deeper K/V are deferred (`_defer`) at the end of the step
+    and projected when a later token first reads them (`_flush`)."""
+
+    def __init__(self, model, head):
+        self.model, self.head = model, head
+
+    def begin(self, cache, p0):
+        self.cache, self.p0, self.rope = cache, p0, _rope_range(self.model, p0, 1)
+        self.frozen = []                            # (x (n, C), rows (n,) | None, depth)
+        return self
+
+    def run(self, l, x, rows):
+        """Layer l on x (R, C) -> (R, C); writes its K/V for batch rows `rows`."""
+        x, _ = self.model.block(l)(x[:, None], self.rope,
+                                   self.cache.slots(l, self.p0, self.p0 + 1, rows))
+        return x[:, 0]
+
+    def logits(self, x):
+        """The head of states x (R, C) leaving a layer -> (R, V) fp32."""
+        return self.head(x)
+
+    def exit(self, x, ex, rows, depth):
+        """Rows ex (indices into x (R, C), the last logits' input; None: all), batch rows
+        `rows`, exit at depth: their K/V of depths depth..L-1."""
+        self.frozen.append((x if ex is None else x[ex], rows, depth))
+
+    def keep(self, idx):
+        """Only the rows idx of the last logits' input run on."""
+
+    def finish(self):
+        for x, rows, depth in self.frozen:
+            _defer(self.model, self.cache, x, rows, self.p0, depth)
+
+
+class _SharedPreLN(_Blocks):
+    """Decode-step layers of a shared-weight pre-ln block with GPT-2 attention (what
+    `kernel_for` accepts), written out with the block's parameters. ln_1's affine is folded
+    into c_attn and ln_f's into the head: [c_attn; lm_head] (3C + V, C) is one matmul of the
+    normalised state, which gives a layer's exit-head logits *and* the next layer's q, k, v
+    (the head costs V more rows of that matmul instead of a layer norm and a matmul of its
+    own), and a row that exits has its K/V for every deeper depth right there (shared
+    weights: no deferral, no second projection). Without a check a layer multiplies only the
+    c_attn rows. Equal to Block.forward and the head up to the fp32 rounding of the fold
+    (tests: atol 1e-5)."""
+
+    def __init__(self, model, head):
+        super().__init__(model, head)
+        import model as model_lib
+        self.rotate = model_lib.rope_rotate
+        blk, cfg = model.block(0), model.config
+        self.ln_2, self.mlp, self.c_proj = blk.ln_2, blk.mlp, blk.attn.c_proj
+        self.C, self.nh, self.L, self.eps = cfg.n_embd, cfg.n_head, cfg.n_layer, blk.ln_1.eps
+        w, b = zip(_fold(blk.attn.c_attn, blk.ln_1), _fold(model.lm_head, model.transformer.ln_f))
+        self.w, self.b = torch.cat(w), torch.cat(b)                     # (3C + V, C), (3C + V,)
+        self.w_qkv, self.b_qkv = self.w[:3 * self.C], self.b[:3 * self.C]
+        self.qkv = None            # (R, 3C) of the last logits' input, for the next layer
+
+    @staticmethod
+    def accepts(model):
+        import model as model_lib
+        blk = model.block(0)
+        return (model.config.share_weights and not model.training
+                and type(blk) is model_lib.PreLNBlock
+                and type(blk.attn) is model_lib.CausalSelfAttention
+                and blk.ln_1.eps == model.transformer.ln_f.eps)
+
+    def begin(self, cache, p0):
+        self.qkv = None
+        return super().begin(cache, p0)
+
+    def _norm(self, x):
+        return F.layer_norm(x, (self.C,), None, None, self.eps)
+
+    def _split(self, qkv, parts):
+        """qkv (R, 3C) -> the last `parts` of q, k, v, each (R, nh, 1, hd), RoPE applied."""
+        R, C = qkv.size(0), self.C
+        out = list(qkv[:, (3 - parts) * C:].view(R, parts, self.nh, 1, C // self.nh).unbind(1))
+        if self.rope is not None:
+            out[-2] = self.rotate(out[-2], *self.rope)
+            if parts == 3:
+                out[0] = self.rotate(out[0], *self.rope)
+        return out
+
+    def run(self, l, x, rows):
+        qkv, self.qkv = self.qkv, None
+        if qkv is None:
+            qkv = F.linear(self._norm(x), self.w_qkv, self.b_qkv)
+        q, k, v = self._split(qkv, 3)
+        y = self.cache.slots(l, self.p0, self.p0 + 1, rows)[0].attend(q, k, v)
+        mid = x + F.linear(y.reshape(x.shape), self.c_proj.weight, self.c_proj.bias)
+        return mid + self.mlp(self.ln_2(mid))
+
+    def logits(self, x):
+        out = F.linear(self._norm(x), self.w, self.b)                   # (R, 3C + V)
+        self.qkv = out[:, :3 * self.C]
+        lg = out[:, 3 * self.C:]
+        return lg if lg.dtype == torch.float32 else lg.float()
+
+    def exit(self, x, ex, rows, depth):
+        k, v = self._split(self.qkv if ex is None else self.qkv[ex], 2)
+        self.cache.put_frozen(depth, self.L, 0, rows, self.p0, k, v)
+
+    def keep(self, idx):
+        self.qkv = self.qkv[idx]
+
+    def finish(self):
+        pass
+
+
+def _fold(linear, ln):
+    """(weight (N, C), bias (N,)) of linear(ln(x)) as a function of the normalised x: ln's
+    gain scales the weight's columns, its bias moves into the linear's bias (fp32, then the
+    weight's dtype)."""
+    w = linear.weight.float()
+    b = torch.zeros(w.size(0), device=w.device) if linear.bias is None else linear.bias.float()
+    if ln.bias is not None:
+        b = b + w @ ln.bias.float()
+    if ln.weight is not None:
+        w = w * ln.weight.float()
+    return w.to(linear.weight.dtype), b.to(linear.weight.dtype)
+
+
+def kernel_for(model):
+    """The decode-step layers class for model: _SharedPreLN when it accepts the model, else
+    _Blocks (resolved once per generate)."""
+    return _SharedPreLN if _SharedPreLN.accepts(model) else _Blocks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,10 +408,13 @@ class _Measure:
         self.model, self.meas = model, exits.CONFIDENCES[model.config.confidence]
         self.rule, self.threshold = rule, threshold
         self.prev, self.hist = None, []
+        self.fast = self.meas.from_logits
 
     def trigger(self, l, x_in, x_out, logits):
         """Layer l's exit decision -> bool (N,) from its logits (N, V) fp32 and the residual
         stream x_in, x_out (N, C) entering / leaving it (see exits.register_confidence)."""
+        if self.fast is not None:
+            return self.rule(self.fast(logits), self.threshold)
         m, model = self.meas, self.model
         cin = exits.ConfIn(_HeadStats(torch.softmax(logits, dim=-1)), layer=l,
                            config=model.config, hist=self.hist)
@@ -287,25 +438,26 @@ class _Measure:
         self.hist = [a[idx] for a in self.hist]
 
 
-def _run_exit_step(model, cache, x, p0, head, check):
+def _run_exit_step(model, cache, x, p0, head, check, layers):
     """One decode step with per-token early exit: x (B, 1, C) at position p0 -> (logits (B, V)
-    fp32, exit depth (B,)). Each layer's head runs only on the rows still running; exited rows
-    leave the batch. Their deeper K/V are deferred to `cache.pending` at the end of the step
-    (no row of this step reads another row's K/V)."""
+    fp32, exit depth (B,)). `layers` (kernel_for(model)) runs the layers; each layer's head
+    runs only on the rows still running, and exited rows leave the batch (their deeper K/V:
+    layers.exit)."""
     L, B = model.config.n_layer, x.size(0)
     measure = _Measure(model, *check)
-    rope = _rope_range(model, p0, 1)
-    rows = None                                     # None: every row still runs
-    exited = []                                     # (rows (n,) | None, x (n, C), logits, depth)
+    layers = layers.begin(cache, p0)
+    rows, x = None, x[:, 0]                         # rows None: every row still runs
+    exited = []                                     # (rows (n,) | None, logits (n, V), depth)
     for l in range(L):
-        _flush(model, cache, l)
+        if cache.pending_next <= l:
+            _flush(model, cache, l)
         x_in = x
-        x, _ = model.block(l)(x, rope, cache.slots(l, p0, p0 + 1, rows))
-        lg = head(x[:, 0])                                                  # (R, V)
+        x = layers.run(l, x, rows)                                          # (R, C)
         if l == L - 1:
-            exited.append((rows, x[:, 0], lg, L))
+            exited.append((rows, head(x), L))
             break
-        trig = measure.trigger(l, x_in[:, 0], x[:, 0], lg)                  # (R,)
+        lg = layers.logits(x)                                               # (R, V)
+        trig = measure.trigger(l, x_in, x, lg)                              # (R,)
         if x.size(0) == 1:                          # one row: one host sync per layer
             if not trig.item():
                 continue
@@ -317,26 +469,28 @@ def _run_exit_step(model, cache, x, p0, head, check):
             if ex.numel() == x.size(0):
                 ex = None
         if ex is None:                              # every running row exits here
-            exited.append((rows, x[:, 0], lg, l + 1))
+            layers.exit(x, None, rows, l + 1)
+            exited.append((rows, lg, l + 1))
             break
         if rows is None:
             rows = torch.arange(B, device=x.device)
-        exited.append((rows[ex], x[ex, 0], lg[ex], l + 1))
+        layers.exit(x, ex, rows[ex], l + 1)
+        exited.append((rows[ex], lg[ex], l + 1))
         keep = (~trig).nonzero()[:, 0]
         rows, x = rows[keep], x[keep]
+        layers.keep(keep)
         measure.keep(keep)
-    for r, h, _, d in exited:
-        _defer(model, cache, h, r, p0, d)
+    layers.finish()
     if len(exited) == 1:                            # the whole batch left at one depth
-        return exited[0][2], torch.full((B,), float(exited[0][3]), device=x.device)
-    logits = torch.empty(B, exited[0][2].size(-1), device=x.device)
+        return exited[0][1], torch.full((B,), float(exited[0][2]), device=x.device)
+    logits = torch.empty(B, exited[0][1].size(-1), device=x.device)
     depth = torch.empty(B, device=x.device)
-    for r, _, lg, d in exited:
+    for r, lg, d in exited:
         logits[r], depth[r] = lg, float(d)
     return logits, depth
 
 
-def _run_exit(model, cache, x, p0, head, check):
+def _run_exit(model, cache, x, p0, head, check, layers):
     """Prompt encoding with per-token early exit: x (B, T, C) at positions p0..p0+T-1 ->
     (logits (B, V) fp32 and exit depth (B,) of each row's last position).
 
@@ -346,7 +500,7 @@ def _run_exit(model, cache, x, p0, head, check):
     Exited tokens' deeper K/V are written (`_flush`) before a later token reads them."""
     L, (B, T, _) = model.config.n_layer, x.shape
     if T == 1:
-        return _run_exit_step(model, cache, x, p0, head, check)
+        return _run_exit_step(model, cache, x, p0, head, check, layers)
     measure = _Measure(model, *check)
     dev, last = x.device, p0 + T - 1
     logits_out = torch.empty(B, model.config.vocab_size, device=dev)
@@ -410,7 +564,7 @@ def _pick(logits, temperature, top_k, generator):
 # self-speculative decoding
 
 
-def _speculate(model, cache, head, tok, d, k, temperature, top_k, generator):
+def _speculate(model, cache, head, layers, tok, d, k, temperature, top_k, generator):
     """One draft-and-verify round. tok (B, 1) is the newest token, not yet in the cache (at
     position cache.len). Returns (new tokens (B, m + 1), their verifier logits (B, m + 1, V),
     m accepted draft tokens); the cache then holds tok and the m accepted tokens."""
@@ -419,7 +573,7 @@ def _speculate(model, cache, head, tok, d, k, temperature, top_k, generator):
     hs, drafts, qs, cur = [], [], [], tok
     for j in range(k + 1):                          # k drafts; the last token only runs layers 1..d
         x, _ = model._embed(cur, p0 + j)
-        h = _run_layers(model, cache, x, p0 + j, 0, d)
+        h = _run_layers(model, cache, x, p0 + j, 0, d, layers)
         hs.append(h)
         if j == k:
             break
@@ -512,6 +666,7 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     thr = float(exit_threshold if exit_threshold is not None else cfg.exit_threshold)
     check = _exit_rule(model, rule, thr, idx.device) if early else None
     head = _head_fn(model)
+    layers = kernel_for(model)(model, head)
     L, cap = cfg.n_layer, cfg.block_size
     B = idx.size(0)
     dtype = next(model.parameters()).dtype
@@ -523,8 +678,8 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
         """Run ctx (B, n) at positions p0.. through the model -> last position's logits, depth."""
         x, _ = model._embed(ctx, p0)
         if check is not None:
-            return _run_exit(model, cache, x, p0, head, check)
-        h = _run_layers(model, cache, x, p0, 0, L)
+            return _run_exit(model, cache, x, p0, head, check, layers)
+        h = _run_layers(model, cache, x, p0, 0, L, layers)
         return head(h[:, -1]), torch.full((B,), float(L), device=idx.device)
 
     tok = None                                      # newest token, not yet in the cache
@@ -532,7 +687,7 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
         seq_len = idx.size(1) + n_done
         if tok is not None and draft_layers is not None and seq_len <= cap:
             k = min(draft_tokens, max_new_tokens - n_done - 1, cap - cache.len - 1)
-            new, lg, m = _speculate(model, cache, head, tok, draft_layers, k, temperature,
+            new, lg, m = _speculate(model, cache, head, layers, tok, draft_layers, k, temperature,
                                     top_k, generator)
             drafted, accepted, rounds = drafted + k, accepted + m, rounds + 1
             new, lg = new[:, :max_new_tokens - n_done], lg[:, :max_new_tokens - n_done]

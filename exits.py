@@ -48,19 +48,22 @@ import torch.nn.functional as F
 #   learned=True   out.exit_logit (n,): the model's exit classifier on the stop-gradient head
 #                  input (GPT.exit_classifier), trained by `exit_classifier_loss`;
 #   knob="field"   a 0/1 measure whose trade-off is set by this int GPTConfig field rather than
-#                  the threshold (eval_exit.py sweeps it over 1..n_layer-1).
+#                  the threshold (eval_exit.py sweeps it over 1..n_layer-1);
+#   from_logits=g  g(z (n, V) fp32 logits) -> (n,): the value the decoder reads (no targets)
+#                  from the logits alone, its per-layer check without a ConfIn (tests: equal).
 
 CONFIDENCES: Dict[str, Callable] = {}
 CONFIDENCE_MAX: Dict[str, float] = {}    # name -> the largest value the confidence can take
 
 
 def register_confidence(name, logit_stat=None, prev=False, state=False, history=False,
-                        learned=False, knob=None, max_value=1.0):
+                        learned=False, knob=None, max_value=1.0, from_logits=None):
     def wrap(fn):
         CONFIDENCES[name] = fn
         CONFIDENCE_MAX[name] = max_value
         fn.logit_stat, fn.prev, fn.state, fn.history, fn.learned, fn.knob = (
             logit_stat, prev, state, history, learned, knob)
+        fn.from_logits = from_logits
         return fn
     return wrap
 
@@ -81,19 +84,28 @@ class ConfIn:
         return getattr(self.head, name)
 
 
-@register_confidence("max-prob")
+def _p_max(z):
+    return torch.softmax(z, dim=-1).amax(dim=-1)
+
+
+@register_confidence("max-prob", from_logits=_p_max)
 def max_prob(out):
     """p_max: largest softmax probability of the layer's head (the journal's confidence)."""
     return out.p_max
 
 
-@register_confidence("top2-margin")
+def _top2_margin(z):
+    top = torch.softmax(z, dim=-1).topk(2, dim=-1).values
+    return top[:, 0] - top[:, 1]
+
+
+@register_confidence("top2-margin", from_logits=_top2_margin)
 def top2_margin(out):
     """p_max - p_second: margin between the two most likely next tokens."""
     return out.p_max - out.p_second
 
 
-@register_confidence("target-prob")
+@register_confidence("target-prob", from_logits=_p_max)     # no targets when decoding
 def target_prob(out):
     """p_target: probability of the true next token (the journal's "confidence of target",
     6-test). Without targets (generation, HellaSwag) the target is the token the model would

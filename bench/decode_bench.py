@@ -5,7 +5,7 @@
 
 The checkpoint (default: the newest log/decode_bench_cpu/ckpt_*.pt) comes from
 `python train_gpt2.py config/decode_bench_cpu.py` (CPU minutes). For every batch size (default
-1 and 8) the cases run interleaved, A B C ... A B C, for --rounds rounds, each generating
+1 and 8) the cases run interleaved, A B C, B C A, C A B ..., for --rounds rounds, each generating
 --new-tokens greedy tokens after --prompt-len tokens of distinct val-split prompts:
 
   full         plain full-depth KV-cached decoding (the reference of every ratio)
@@ -77,7 +77,7 @@ def parse_args(argv=None):
                          "at every layer)")
     ap.add_argument("--spec", default="1x4,1x8,2x6", help="self-speculative DxK cases")
     ap.add_argument("--batch-sizes", default="1,8")
-    ap.add_argument("--rounds", type=cli.int_arg(1, 1000), default=9)
+    ap.add_argument("--rounds", type=cli.int_arg(1, 1000), default=15)
     ap.add_argument("--new-tokens", type=cli.int_arg(1), default=64)
     ap.add_argument("--prompt-len", type=cli.int_arg(1), default=32)
     ap.add_argument("--val-batches", type=cli.int_arg(1), default=8,
@@ -120,24 +120,32 @@ def time_generate(model, prompts, n_new, kw):
     return out, n / dt, n / max(dc, 1e-9), dict(model.last_generate_stats)
 
 
+def rotation(names, r):
+    """Round r's order of the cases: names rotated by r, so that over the rounds every case
+    runs in every slot (right after a different case) and no case owns the round's start."""
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
 def measure_interleaved(model, prompts, n_new, cases, rounds):
-    """cases: {name: generate keywords}. Every round runs each case once, in order (after one
-    untimed warm-up each). -> {name: {"tok_s": [per round], "depth", "acceptance",
+    """cases: {name: generate keywords}. Every round runs each case once, in `rotation` order
+    (after one untimed warm-up each). -> {name: {"tok_s": [per round], "depth", "acceptance",
     "tokens_per_verify", "out": tokens of the last round}}."""
     res = {name: {"tok_s": [], "cpu_tok_s": []} for name in cases}
     for name, kw in cases.items():                             # warm-up
         model.generate(prompts, min(4, n_new), temperature=0, **kw)
-    for _ in range(rounds):
-        for name, kw in cases.items():
+    for r in range(rounds):
+        for name in rotation(list(cases), r):
+            kw = cases[name]
             out, tok_s, cpu_tok_s, st = time_generate(model, prompts, n_new, kw)
-            r = res[name]
-            r["tok_s"].append(tok_s)
-            r["cpu_tok_s"].append(cpu_tok_s)
-            r.update(depth=st["avg_exit_depth"], acceptance=st.get("acceptance_rate"),
-                     tokens_per_verify=st.get("tokens_per_verify"), out=out)
-    for r in res.values():
-        r["median"] = statistics.median(r["tok_s"])
-        r["min"], r["max"] = min(r["tok_s"]), max(r["tok_s"])
+            r_ = res[name]
+            r_["tok_s"].append(tok_s)
+            r_["cpu_tok_s"].append(cpu_tok_s)
+            r_.update(depth=st["avg_exit_depth"], acceptance=st.get("acceptance_rate"),
+                      tokens_per_verify=st.get("tokens_per_verify"), out=out)
+    for r_ in res.values():
+        r_["median"] = statistics.median(r_["tok_s"])
+        r_["min"], r_["max"] = min(r_["tok_s"]), max(r_["tok_s"])
     return res
 
 
@@ -303,10 +311,12 @@ def render(report, args, command):
              f"n_embd {cfg.n_embd}, share_weights {cfg.share_weights}, exit_loss "
              f"{cfg.exit_loss}, vocab {cfg.vocab_size}; val loss full depth "
              f"{report['ref_loss']:.4f}  ",
-             f"{args.rounds} interleaved rounds (full, exit@…, spec … in turn), {args.new_tokens} "
-             f"greedy tokens after {args.prompt_len}-token val prompts; tok/s counts new tokens of "
-             "all rows. Speedups are wall clock (ratio of medians) unless marked CPU-time (the "
-             "decoding thread's CPU time, insensitive to other jobs on a shared CPU).", ""]
+             f"{args.rounds} interleaved rounds (full, exit@…, spec … in turn, the order rotated "
+             f"by one case each round), {args.new_tokens} greedy tokens after {args.prompt_len}"
+             "-token val prompts; tok/s counts new tokens of all rows. Speedups are wall clock "
+             "(ratio of medians) unless marked CPU-time (the decoding thread's CPU time: without "
+             "the time it waited for a core, still with the slowdown of caches and memory "
+             "bandwidth shared with other jobs).", ""]
     if pick:
         lines += [f"Threshold with the smallest exit depth within 1 % of full-depth val loss: "
                   f"**{pick}** (val loss {report['losses'][pick]:.4f}, forward exit depth "

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import decode   # noqa: E402
+import exits   # noqa: E402
 import model as model_mod   # noqa: E402
 from model import BLOCKS, GPT, GPTConfig   # noqa: E402
 
@@ -64,6 +65,18 @@ def layer1_median_confidence(m, idx, q=0.5):
         p = F.softmax(m.lm_head(m.transformer.ln_f(h)).float(), -1).amax(-1).flatten().sort().values
     k = max(int(len(p) * q), 1)
     return float((p[k - 1] + p[k]) / 2)
+
+
+def generated_median_confidence(m, idx, n, q=0.5):
+    """A threshold at quantile q of the layer 1..L-1 confidences along the full-depth greedy
+    continuation of idx by n tokens: decoding it, tokens exit at various depths."""
+    with torch.no_grad():
+        x, rope = m._embed(m.generate(idx, n, temperature=0))
+        p = []
+        for l in range(m.config.n_layer - 1):
+            x, _ = m.block(l)(x, rope)
+            p.append(F.softmax(m.lm_head(m.transformer.ln_f(x)).float(), -1).amax(-1).flatten())
+    return float(torch.cat(p).quantile(q))
 
 
 def count_mlp_rows(m):
@@ -138,10 +151,12 @@ def test_exited_tokens_skip_deeper_blocks(share):
 
 @pytest.mark.parametrize("share,seed", [(True, 7), (False, 0)])   # seeds: mixed exit depths
 def test_exited_tokens_kv_projected_once_when_first_read(share, seed, monkeypatch):
-    """Batch 1, one-token prompt (every step one token): an exited token's deeper K/V are
+    """Batch 1, one-token prompt (every step one token), the model's Block modules
+    (decode._Blocks, what every block type decodes with): an exited token's deeper K/V are
     projected only once a later token runs deeper than it did, all pending tokens in one
     projection. With shared weights each such token is projected exactly once; without, once
     per depth that a later token reads: from its exit depth to the deepest later token's."""
+    monkeypatch.setattr(decode, "kernel_for", lambda model: decode._Blocks)
     m = make(share=share)
     idx = prompts(1, 1, seed=seed)
     thr = layer1_median_confidence(m, prompts(1, 16, seed=seed))
@@ -201,22 +216,28 @@ def test_early_exit_batch_8_equals_masked_reference():
 def test_threshold_above_max_confidence_skips_the_heads(monkeypatch):
     """exit_threshold 1.01 can never fire on a probability (exits.never_exits): one head per
     step, the full-depth path and its tokens; at 1.0 (fires only at p = 1 exactly) every layer's
-    head runs, with the same tokens here."""
+    head runs (the prompt's through _head_fn, the decode steps' through the kernel's head),
+    with the same tokens and, bit for bit, the same logits as full depth."""
     m = make()
     idx = prompts(2, 5)
     n = {"heads": 0}
-    orig = decode._head_fn
+    orig, orig_kernel_head = decode._head_fn, decode._SharedPreLN.logits
 
-    def head_fn(model):
-        head = orig(model)
-        return lambda x: n.__setitem__("heads", n["heads"] + 1) or head(x)
-    monkeypatch.setattr(decode, "_head_fn", head_fn)
-    full = m.generate(idx, 6, temperature=0)
+    def count(fn):
+        return lambda *a: n.__setitem__("heads", n["heads"] + 1) or fn(*a)
+    monkeypatch.setattr(decode, "_head_fn", lambda model: count(orig(model)))
+    monkeypatch.setattr(decode._SharedPreLN, "logits", count(orig_kernel_head))
+    full_logits, exit_logits = [], []
+    full = m.generate(idx, 6, temperature=0, step_logits=full_logits)
     assert n["heads"] == 6
     assert torch.equal(m.generate(idx, 6, temperature=0, exit_threshold=1.01), full)
     assert n["heads"] == 12
-    assert torch.equal(m.generate(idx, 6, temperature=0, exit_threshold=1.0), full)
+    assert torch.equal(m.generate(idx, 6, temperature=0, exit_threshold=1.0,
+                                  step_logits=exit_logits), full)
     assert n["heads"] == 12 + 6 * L
+    assert m.last_generate_stats["avg_exit_depth"] == L
+    for a, b in zip(exit_logits, full_logits):
+        assert torch.equal(a, b)
 
 
 def test_decode_logits_include_lm_head_bias():
@@ -242,6 +263,61 @@ def test_never_firing_threshold_runs_every_layer_once_per_row():
         h.remove()
     assert torch.equal(out, m.generate(idx, 6, temperature=0))
     assert seen == [10] * L + [2] * (L * 5)                   # prefill, then 5 single-token steps
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in exits.CONFIDENCES.items() if f.from_logits))
+def test_confidence_from_logits_equals_the_measure(name):
+    """A confidence's from_logits (the decoder's per-layer check) equals the measure itself on
+    the head statistics the decoder would build (no targets)."""
+    z = torch.randn(16, 50, generator=torch.Generator().manual_seed(0)) * 3
+    cin = exits.ConfIn(decode._HeadStats(torch.softmax(z, dim=-1)))
+    fn = exits.CONFIDENCES[name]
+    assert torch.equal(fn.from_logits(z), fn(cin))
+
+
+# ----------------------------------------------------------------------------------------------
+# the decode-step kernel of a shared pre-ln block
+
+
+def test_kernel_for_accepts_only_shared_pre_ln_with_gpt2_attention():
+    assert decode.kernel_for(make()) is decode._SharedPreLN
+    assert decode.kernel_for(make(bias=False, pos_encoding="rope")) is decode._SharedPreLN
+    assert decode.kernel_for(make(share=False)) is decode._Blocks
+    assert decode.kernel_for(make(block_type="res-attn2")) is decode._Blocks
+    assert decode.kernel_for(make(attention="no-c-proj")) is decode._Blocks
+    assert decode.kernel_for(make().train()) is decode._Blocks
+
+
+@pytest.mark.parametrize("pos_encoding,bias,B", [("learned", True, 1), ("rope", True, 3),
+                                                 ("rope", False, 1), ("learned", False, 4)])
+def test_kernel_equals_block_modules(pos_encoding, bias, B, monkeypatch):
+    """Shared pre-ln: decoding through the kernel (full depth, early exit with rows leaving at
+    different depths and their K/V written at exit, speculative drafts) gives the tokens of
+    decoding through the Block modules, every step's logits within fp32 tolerance."""
+    m = make(pos_encoding=pos_encoding, bias=bias, lm_head_bias=bias, scale=1.0)
+    idx = prompts(B, 3, seed=4)
+    thr = generated_median_confidence(m, idx, 14)
+    blocks = {"n": 0}
+    orig_run = decode._Blocks.run
+
+    def run(self, *a):
+        blocks["n"] += type(self) is decode._Blocks
+        return orig_run(self, *a)
+    monkeypatch.setattr(decode._Blocks, "run", run)
+    for kw in ({}, {"exit_threshold": thr}, {"draft_layers": 2, "draft_tokens": 3}):
+        got, want = [], []
+        out = m.generate(idx, 14, temperature=0, step_logits=got, **kw)
+        depth = m.last_generate_stats["avg_exit_depth"]
+        with monkeypatch.context() as mp:
+            mp.setattr(decode, "kernel_for", lambda model: decode._Blocks)
+            ref = m.generate(idx, 14, temperature=0, step_logits=want, **kw)
+        assert torch.equal(out, ref), kw
+        assert depth == m.last_generate_stats["avg_exit_depth"]
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+        if kw.get("exit_threshold"):
+            assert 1.0 < depth < L
+    assert blocks["n"] > 0            # the reference ran the Block modules' decode steps
 
 
 # ----------------------------------------------------------------------------------------------
@@ -393,6 +469,18 @@ def test_decode_bench_summarize_ratio_of_medians():
     assert (out["exit"]["speedup_min"], out["exit"]["speedup_max"]) == (1.0, 3.0)
     assert out["exit"]["cpu_speedup"] == 2.5
     assert out["exit"]["ideal"] == 2.0 and out["exit"]["of_ideal"] == 0.75
+
+
+def test_decode_bench_rotation_puts_every_case_in_every_slot():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "bench"))
+    import decode_bench
+    names = ["full", "exit@1", "exit@0.2", "spec 1x8"]
+    orders = [decode_bench.rotation(names, r) for r in range(8)]
+    assert orders[0] == names and orders[1] == ["exit@1", "exit@0.2", "spec 1x8", "full"]
+    assert orders[4] == names
+    for slot in range(4):
+        assert sorted(o[slot] for o in orders[:4]) == sorted(names)
 
 
 def test_decode_bench_out_of_order_beyond_spread():
