@@ -456,25 +456,59 @@ def test_generate_rejects_bad_arguments(kw, msg):
 # the decode benchmark (bench/decode_bench.py)
 
 
-def test_decode_bench_summarize_ratio_of_medians():
+def _decode_bench():
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                     "bench"))
     import decode_bench
-    res = {"full": {"tok_s": [10.0, 20.0, 30.0], "cpu_tok_s": [10.0, 10.0, 10.0], "depth": 4.0},
-           "exit": {"tok_s": [30.0, 20.0, 90.0], "cpu_tok_s": [25.0, 25.0, 25.0], "depth": 2.0}}
+    return decode_bench
+
+
+def test_decode_bench_summarize_paired_median_and_ratio_of_medians():
+    decode_bench = _decode_bench()
+    res = {"full": {"tok_s": [10.0, 20.0, 30.0], "paired": [1.0, 1.0, 1.0],
+                    "cpu_paired": [1.0, 1.0, 1.0], "depth": 4.0},
+           "exit": {"tok_s": [30.0, 20.0, 90.0], "paired": [1.0, 3.0, 1.5],
+                    "cpu_paired": [2.5, 2.0, 3.0], "depth": 2.0}}
     for r in res.values():
         r["median"] = sorted(r["tok_s"])[1]
     out = decode_bench.summarize(res, n_layer=4)
-    assert out["exit"]["speedup"] == 30.0 / 20.0            # ratio of medians, not of means
+    assert out["exit"]["ratio_of_medians"] == 30.0 / 20.0
+    assert out["exit"]["speedup"] == 1.5                     # median of the paired ratios
     assert (out["exit"]["speedup_min"], out["exit"]["speedup_max"]) == (1.0, 3.0)
     assert out["exit"]["cpu_speedup"] == 2.5
     assert out["exit"]["ideal"] == 2.0 and out["exit"]["of_ideal"] == 0.75
 
 
+def test_decode_bench_paired_ratio_cancels_a_linear_drift(monkeypatch):
+    """A machine slowing down linearly run after run: each case's paired ratio (its tok/s over
+    the mean of the full-depth runs before and after it) is its true speed ratio; full depth
+    runs between any two cases, their order rotating."""
+    decode_bench = _decode_bench()
+    true = {"full": 100.0, "a": 150.0, "b": 300.0}
+    log = []
+
+    def time_generate(model, prompts, n_new, kw):
+        log.append(kw["name"])
+        speed = true[kw["name"]] * (1.0 - 0.01 * len(log))           # drift: -1 % per run
+        return None, speed, speed / 2, {"avg_exit_depth": 4.0}
+
+    class Model:
+        def generate(self, *a, **kw):
+            pass
+    monkeypatch.setattr(decode_bench, "time_generate", time_generate)
+    cases = {n: {"name": n} for n in true}
+    res = decode_bench.summarize(decode_bench.measure_interleaved(Model(), None, 8, cases, 4), 8)
+    assert log[:5] == ["full", "a", "full", "b", "full"] and log[5:10] == ["full", "b", "full",
+                                                                            "a", "full"]
+    assert len(log) == 4 * 5
+    for n in ("a", "b"):
+        assert res[n]["paired"] == pytest.approx([true[n] / 100.0] * 4, rel=1e-12)
+        assert res[n]["speedup"] == pytest.approx(true[n] / 100.0, rel=1e-12)
+        assert res[n]["cpu_speedup"] == pytest.approx(true[n] / 100.0, rel=1e-12)
+
+
 def test_decode_bench_rotation_puts_every_case_in_every_slot():
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                    "bench"))
-    import decode_bench
+    decode_bench = _decode_bench()
     names = ["full", "exit@1", "exit@0.2", "spec 1x8"]
     orders = [decode_bench.rotation(names, r) for r in range(8)]
     assert orders[0] == names and orders[1] == ["exit@1", "exit@0.2", "spec 1x8", "full"]
@@ -486,9 +520,7 @@ def test_decode_bench_rotation_puts_every_case_in_every_slot():
 def test_decode_bench_out_of_order_beyond_spread():
     """A deeper threshold faster than a shallower one counts only when their per-round ratio
     ranges do not overlap."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                    "bench"))
-    import decode_bench
+    decode_bench = _decode_bench()
 
     def case(depth, lo, hi):
         return {"depth": depth, "speedup_min": lo, "speedup_max": hi}
