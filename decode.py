@@ -74,7 +74,7 @@ class DecodeCache:
         same K/V at each: a shared block's one projection). Token j is row rows[j] (rows None:
         row j, N = B) at position pos[j] (pos an int: every token at that position)."""
         for store, t in ((self.k, k), (self.v, v)):
-            t = t[:, :, 0]                                                  # (N, nh, hd)
+            t = t[:, :, 0].to(store.dtype)          # (N, nh, hd); autocast's bf16 -> cache's
             if rows is None:
                 store[lo:hi, i, :, :, pos] = t
             elif isinstance(pos, int):
@@ -112,8 +112,8 @@ class KVSlot:
         sdpa = F.scaled_dot_product_attention
         end = self.end
         if self.pos is not None:                    # packed: q, k, v (1, nh, N, hd)
-            self.k[self.rows, :, self.pos] = k[0].transpose(0, 1)
-            self.v[self.rows, :, self.pos] = v[0].transpose(0, 1)
+            self.k[self.rows, :, self.pos] = k[0].transpose(0, 1).to(self.k.dtype)
+            self.v[self.rows, :, self.pos] = v[0].transpose(0, 1).to(self.v.dtype)
             B, nh, _, hd = self.k.shape
             K, V = (t[:, :, :end].transpose(0, 1).reshape(1, nh, B * end, hd)
                     for t in (self.k, self.v))
@@ -135,7 +135,8 @@ class KVSlot:
         # copy of R rows reads less memory than attending over every row of the batch with
         # padded queries, measured for 1..7 of 8 rows at the benchmark's shape)
         rows = self.rows
-        self.k[rows, :, s:s + 1], self.v[rows, :, s:s + 1] = k, v
+        self.k[rows, :, s:s + 1] = k.to(self.k.dtype)      # index_put: no autocast cast
+        self.v[rows, :, s:s + 1] = v.to(self.v.dtype)
         return sdpa(q, self.k[:, :, :end].index_select(0, rows),
                     self.v[:, :, :end].index_select(0, rows))
 

@@ -1,6 +1,7 @@
 """decode.py: batched early-exit decoding and prefill that skip exited tokens, exact against the
 masked reference; self-speculative decoding (greedy identical to full depth, sampling with
 the full model's distribution)."""
+import contextlib
 import os
 import sys
 
@@ -288,13 +289,57 @@ def test_kernel_for_accepts_only_shared_pre_ln_with_gpt2_attention():
     assert decode.kernel_for(make().train()) is decode._Blocks
 
 
+def affine_lns(m, seed=0):
+    """Random LayerNorm gains N(1, 0.3) and biases N(0, 0.3) (init's 1 and 0 make the kernel's
+    ln_1 / ln_f folds exact whatever they do)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for ln in m.modules():
+            if isinstance(ln, torch.nn.LayerNorm) and ln.weight is not None:
+                ln.weight.copy_(1.0 + 0.3 * torch.randn(ln.weight.shape, generator=g))
+                if ln.bias is not None:
+                    ln.bias.copy_(0.3 * torch.randn(ln.bias.shape, generator=g))
+    return m
+
+
+def kernel_and_blocks(m, idx, n, monkeypatch, seed=0, **kw):
+    """generate(idx, n, **kw) through kernel_for(m), then through the Block modules (decode._Blocks),
+    torch's RNG seeded with `seed` before each and a generator seeded with it -> two (tokens,
+    step logits, avg exit depth)."""
+    runs = []
+    for kernel in (decode.kernel_for, lambda model: decode._Blocks):
+        with monkeypatch.context() as mp:
+            mp.setattr(decode, "kernel_for", kernel)
+            torch.manual_seed(seed)
+            lg = []
+            out = m.generate(idx, n, step_logits=lg, generator=torch.Generator().manual_seed(seed),
+                             **kw)
+        runs.append((out, lg, m.last_generate_stats["avg_exit_depth"]))
+    return runs
+
+
+def assert_same_decode(a, b):
+    """Tokens and exit depths equal, every step's logits within fp32 tolerance."""
+    assert torch.equal(a[0], b[0])
+    assert a[2] == b[2]
+    assert len(a[1]) == len(b[1]) > 0
+    for x, y in zip(a[1], b[1]):
+        torch.testing.assert_close(x, y)      # fp32: atol 1e-5, rtol 1.3e-6
+
+
 @pytest.mark.parametrize("pos_encoding,bias,B", [("learned", True, 1), ("rope", True, 3),
                                                  ("rope", False, 1), ("learned", False, 4)])
 def test_kernel_equals_block_modules(pos_encoding, bias, B, monkeypatch):
-    """Shared pre-ln: decoding through the kernel (full depth, early exit with rows leaving at
-    different depths and their K/V written at exit, speculative drafts) gives the tokens of
-    decoding through the Block modules, every step's logits within fp32 tolerance."""
-    m = make(pos_encoding=pos_encoding, bias=bias, lm_head_bias=bias, scale=1.0)
+    """Shared pre-ln with random LayerNorm affines (what the kernel folds): decoding through the
+    kernel (full depth, early exit with rows leaving at different depths and their K/V written
+    at exit, speculative drafts; greedy and sampled with the same generator) gives the tokens
+    of decoding through the Block modules, every step's logits within fp32 tolerance; the
+    speculative greedy tokens are full depth's."""
+    m = affine_lns(make(pos_encoding=pos_encoding, bias=bias, lm_head_bias=bias, scale=1.0))
+    if bias:
+        with torch.no_grad():
+            m.lm_head.bias.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
+    assert decode.kernel_for(m) is decode._SharedPreLN
     idx = prompts(B, 3, seed=4)
     thr = generated_median_confidence(m, idx, 14)
     blocks = {"n": 0}
@@ -304,21 +349,135 @@ def test_kernel_equals_block_modules(pos_encoding, bias, B, monkeypatch):
         blocks["n"] += type(self) is decode._Blocks
         return orig_run(self, *a)
     monkeypatch.setattr(decode._Blocks, "run", run)
-    for kw in ({}, {"exit_threshold": thr}, {"draft_layers": 2, "draft_tokens": 3}):
-        got, want = [], []
-        out = m.generate(idx, 14, temperature=0, step_logits=got, **kw)
-        depth = m.last_generate_stats["avg_exit_depth"]
-        with monkeypatch.context() as mp:
-            mp.setattr(decode, "kernel_for", lambda model: decode._Blocks)
-            ref = m.generate(idx, 14, temperature=0, step_logits=want, **kw)
-        assert torch.equal(out, ref), kw
-        assert depth == m.last_generate_stats["avg_exit_depth"]
-        for a, b in zip(got, want):
-            torch.testing.assert_close(a, b)
-        if kw.get("exit_threshold"):
-            assert 1.0 < depth < L
+    outs = []
+    spec = {"draft_layers": 2, "draft_tokens": 3}
+    for temp in (0.0, 2.0):
+        for kw in ({}, {"exit_threshold": thr}, spec):
+            got, want = kernel_and_blocks(m, idx, 14, monkeypatch, temperature=temp, top_k=40,
+                                          **kw)
+            assert_same_decode(got, want)
+            outs.append(got[0])
+            if kw.get("exit_threshold"):
+                assert 1.0 < got[2] < L
+    assert torch.equal(outs[2], outs[0])      # speculative greedy = full-depth greedy
+    assert not torch.equal(outs[3], outs[0])  # sampled
     assert blocks["n"] > 0            # the reference ran the Block modules' decode steps
 
+
+def _confidence_quantile(m, idx, n, q):
+    """Quantile q of the layer 1..L-1 config.confidence along the full-depth greedy continuation."""
+    with torch.no_grad():
+        r = m._trunk(m.generate(idx, n, temperature=0), heads_on=True)
+    return float(torch.cat([o.confidence.flatten() for o in r["layers"][:-1]]).quantile(q))
+
+
+@pytest.mark.parametrize("mode", ["threshold", "sample"])
+@pytest.mark.parametrize("confidence", sorted(exits.CONFIDENCES))
+def test_kernel_every_confidence_equals_block_modules(confidence, mode, monkeypatch):
+    """Every confidence (with from_logits or through ConfIn: logit statistics, the previous
+    layer's logits, the argmax history, the residual stream, the exit classifier), under the
+    threshold rule at its 0.85 quantile (rows exit at different depths) and under the random "sample" rule (same seed): the kernel's
+    tokens, logits and exit depths are the Block modules'."""
+    m = affine_lns(make(scale=3.0, pos_encoding="rope", confidence=confidence, argmax_stable_k=1,
+                        layer_heads=confidence == "learned"))
+    if confidence == "learned":
+        with torch.no_grad():
+            m.exit_classifier.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(2))
+    idx = prompts(3, 4, seed=1)
+    m.config.early_exit, m.config.exit_mode = True, mode
+    m.config.exit_threshold = (0.5 if confidence == "argmax-stable" else
+                              _confidence_quantile(m, idx, 12, 0.85))
+    got, want = kernel_and_blocks(m, idx, 12, monkeypatch, seed=3, temperature=0)
+    assert_same_decode(got, want)
+    assert (1.0 < got[2] < L) if mode == "threshold" else (1.0 <= got[2] < L)
+
+
+@pytest.mark.parametrize("depth", [2, 6])
+def test_kernel_at_test_time_depth_equals_masked_reference(depth):
+    """generate(depth=d) on a shared block (recurrent test-time depth, d != n_layer): the kernel
+    runs d layers, full depth and early exit equal to the masked reference at depth d (at d = 6
+    a row's tokens exiting at layer 1 are read by its later tokens at depths 1..5: their K/V
+    must reach depth d, not n_layer)."""
+    m = affine_lns(make(scale=3.0, pos_encoding="rope"))
+    idx = prompts(2, 3, seed=4)
+    with m.at_depth(depth):
+        thr = generated_median_confidence(m, idx, 10, q=0.85)
+        refs = [masked_reference(m, idx, 10, t) for t in (None, thr)]
+    for t, (ref, ref_logits) in zip((None, thr), refs):
+        got = []
+        assert torch.equal(m.generate(idx, 10, temperature=0, exit_threshold=t, depth=depth,
+                                      step_logits=got), ref)
+        for g, r in zip(got, ref_logits):
+            torch.testing.assert_close(g, r)
+        d = m.last_generate_stats["avg_exit_depth"]
+        assert d == depth if t is None else 1.0 < d < depth
+    assert m.config.n_layer == L
+
+
+def test_kernel_whole_batch_exits_at_layer_1():
+    """Threshold 0: every row exits at layer 1 in one go (prompt and decode steps), its K/V
+    written at every deeper depth: equal to the masked reference."""
+    m = affine_lns(make(scale=3.0, pos_encoding="rope"))
+    idx = prompts(3, 3, seed=6)
+    got = []
+    out = m.generate(idx, 8, temperature=0, exit_threshold=0.0, step_logits=got)
+    ref, ref_logits = masked_reference(m, idx, 8, 0.0)
+    assert torch.equal(out, ref)
+    for g, r in zip(got, ref_logits):
+        torch.testing.assert_close(g, r)
+    assert m.last_generate_stats["avg_exit_depth"] == 1.0
+
+
+def test_confidence_without_from_logits_goes_through_confin(monkeypatch):
+    """max-prob registered again without from_logits: the decoder hands it a ConfIn at every
+    check and decodes exactly as max-prob's from_logits does."""
+    seen = []
+
+    def slow_max_prob(out):
+        seen.append(type(out))
+        return out.p_max
+    for reg in (exits.CONFIDENCES, exits.CONFIDENCE_MAX):
+        monkeypatch.setitem(reg, "max-prob-confin", None)             # removed again after
+    exits.register_confidence("max-prob-confin")(slow_max_prob)
+    assert slow_max_prob.from_logits is None
+    m = make(scale=1.0)
+    idx = prompts(3, 3, seed=4)
+    thr = generated_median_confidence(m, idx, 10)
+    runs = []
+    for name in ("max-prob", "max-prob-confin"):
+        m.config.confidence = name
+        lg = []
+        runs.append((m.generate(idx, 10, temperature=0, exit_threshold=thr, step_logits=lg), lg,
+                     m.last_generate_stats["avg_exit_depth"]))
+    assert seen and set(seen) == {exits.ConfIn}
+    assert torch.equal(runs[0][0], runs[1][0]) and runs[0][2] == runs[1][2]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    assert 1.0 < runs[0][2] < L
+
+
+@pytest.mark.parametrize("low", ["autocast", "bf16"])
+def test_decode_in_bfloat16_runs_and_agrees(low, monkeypatch):
+    """torch.autocast(cpu, bfloat16) and a bf16 model, kernel and Block modules: early exit with
+    rows (and prompt tokens) exiting at different depths runs (the exited tokens' K/V, bf16
+    under autocast, go into the model-dtype cache); full depth agrees with fp32 decoding to
+    bf16 tolerance."""
+    m = affine_lns(make(scale=1.0, pos_encoding="rope"))
+    idx = prompts(3, 4, seed=1)
+    thr = generated_median_confidence(m, idx, 10)
+    want = []
+    m.generate(idx, 10, temperature=0, step_logits=want)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if low == "autocast" else contextlib.nullcontext()
+    if low == "bf16":
+        m = m.to(torch.bfloat16)
+    with ctx:
+        full = kernel_and_blocks(m, idx, 10, monkeypatch, temperature=0)
+        early = kernel_and_blocks(m, idx, 10, monkeypatch, temperature=0, exit_threshold=thr)
+    for out, lg, depth in full:
+        for g, w in zip(lg, want):
+            assert g.dtype == torch.float32
+            torch.testing.assert_close(g, w, atol=0.15, rtol=0.05)
+    for out, lg, depth in early:
+        assert out.shape == (3, 14) and len(lg) == 10 and 1.0 < depth < L
 
 # ----------------------------------------------------------------------------------------------
 # self-speculative decoding
