@@ -341,15 +341,17 @@ def assert_same_decode(a, b):
         torch.testing.assert_close(x, y)      # fp32: atol 1e-5, rtol 1.3e-6
 
 
-@pytest.mark.parametrize("pos_encoding,bias,B", [("learned", True, 1), ("rope", True, 3),
-                                                 ("rope", False, 1), ("learned", False, 4)])
-def test_kernel_equals_block_modules(pos_encoding, bias, B, monkeypatch):
-    """Shared pre-ln with random LayerNorm affines (what the kernel folds): decoding through the
-    kernel (full depth, early exit with rows leaving at different depths and their K/V written
-    at exit, speculative drafts; greedy and sampled with the same generator) gives the tokens
-    of decoding through the Block modules, every step's logits within fp32 tolerance; the
-    speculative greedy tokens are full depth's."""
-    m = affine_lns(make(pos_encoding=pos_encoding, bias=bias, lm_head_bias=bias, scale=1.0))
+@pytest.mark.parametrize("pos_encoding,bias,B,kw", [
+    ("learned", True, 1, {}), ("rope", True, 3, {}), ("rope", False, 1, {}),
+    ("learned", False, 4, {}), ("sinusoidal", True, 2, {"ln_learnable": False, "activation": "relu"})])
+def test_kernel_equals_block_modules(pos_encoding, bias, B, kw, monkeypatch):
+    """Shared pre-ln with random LayerNorm affines (what the kernel folds; or none with
+    ln_learnable=False), any MLP activation: decoding through the kernel (full depth, early
+    exit with rows leaving at different depths and their K/V written at exit, speculative
+    drafts; greedy and sampled with the same generator) gives the tokens of decoding through
+    the Block modules, every step's logits within fp32 tolerance; the speculative greedy
+    tokens are full depth's."""
+    m = affine_lns(make(pos_encoding=pos_encoding, bias=bias, lm_head_bias=bias, scale=1.0, **kw))
     if bias:
         with torch.no_grad():
             m.lm_head.bias.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
@@ -366,12 +368,12 @@ def test_kernel_equals_block_modules(pos_encoding, bias, B, monkeypatch):
     outs = []
     spec = {"draft_layers": 2, "draft_tokens": 3}
     for temp in (0.0, 2.0):
-        for kw in ({}, {"exit_threshold": thr}, spec):
+        for mode in ({}, {"exit_threshold": thr}, spec):
             got, want = kernel_and_blocks(m, idx, 14, monkeypatch, temperature=temp, top_k=40,
-                                          **kw)
+                                          **mode)
             assert_same_decode(got, want)
             outs.append(got[0])
-            if kw.get("exit_threshold"):
+            if mode.get("exit_threshold"):
                 assert 1.0 < got[2] < L
     assert torch.equal(outs[2], outs[0])      # speculative greedy = full-depth greedy
     assert not torch.equal(outs[3], outs[0])  # sampled
