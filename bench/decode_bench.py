@@ -10,6 +10,8 @@ the order of A B C rotated by one every round, for --rounds rounds, each run gen
 --new-tokens greedy tokens after --prompt-len tokens of distinct val-split prompts:
 
   full         plain full-depth KV-cached decoding (the reference of every ratio)
+  full (Block modules)  the same through the model's Block modules instead of the decode kernel
+               (decode._SharedPreLN, when the model has one): what the kernel gains
   exit@t       per-token early exit at threshold t (1.01 > every max-prob: can never fire, so
                the heads are skipped (exits.never_exits); 1: every layer's head and check
                run, firing only on a probability of exactly 1)
@@ -109,6 +111,21 @@ def parse_args(argv=None):
 # measurement
 
 
+def generate(model, prompts, n_new, kw):
+    """Greedy model.generate(prompts, n_new, **kw); kw "blocks": True decodes with the Block
+    modules (decode._Blocks) whatever kernel_for would pick: the kernel's own reference."""
+    import decode
+    kw = dict(kw)
+    if not kw.pop("blocks", False):
+        return model.generate(prompts, n_new, temperature=0, **kw)
+    pick = decode.kernel_for
+    decode.kernel_for = decode._Blocks
+    try:
+        return model.generate(prompts, n_new, temperature=0, **kw)
+    finally:
+        decode.kernel_for = pick
+
+
 def time_generate(model, prompts, n_new, kw):
     """One timed greedy generate -> (tokens (B, T+n), wall tok/s, CPU-time tok/s, stats).
     CPU time is this thread's (time.thread_time): with one torch thread it is the compute the
@@ -117,7 +134,7 @@ def time_generate(model, prompts, n_new, kw):
         import torch
         torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.thread_time()
-    out = model.generate(prompts, n_new, temperature=0, **kw)
+    out = generate(model, prompts, n_new, kw)
     dt, dc = time.perf_counter() - t0, time.thread_time() - c0   # generate syncs CUDA
     n = prompts.size(0) * n_new
     return out, n / dt, n / max(dc, 1e-9), dict(model.last_generate_stats)
@@ -139,7 +156,7 @@ def measure_interleaved(model, prompts, n_new, cases, rounds, ref="full"):
     "acceptance", "tokens_per_verify", "out": tokens of the last run}}."""
     res = {name: {"tok_s": [], "cpu_tok_s": [], "paired": [], "cpu_paired": []} for name in cases}
     for name, kw in cases.items():                             # warm-up
-        model.generate(prompts, min(4, n_new), temperature=0, **kw)
+        generate(model, prompts, min(4, n_new), kw)
 
     def run(name):
         out, tok_s, cpu_tok_s, st = time_generate(model, prompts, n_new, cases[name])
@@ -216,6 +233,7 @@ def newest_ckpt(pattern):
 def run(args):
     import torch
     import checkpoint
+    import decode
     import eval_exit
 
     from bench import cpu_info
@@ -260,6 +278,8 @@ def run(args):
         losses[f"spec {d}x{k}"] = ref_loss                    # lossless: full model's tokens
 
     cases = {"full": {}}
+    if decode.kernel_for(model, decode._head_fn(model)).__class__ is not decode._Blocks:
+        cases["full (Block modules)"] = {"blocks": True}
     cases.update({f"exit@{t:g}": {"exit_threshold": t} for t in thresholds})
     cases.update({f"spec {d}x{k}": {"draft_layers": d, "draft_tokens": k} for d, k in specs})
     per_batch = {}
@@ -271,7 +291,7 @@ def run(args):
         res = summarize(measure_interleaved(model, prompts, args.new_tokens, cases, args.rounds), L)
         full_out = res["full"]["out"]
         for name, r in res.items():
-            if name.startswith("spec"):
+            if name.startswith(("spec", "full (")):
                 r["identical"] = "yes" if torch.equal(r["out"], full_out) else "NO"
             del r["out"]
         per_batch[B] = res
