@@ -490,7 +490,7 @@ class _Measure:
 
 def _run_exit_step(model, cache, x, p0, head, check, layers):
     """One decode step with per-token early exit: x (B, 1, C) at position p0 -> (logits (B, V)
-    fp32, exit depth (B,)). `layers` (kernel_for(model)) runs the layers; each layer's head
+    fp32, exit depth (B,), or a float when every row exits at one depth). `layers` (kernel_for(model)) runs the layers; each layer's head
     runs only on the rows still running, and exited rows leave the batch (their deeper K/V:
     layers.exit)."""
     L, B = model.config.n_layer, x.size(0)
@@ -532,7 +532,7 @@ def _run_exit_step(model, cache, x, p0, head, check, layers):
         measure.keep(keep)
     layers.finish()
     if len(exited) == 1:                            # the whole batch left at one depth
-        return exited[0][1], torch.full((B,), float(exited[0][2]), device=x.device)
+        return exited[0][1], float(exited[0][2])
     logits = torch.empty(B, exited[0][1].size(-1), device=x.device)
     depth = torch.empty(B, device=x.device)
     for r, lg, d in exited:
@@ -680,6 +680,17 @@ def speculative_accept(p, q, drafts, generator=None):
 # the entry point
 
 
+def _mean_depth(depths, B):
+    """Mean of the steps' exit depths: each a (B,) tensor or a float (every row)."""
+    if not depths:
+        return float("nan")
+    rows = [d for d in depths if not isinstance(d, float)]
+    total = sum(d for d in depths if isinstance(d, float)) * B
+    if rows:
+        total += float(torch.stack(rows).sum())
+    return total / (len(depths) * B)
+
+
 def _check(model, max_new_tokens, temperature, top_k, draft_layers, draft_tokens, early):
     L = model.config.n_layer
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -725,12 +736,13 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     t0 = time.perf_counter()
 
     def step(ctx, p0):
-        """Run ctx (B, n) at positions p0.. through the model -> last position's logits, depth."""
+        """Run ctx (B, n) at positions p0.. through the model -> last position's logits, exit
+        depth ((B,) or a float for every row)."""
         x, _ = model._embed(ctx, p0)
         if check is not None:
             return _run_exit(model, cache, x, p0, head, check, layers)
         h = _run_layers(model, cache, x, p0, 0, L, layers)
-        return head(h[:, -1]), torch.full((B,), float(L), device=idx.device)
+        return head(h[:, -1]), float(L)
 
     tok = None                                      # newest token, not yet in the cache
     while n_done < max_new_tokens:
@@ -743,7 +755,7 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
             new, lg = new[:, :max_new_tokens - n_done], lg[:, :max_new_tokens - n_done]
             if step_logits is not None:
                 step_logits.extend(lg.unbind(1))
-            depths.extend([torch.full((B,), float(L), device=idx.device)] * new.size(1))
+            depths.extend([float(L)] * new.size(1))
             out.append(new)
             n_done += new.size(1)
             tok = new[:, -1:]
@@ -767,7 +779,7 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     dt = time.perf_counter() - t0
     n = max_new_tokens * B
     model.last_generate_stats = {
-        "avg_exit_depth": float(torch.stack(depths).mean()) if depths else float("nan"),
+        "avg_exit_depth": _mean_depth(depths, B),
         "tokens_per_s": n / dt if dt > 0 else float("nan"),
         "new_tokens": n,
         "acceptance_rate": accepted / drafted if drafted else float("nan"),
