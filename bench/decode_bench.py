@@ -16,6 +16,9 @@ the order of A B C rotated by one every round, for --rounds rounds, each run gen
                the heads are skipped (exits.never_exits); 1: every layer's head and check
                run, firing only on a probability of exactly 1)
   spec d×k     self-speculative: layers 1..d draft k tokens, the full model verifies
+  depth d      full-depth decoding with the blocks applied d times (generate(depth=d)): a
+               model d layers deep, the best an exit at depth d can do (embedding, final head
+               and sampling are paid per token whatever the depth)
 
 Per case: tok/s median and min..max over runs, the ratio of medians to full at the same batch
 size, speedup = the median over rounds of the paired ratio (the case's tok/s over the mean of the
@@ -81,6 +84,9 @@ def parse_args(argv=None):
                     help="early-exit thresholds (1.01 can never fire: heads skipped; 1: checked "
                          "at every layer)")
     ap.add_argument("--spec", default="1x4,1x8,2x6", help="self-speculative DxK cases")
+    ap.add_argument("--depths", default="2,3", help="truncated full-depth cases: the blocks "
+                    "applied d times (generate(depth=d)), the best an exit at depth d can do "
+                    "('' = none)")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--rounds", type=cli.int_arg(1, 1000), default=9)
     ap.add_argument("--new-tokens", type=cli.int_arg(1), default=64)
@@ -95,6 +101,9 @@ def parse_args(argv=None):
     try:
         args.threshold_list = parse_list(args.thresholds, float, "--thresholds")
         args.spec_list = parse_spec(args.spec)
+        args.depth_list = parse_list(args.depths, int, "--depths") if args.depths.strip() else []
+        if any(d < 1 for d in args.depth_list):
+            raise BenchError(f"--depths must be >= 1, got {args.depths!r}")
         args.batch_list = parse_list(args.batch_sizes, int, "--batch-sizes")
         if any(t != t or t < 0 for t in args.threshold_list):
             raise BenchError(f"--thresholds must be numbers >= 0, got {args.thresholds!r}")
@@ -282,6 +291,7 @@ def run(args):
         cases["full (Block modules)"] = {"blocks": True}
     cases.update({f"exit@{t:g}": {"exit_threshold": t} for t in thresholds})
     cases.update({f"spec {d}x{k}": {"draft_layers": d, "draft_tokens": k} for d, k in specs})
+    cases.update({f"depth {d}": {"depth": d} for d in args.depth_list})
     per_batch = {}
     for B in batch_sizes:
         stride = len(tokens) // B
@@ -316,6 +326,17 @@ def out_of_order(res):
             if da > db and ra["speedup_min"] > rb["speedup_max"]]
 
 
+def depth_matched(res, depth):
+    """The speedup of truncated full-depth decoding ("depth d" cases) at a fractional depth:
+    time per token interpolated linearly between the nearest two depths -> speedup, or None."""
+    pts = sorted((r["depth"], 1.0 / r["speedup"]) for n, r in res.items()
+                 if n.startswith("depth "))
+    for (d1, t1), (d2, t2) in zip(pts, pts[1:]):
+        if d1 <= depth <= d2:
+            return 1.0 / (t1 + (depth - d1) / (d2 - d1) * (t2 - t1))
+    return None
+
+
 def acceptance_lines(report):
     """Issue 17's decode-speed checks, read off the tables (one line each)."""
     lines, pick = [], within_1pct(report)
@@ -329,6 +350,12 @@ def acceptance_lines(report):
             lines += [f"- batch {B}, {pick}: {r['speedup']:.2f}x ({r['ratio_of_medians']:.2f}x), "
                       f"{r['of_ideal']:.2f} of the ideal {r['ideal']:.2f} (targets: batch 8 >= "
                       "1.3x, batch 1 >= 0.8 of ideal)"]
+            matched = depth_matched(res, r["depth"])
+            if matched:
+                lines += [f"- batch {B}, truncated full-depth decoding at {pick}'s depth "
+                          f"{r['depth']:.2f} (interpolated): {matched:.2f}x, "
+                          f"{matched / r['ideal']:.2f} of the ideal; {pick} reaches "
+                          f"{r['speedup'] / matched:.2f} of it"]
         bad = out_of_order(res)
         lines += [f"- batch {B}: speedup monotone in decode depth within the spread: "
                   + ("yes" if not bad else "no, " + "; ".join(f"{a} vs {b}" for a, b in bad))]

@@ -565,6 +565,15 @@ def test_decode_bench_rotation_puts_every_case_in_every_slot():
         assert sorted(o[slot] for o in orders[:4]) == sorted(names)
 
 
+def test_decode_bench_depth_matched_interpolates_time_per_token():
+    decode_bench = _decode_bench()
+    res = {"full": {"depth": 8.0, "speedup": 1.0}, "depth 2": {"depth": 2.0, "speedup": 4.0},
+           "depth 3": {"depth": 3.0, "speedup": 2.0}, "exit@0.2": {"depth": 2.5, "speedup": 9.0}}
+    assert decode_bench.depth_matched(res, 2.5) == 1.0 / (0.25 + 0.5 * 0.25)
+    assert decode_bench.depth_matched(res, 3.0) == 2.0
+    assert decode_bench.depth_matched(res, 3.5) is None
+
+
 def test_decode_bench_out_of_order_beyond_spread():
     """A deeper threshold faster than a shallower one counts only when their per-round ratio
     ranges do not overlap."""
@@ -585,6 +594,7 @@ def test_decode_bench_end_to_end(tmp_path, capsys):
     data = write_data(tmp_path / "data")
     bench.main(["--decode", "--ckpt", str(ckpt), "--data", str(data), "--prompt-len", "4",
                 "--new-tokens", "4", "--rounds", "2", "--spec", "1x2", "--thresholds", "1.01",
+                "--depths", "1,2",
                 "--val-batches", "1", "--batch-sizes", "1,2", "--out", str(tmp_path / "out")])
     (md,) = (tmp_path / "out").glob("decode-cpu-*.md")
     text = md.read_text()
@@ -594,4 +604,5 @@ def test_decode_bench_end_to_end(tmp_path, capsys):
     assert all(ln.startswith("| full (Block modules) | 3.00 |") for ln in rows[1::3])
     assert all(ln.rstrip().endswith("| yes |") for i, ln in enumerate(rows) if i % 3)  # = full
     assert "## batch 2" in text and "wrote" in capsys.readouterr().out
+    assert text.count("| depth 1 | 1.00 |") == 2 and text.count("| depth 2 | 2.00 |") == 2
     assert "- batch 1, thresholds that never fired: exit@1.01 " in text
