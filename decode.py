@@ -37,6 +37,7 @@ accepted draft tokens / drafted, new tokens per verification forward).
 """
 import math
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -268,6 +269,19 @@ class _SharedPreLN(_Blocks):
                 and type(blk.attn) is model_lib.CausalSelfAttention
                 and blk.ln_1.eps == model.transformer.ln_f.eps)
 
+    @staticmethod
+    def probe_key(model):
+        """What `agrees` depends on: the forward code of the block's parts, the parameters
+        (storage and in-place version) of the block, ln_f and lm_head, and autocast."""
+        blk = model.block(0)
+        code = (type(blk).forward, type(blk.attn).forward, type(blk.attn).qkv,
+                type(blk.mlp).forward, type(blk.ln_1).forward)
+        params = [(p.data_ptr(), p._version, p.dtype) for m in (blk, model.transformer.ln_f,
+                                                                   model.lm_head)
+                  for p in m.parameters()]
+        dev = model.lm_head.weight.device.type
+        return code, tuple(params), torch.is_autocast_enabled(dev)
+
     def begin(self, cache, p0):
         self.qkv = None
         return super().begin(cache, p0)
@@ -286,13 +300,38 @@ class _SharedPreLN(_Blocks):
         return out
 
     def run(self, l, x, rows):
+        return self._layer(x, self.cache.slots(l, self.p0, self.p0 + 1, rows)[0])
+
+    def _layer(self, x, slot):
+        """The block on x (R, C) attending through slot (a KVSlot) -> (R, C)."""
         qkv, self.qkv = self.qkv, None
         if qkv is None:
             qkv = F.linear(self._norm(x), self.w_qkv, self.b_qkv)
         q, k, v = self._split(qkv, 3)
-        y = self.cache.slots(l, self.p0, self.p0 + 1, rows)[0].attend(q, k, v)
+        y = slot.attend(q, k, v)
         mid = x + F.linear(y.reshape(x.shape), self.c_proj.weight, self.c_proj.bias)
         return mid + self.mlp(self.ln_2(mid))
+
+    @torch.no_grad()
+    def agrees(self):
+        """The kernel's layer and head against the Block module and _head_fn on 4 random states
+        (a decode step at position 0, empty cache): False when they differ by more than the
+        fold's rounding, e.g. after an edit of PreLNBlock or CausalSelfAttention that the
+        kernel does not know about (it would decode a different model)."""
+        p = self.w
+        x = torch.randn(4, self.C, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
+        self.begin(None, 0)
+
+        def slot():
+            kv = torch.zeros(2, 4, self.nh, 1, self.C // self.nh, device=p.device, dtype=p.dtype)
+            return KVSlot(kv[0], kv[1], 0, 1)
+        want = (self.model.block(0)(x[:, None], self.rope, [slot()])[0][:, 0], self.head(x))
+        got = (self._layer(x, slot()), self.logits(x))
+        self.qkv = None
+        loose = p.dtype != torch.float32 or torch.is_autocast_enabled(p.device.type)
+        tol = 5e-2 if loose else 1e-4
+        return all(torch.allclose(g.float(), w.float(), rtol=tol, atol=tol * float(w.abs().max()))
+                   for g, w in zip(got, want))
 
     def logits(self, x):
         out = F.linear(self._norm(x), self.w, self.b)                   # (R, 3C + V)
@@ -324,10 +363,21 @@ def _fold(linear, ln):
     return w.to(linear.weight.dtype), b.to(linear.weight.dtype)
 
 
-def kernel_for(model):
-    """The decode-step layers class for model: _SharedPreLN when it accepts the model, else
-    _Blocks (resolved once per generate)."""
-    return _SharedPreLN if _SharedPreLN.accepts(model) else _Blocks
+def kernel_for(model, head):
+    """The decode-step layers of model, built once per generate (head: _head_fn(model)): a
+    _SharedPreLN when it accepts the model and agrees with its Block module on a probe (an
+    edited block is never silently replaced: it warns and decodes with the Block modules),
+    else _Blocks."""
+    if _SharedPreLN.accepts(model):
+        kernel = _SharedPreLN(model, head)
+        key = _SharedPreLN.probe_key(model)
+        if getattr(model, "_decode_probe", (None,))[0] != key:       # probe once per state
+            model._decode_probe = (key, kernel.agrees())
+        if model._decode_probe[1]:
+            return kernel
+        warnings.warn("decode: the shared pre-ln kernel disagrees with the model's block "
+                      "(edited block or attention?); decoding with the Block modules instead")
+    return _Blocks(model, head)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -441,7 +491,7 @@ class _Measure:
 
 def _run_exit_step(model, cache, x, p0, head, check, layers):
     """One decode step with per-token early exit: x (B, 1, C) at position p0 -> (logits (B, V)
-    fp32, exit depth (B,)). `layers` (kernel_for(model)) runs the layers; each layer's head
+    fp32, exit depth (B,), or a float when every row exits at one depth). `layers` (kernel_for(model)) runs the layers; each layer's head
     runs only on the rows still running, and exited rows leave the batch (their deeper K/V:
     layers.exit)."""
     L, B = model.config.n_layer, x.size(0)
@@ -483,7 +533,7 @@ def _run_exit_step(model, cache, x, p0, head, check, layers):
         measure.keep(keep)
     layers.finish()
     if len(exited) == 1:                            # the whole batch left at one depth
-        return exited[0][1], torch.full((B,), float(exited[0][2]), device=x.device)
+        return exited[0][1], float(exited[0][2])
     logits = torch.empty(B, exited[0][1].size(-1), device=x.device)
     depth = torch.empty(B, device=x.device)
     for r, lg, d in exited:
@@ -631,6 +681,17 @@ def speculative_accept(p, q, drafts, generator=None):
 # the entry point
 
 
+def _mean_depth(depths, B):
+    """Mean of the steps' exit depths: each a (B,) tensor or a float (every row)."""
+    if not depths:
+        return float("nan")
+    rows = [d for d in depths if not isinstance(d, float)]
+    total = sum(d for d in depths if isinstance(d, float)) * B
+    if rows:
+        total += float(torch.stack(rows).sum())
+    return total / (len(depths) * B)
+
+
 def _check(model, max_new_tokens, temperature, top_k, draft_layers, draft_tokens, early):
     L = model.config.n_layer
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -667,7 +728,7 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     thr = float(exit_threshold if exit_threshold is not None else cfg.exit_threshold)
     check = _exit_rule(model, rule, thr, idx.device) if early else None
     head = _head_fn(model)
-    layers = kernel_for(model)(model, head)
+    layers = kernel_for(model, head)
     L, cap = cfg.n_layer, cfg.block_size
     B = idx.size(0)
     dtype = next(model.parameters()).dtype
@@ -676,12 +737,13 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     t0 = time.perf_counter()
 
     def step(ctx, p0):
-        """Run ctx (B, n) at positions p0.. through the model -> last position's logits, depth."""
+        """Run ctx (B, n) at positions p0.. through the model -> last position's logits, exit
+        depth ((B,) or a float for every row)."""
         x, _ = model._embed(ctx, p0)
         if check is not None:
             return _run_exit(model, cache, x, p0, head, check, layers)
         h = _run_layers(model, cache, x, p0, 0, L, layers)
-        return head(h[:, -1]), torch.full((B,), float(L), device=idx.device)
+        return head(h[:, -1]), float(L)
 
     tok = None                                      # newest token, not yet in the cache
     while n_done < max_new_tokens:
@@ -694,7 +756,7 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
             new, lg = new[:, :max_new_tokens - n_done], lg[:, :max_new_tokens - n_done]
             if step_logits is not None:
                 step_logits.extend(lg.unbind(1))
-            depths.extend([torch.full((B,), float(L), device=idx.device)] * new.size(1))
+            depths.extend([float(L)] * new.size(1))
             out.append(new)
             n_done += new.size(1)
             tok = new[:, -1:]
@@ -718,7 +780,7 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     dt = time.perf_counter() - t0
     n = max_new_tokens * B
     model.last_generate_stats = {
-        "avg_exit_depth": float(torch.stack(depths).mean()) if depths else float("nan"),
+        "avg_exit_depth": _mean_depth(depths, B),
         "tokens_per_s": n / dt if dt > 0 else float("nan"),
         "new_tokens": n,
         "acceptance_rate": accepted / drafted if drafted else float("nan"),

@@ -774,8 +774,7 @@ class GPT(nn.Module):
         pe = self.config.pos_encoding
         rope = None
         if pe == "learned":
-            pos = torch.arange(pos0, pos0 + T, dtype=torch.long, device=idx.device)
-            x = x + self.transformer.wpe(pos)
+            x = x + self.transformer.wpe.weight[pos0:pos0 + T]          # = wpe(arange(...))
         elif pe == "sinusoidal":
             x = x + self.sin_pe[pos0:pos0 + T].to(x.dtype)
         elif pe == "rope":

@@ -10,10 +10,15 @@ the order of A B C rotated by one every round, for --rounds rounds, each run gen
 --new-tokens greedy tokens after --prompt-len tokens of distinct val-split prompts:
 
   full         plain full-depth KV-cached decoding (the reference of every ratio)
+  full (Block modules)  the same through the model's Block modules instead of the decode kernel
+               (decode._SharedPreLN, when the model has one): what the kernel gains
   exit@t       per-token early exit at threshold t (1.01 > every max-prob: can never fire, so
                the heads are skipped (exits.never_exits); 1: every layer's head and check
                run, firing only on a probability of exactly 1)
   spec d×k     self-speculative: layers 1..d draft k tokens, the full model verifies
+  depth d      full-depth decoding with the blocks applied d times (generate(depth=d)): a
+               model d layers deep, the best an exit at depth d can do (embedding, final head
+               and sampling are paid per token whatever the depth)
 
 Per case: tok/s median and min..max over runs, the ratio of medians to full at the same batch
 size, speedup = the median over rounds of the paired ratio (the case's tok/s over the mean of the
@@ -79,6 +84,9 @@ def parse_args(argv=None):
                     help="early-exit thresholds (1.01 can never fire: heads skipped; 1: checked "
                          "at every layer)")
     ap.add_argument("--spec", default="1x4,1x8,2x6", help="self-speculative DxK cases")
+    ap.add_argument("--depths", default="2,3", help="truncated full-depth cases: the blocks "
+                    "applied d times (generate(depth=d)), the best an exit at depth d can do "
+                    "('' = none)")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--rounds", type=cli.int_arg(1, 1000), default=9)
     ap.add_argument("--new-tokens", type=cli.int_arg(1), default=64)
@@ -93,6 +101,9 @@ def parse_args(argv=None):
     try:
         args.threshold_list = parse_list(args.thresholds, float, "--thresholds")
         args.spec_list = parse_spec(args.spec)
+        args.depth_list = parse_list(args.depths, int, "--depths") if args.depths.strip() else []
+        if any(d < 1 for d in args.depth_list):
+            raise BenchError(f"--depths must be >= 1, got {args.depths!r}")
         args.batch_list = parse_list(args.batch_sizes, int, "--batch-sizes")
         if any(t != t or t < 0 for t in args.threshold_list):
             raise BenchError(f"--thresholds must be numbers >= 0, got {args.thresholds!r}")
@@ -109,6 +120,21 @@ def parse_args(argv=None):
 # measurement
 
 
+def generate(model, prompts, n_new, kw):
+    """Greedy model.generate(prompts, n_new, **kw); kw "blocks": True decodes with the Block
+    modules (decode._Blocks) whatever kernel_for would pick: the kernel's own reference."""
+    import decode
+    kw = dict(kw)
+    if not kw.pop("blocks", False):
+        return model.generate(prompts, n_new, temperature=0, **kw)
+    pick = decode.kernel_for
+    decode.kernel_for = decode._Blocks
+    try:
+        return model.generate(prompts, n_new, temperature=0, **kw)
+    finally:
+        decode.kernel_for = pick
+
+
 def time_generate(model, prompts, n_new, kw):
     """One timed greedy generate -> (tokens (B, T+n), wall tok/s, CPU-time tok/s, stats).
     CPU time is this thread's (time.thread_time): with one torch thread it is the compute the
@@ -117,7 +143,7 @@ def time_generate(model, prompts, n_new, kw):
         import torch
         torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.thread_time()
-    out = model.generate(prompts, n_new, temperature=0, **kw)
+    out = generate(model, prompts, n_new, kw)
     dt, dc = time.perf_counter() - t0, time.thread_time() - c0   # generate syncs CUDA
     n = prompts.size(0) * n_new
     return out, n / dt, n / max(dc, 1e-9), dict(model.last_generate_stats)
@@ -139,7 +165,7 @@ def measure_interleaved(model, prompts, n_new, cases, rounds, ref="full"):
     "acceptance", "tokens_per_verify", "out": tokens of the last run}}."""
     res = {name: {"tok_s": [], "cpu_tok_s": [], "paired": [], "cpu_paired": []} for name in cases}
     for name, kw in cases.items():                             # warm-up
-        model.generate(prompts, min(4, n_new), temperature=0, **kw)
+        generate(model, prompts, min(4, n_new), kw)
 
     def run(name):
         out, tok_s, cpu_tok_s, st = time_generate(model, prompts, n_new, cases[name])
@@ -216,6 +242,7 @@ def newest_ckpt(pattern):
 def run(args):
     import torch
     import checkpoint
+    import decode
     import eval_exit
 
     from bench import cpu_info
@@ -260,8 +287,11 @@ def run(args):
         losses[f"spec {d}x{k}"] = ref_loss                    # lossless: full model's tokens
 
     cases = {"full": {}}
+    if decode.kernel_for(model, decode._head_fn(model)).__class__ is not decode._Blocks:
+        cases["full (Block modules)"] = {"blocks": True}
     cases.update({f"exit@{t:g}": {"exit_threshold": t} for t in thresholds})
     cases.update({f"spec {d}x{k}": {"draft_layers": d, "draft_tokens": k} for d, k in specs})
+    cases.update({f"depth {d}": {"depth": d} for d in args.depth_list})
     per_batch = {}
     for B in batch_sizes:
         stride = len(tokens) // B
@@ -271,7 +301,7 @@ def run(args):
         res = summarize(measure_interleaved(model, prompts, args.new_tokens, cases, args.rounds), L)
         full_out = res["full"]["out"]
         for name, r in res.items():
-            if name.startswith("spec"):
+            if name.startswith(("spec", "full (")):
                 r["identical"] = "yes" if torch.equal(r["out"], full_out) else "NO"
             del r["out"]
         per_batch[B] = res
@@ -296,6 +326,17 @@ def out_of_order(res):
             if da > db and ra["speedup_min"] > rb["speedup_max"]]
 
 
+def depth_matched(res, depth):
+    """The speedup of truncated full-depth decoding ("depth d" cases) at a fractional depth:
+    time per token interpolated linearly between the nearest two depths -> speedup, or None."""
+    pts = sorted((r["depth"], 1.0 / r["speedup"]) for n, r in res.items()
+                 if n.startswith("depth "))
+    for (d1, t1), (d2, t2) in zip(pts, pts[1:]):
+        if d1 <= depth <= d2:
+            return 1.0 / (t1 + (depth - d1) / (d2 - d1) * (t2 - t1))
+    return None
+
+
 def acceptance_lines(report):
     """Issue 17's decode-speed checks, read off the tables (one line each)."""
     lines, pick = [], within_1pct(report)
@@ -309,6 +350,12 @@ def acceptance_lines(report):
             lines += [f"- batch {B}, {pick}: {r['speedup']:.2f}x ({r['ratio_of_medians']:.2f}x), "
                       f"{r['of_ideal']:.2f} of the ideal {r['ideal']:.2f} (targets: batch 8 >= "
                       "1.3x, batch 1 >= 0.8 of ideal)"]
+            matched = depth_matched(res, r["depth"])
+            if matched:
+                lines += [f"- batch {B}, truncated full-depth decoding at {pick}'s depth "
+                          f"{r['depth']:.2f} (interpolated): {matched:.2f}x, "
+                          f"{matched / r['ideal']:.2f} of the ideal; {pick} reaches "
+                          f"{r['speedup'] / matched:.2f} of it"]
         bad = out_of_order(res)
         lines += [f"- batch {B}: speedup monotone in decode depth within the spread: "
                   + ("yes" if not bad else "no, " + "; ".join(f"{a} vs {b}" for a, b in bad))]

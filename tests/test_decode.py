@@ -30,6 +30,7 @@ def make(block_type="pre-ln", share=True, pos_encoding="learned", n_layer=L, voc
         m.transformer.wte.weight.mul_(10)
         for p in m.transformer.h.parameters():
             p.mul_(scale)
+    decode.kernel_for(m, decode._head_fn(m))      # its probe now: not seen by hooks in tests
     return m
 
 
@@ -171,7 +172,7 @@ def test_exited_tokens_kv_projected_once_when_first_read(share, seed, monkeypatc
     projected only once a later token runs deeper than it did, all pending tokens in one
     projection. With shared weights each such token is projected exactly once; without, once
     per depth that a later token reads: from its exit depth to the deepest later token's."""
-    monkeypatch.setattr(decode, "kernel_for", lambda model: decode._Blocks)
+    monkeypatch.setattr(decode, "kernel_for", lambda model, head: decode._Blocks(model, head))
     m = make(share=share)
     idx = prompts(1, 1, seed=seed)
     thr = layer1_median_confidence(m, prompts(1, 16, seed=seed))
@@ -294,13 +295,60 @@ def test_confidence_from_logits_equals_the_measure(name):
 # the decode-step kernel of a shared pre-ln block
 
 
+def kernel_type(m):
+    return type(decode.kernel_for(m, decode._head_fn(m)))
+
+
 def test_kernel_for_accepts_only_shared_pre_ln_with_gpt2_attention():
-    assert decode.kernel_for(make()) is decode._SharedPreLN
-    assert decode.kernel_for(make(bias=False, pos_encoding="rope")) is decode._SharedPreLN
-    assert decode.kernel_for(make(share=False)) is decode._Blocks
-    assert decode.kernel_for(make(block_type="res-attn2")) is decode._Blocks
-    assert decode.kernel_for(make(attention="no-c-proj")) is decode._Blocks
-    assert decode.kernel_for(make().train()) is decode._Blocks
+    assert kernel_type(make()) is decode._SharedPreLN
+    assert kernel_type(make(bias=False, pos_encoding="rope", lm_head_bias=True)) is decode._SharedPreLN
+    assert kernel_type(make(share=False)) is decode._Blocks
+    assert kernel_type(make(block_type="res-attn2")) is decode._Blocks
+    assert kernel_type(make(attention="no-c-proj")) is decode._Blocks
+    assert kernel_type(make().train()) is decode._Blocks
+
+
+def test_kernel_not_used_when_the_block_was_edited(monkeypatch):
+    """A researcher's edit of PreLNBlock.forward (here: the MLP branch halved) is what generate
+    decodes: the kernel's probe disagrees, it warns, and decoding uses the Block modules."""
+    m = make()
+    assert kernel_type(m) is decode._SharedPreLN
+    orig = model_mod.PreLNBlock.forward
+
+    def edited(self, x, rope=None, caches=None):
+        mid = x + self.attn(self.ln_1(x), rope, self._slot(caches, 0))
+        return mid + 0.5 * self.mlp(self.ln_2(mid)), mid
+    monkeypatch.setattr(model_mod.PreLNBlock, "forward", edited)
+    with pytest.warns(UserWarning, match="disagrees with the model's block"):
+        assert kernel_type(m) is decode._Blocks
+    idx = prompts(2, 4)
+    got_logits = []
+    with pytest.warns(UserWarning):
+        thr = generated_median_confidence(m, idx, 8)
+        out = m.generate(idx, 8, temperature=0, exit_threshold=thr, step_logits=got_logits)
+    ref, ref_logits = masked_reference(m, idx, 8, thr)          # model.forward: the edit
+    assert torch.equal(out, ref)
+    for g, r in zip(got_logits, ref_logits):
+        torch.testing.assert_close(g, r)
+
+
+def test_kernel_probe_runs_once_per_model_state(monkeypatch):
+    """The probe reruns only when the parameters change in place (an optimizer step, a
+    load_state_dict) or the block's code does, not at every generate."""
+    m = make()
+    n = {"probes": 0}
+    orig = decode._SharedPreLN.agrees
+    monkeypatch.setattr(decode._SharedPreLN, "agrees",
+                        lambda self: n.__setitem__("probes", n["probes"] + 1) or orig(self))
+    idx = prompts(1, 3)
+    m.generate(idx, 2, temperature=0)
+    m.generate(idx, 2, temperature=0, exit_threshold=0.5)
+    assert n["probes"] == 0                          # make() probed this state already
+    with torch.no_grad():
+        m.transformer.ln_f.weight.mul_(1.0)          # in place: a new version
+    m.generate(idx, 2, temperature=0)
+    m.generate(idx, 2, temperature=0)
+    assert n["probes"] == 1
 
 
 def affine_lns(m, seed=0):
@@ -317,18 +365,24 @@ def affine_lns(m, seed=0):
 
 
 def kernel_and_blocks(m, idx, n, monkeypatch, seed=0, **kw):
-    """generate(idx, n, **kw) through kernel_for(m), then through the Block modules (decode._Blocks),
-    torch's RNG seeded with `seed` before each and a generator seeded with it -> two (tokens,
-    step logits, avg exit depth)."""
-    runs = []
-    for kernel in (decode.kernel_for, lambda model: decode._Blocks):
+    """generate(idx, n, **kw) through the kernel (asserted: kernel_for gave a _SharedPreLN), then
+    through the Block modules (decode._Blocks), torch's RNG seeded with `seed` before each and
+    a generator seeded with it -> two (tokens, step logits, avg exit depth)."""
+    runs, used, kernel_for = [], [], decode.kernel_for
+
+    def kernel(model, head):
+        layers = kernel_for(model, head)
+        used.append(type(layers))
+        return layers
+    for layers in (kernel, lambda model, head: decode._Blocks(model, head)):
         with monkeypatch.context() as mp:
-            mp.setattr(decode, "kernel_for", kernel)
+            mp.setattr(decode, "kernel_for", layers)
             torch.manual_seed(seed)
             lg = []
             out = m.generate(idx, n, step_logits=lg, generator=torch.Generator().manual_seed(seed),
                              **kw)
         runs.append((out, lg, m.last_generate_stats["avg_exit_depth"]))
+    assert used == [decode._SharedPreLN]          # the kernel decoded (its probe agreed)
     return runs
 
 
@@ -355,7 +409,7 @@ def test_kernel_equals_block_modules(pos_encoding, bias, B, kw, monkeypatch):
     if bias:
         with torch.no_grad():
             m.lm_head.bias.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
-    assert decode.kernel_for(m) is decode._SharedPreLN
+    assert kernel_type(m) is decode._SharedPreLN
     idx = prompts(B, 3, seed=4)
     thr = generated_median_confidence(m, idx, 14)
     blocks = {"n": 0}
@@ -415,6 +469,7 @@ def test_kernel_at_test_time_depth_equals_masked_reference(depth):
     threshold splits the layer-1 confidences: a row's tokens exiting at layer 1 are read by its
     later tokens at depths up to d - 1 (at d = 6 their K/V must reach depth 6, not n_layer)."""
     m = affine_lns(make(scale=3.0, pos_encoding="rope"))
+    assert kernel_type(m) is decode._SharedPreLN
     idx = prompts(2, 3, seed=8)
     with m.at_depth(depth), torch.no_grad():
         x, rope = m._embed(m.generate(idx, 10, temperature=0))
@@ -436,6 +491,7 @@ def test_kernel_whole_batch_exits_at_layer_1():
     """Threshold 0: every row exits at layer 1 in one go (prompt and decode steps), its K/V
     written at every deeper depth: equal to the masked reference."""
     m = affine_lns(make(scale=3.0, pos_encoding="rope"))
+    assert kernel_type(m) is decode._SharedPreLN
     idx = prompts(3, 3, seed=6)
     got = []
     out = m.generate(idx, 8, temperature=0, exit_threshold=0.0, step_logits=got)
@@ -694,6 +750,15 @@ def test_decode_bench_rotation_puts_every_case_in_every_slot():
         assert sorted(o[slot] for o in orders[:4]) == sorted(names)
 
 
+def test_decode_bench_depth_matched_interpolates_time_per_token():
+    decode_bench = _decode_bench()
+    res = {"full": {"depth": 8.0, "speedup": 1.0}, "depth 2": {"depth": 2.0, "speedup": 4.0},
+           "depth 3": {"depth": 3.0, "speedup": 2.0}, "exit@0.2": {"depth": 2.5, "speedup": 9.0}}
+    assert decode_bench.depth_matched(res, 2.5) == 1.0 / (0.25 + 0.5 * 0.25)
+    assert decode_bench.depth_matched(res, 3.0) == 2.0
+    assert decode_bench.depth_matched(res, 3.5) is None
+
+
 def test_decode_bench_out_of_order_beyond_spread():
     """A deeper threshold faster than a shallower one counts only when their per-round ratio
     ranges do not overlap."""
@@ -714,12 +779,15 @@ def test_decode_bench_end_to_end(tmp_path, capsys):
     data = write_data(tmp_path / "data")
     bench.main(["--decode", "--ckpt", str(ckpt), "--data", str(data), "--prompt-len", "4",
                 "--new-tokens", "4", "--rounds", "2", "--spec", "1x2", "--thresholds", "1.01",
+                "--depths", "1,2",
                 "--val-batches", "1", "--batch-sizes", "1,2", "--out", str(tmp_path / "out")])
     (md,) = (tmp_path / "out").glob("decode-cpu-*.md")
     text = md.read_text()
     rows = [ln for ln in text.splitlines() if ln.startswith("| full") or ln.startswith("| spec")]
-    assert len(rows) == 4                                     # batch 1 and 2
-    assert all(ln.startswith("| full | 3.00 |") and "**1.00x**" in ln for ln in rows[::2])
-    assert all(ln.rstrip().endswith("| yes |") for ln in rows[1::2])   # identical to full depth
+    assert len(rows) == 6                                     # batch 1 and 2
+    assert all(ln.startswith("| full | 3.00 |") and "**1.00x**" in ln for ln in rows[::3])
+    assert all(ln.startswith("| full (Block modules) | 3.00 |") for ln in rows[1::3])
+    assert all(ln.rstrip().endswith("| yes |") for i, ln in enumerate(rows) if i % 3)  # = full
     assert "## batch 2" in text and "wrote" in capsys.readouterr().out
+    assert text.count("| depth 1 | 1.00 |") == 2 and text.count("| depth 2 | 2.00 |") == 2
     assert "- batch 1, thresholds that never fired: exit@1.01 " in text
