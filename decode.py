@@ -272,13 +272,14 @@ class _SharedPreLN(_Blocks):
     @staticmethod
     def probe_key(model):
         """What `agrees` depends on: the forward code of the block's parts, the parameters
-        (storage and in-place version) of the block, ln_f and lm_head, and autocast."""
+        (storage and in-place version) of the block, ln_f and lm_head, and autocast. Inference
+        tensors (a model built under torch.inference_mode) have no version: a fresh object
+        each time, so such a model is probed at every generate."""
         blk = model.block(0)
         code = (type(blk).forward, type(blk.attn).forward, type(blk.attn).qkv,
                 type(blk.mlp).forward, type(blk.ln_1).forward)
-        params = [(p.data_ptr(), p._version, p.dtype) for m in (blk, model.transformer.ln_f,
-                                                                   model.lm_head)
-                  for p in m.parameters()]
+        params = [(p.data_ptr(), object() if p.is_inference() else p._version, p.dtype)
+                  for m in (blk, model.transformer.ln_f, model.lm_head) for p in m.parameters()]
         dev = model.lm_head.weight.device.type
         return code, tuple(params), torch.is_autocast_enabled(dev)
 

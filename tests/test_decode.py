@@ -351,6 +351,20 @@ def test_kernel_probe_runs_once_per_model_state(monkeypatch):
     assert n["probes"] == 1
 
 
+def test_kernel_decodes_a_model_built_under_inference_mode(monkeypatch):
+    """Parameters that are inference tensors (a model built or loaded under
+    torch.inference_mode) have no version counter for the probe's key: such a model is probed
+    at every generate and decodes through the kernel, equal to the Block modules."""
+    with torch.inference_mode():
+        m = affine_lns(make(scale=1.0, pos_encoding="rope"))
+    assert m.lm_head.weight.is_inference()
+    idx = prompts(2, 3, seed=4)
+    thr = generated_median_confidence(m, idx, 8)
+    got, want = kernel_and_blocks(m, idx, 8, monkeypatch, temperature=0, exit_threshold=thr)
+    assert_same_decode(got, want)
+    assert 1.0 < got[2] < L
+
+
 def affine_lns(m, seed=0):
     """Random LayerNorm gains N(1, 0.3) and biases N(0, 0.3) (init's 1 and 0 make the kernel's
     ln_1 / ln_f folds exact whatever they do)."""
