@@ -411,7 +411,8 @@ def assert_same_decode(a, b):
 
 @pytest.mark.parametrize("pos_encoding,bias,B,kw", [
     ("learned", True, 1, {}), ("rope", True, 3, {}), ("rope", False, 1, {}),
-    ("learned", False, 4, {}), ("sinusoidal", True, 2, {"ln_learnable": False, "activation": "relu"})])
+    ("learned", False, 4, {}),
+    ("sinusoidal", True, 2, {"ln_learnable": False, "activation": "relu"})])
 def test_kernel_equals_block_modules(pos_encoding, bias, B, kw, monkeypatch):
     """Shared pre-ln with random LayerNorm affines (what the kernel folds; or none with
     ln_learnable=False), any MLP activation: decoding through the kernel (full depth, early
@@ -460,8 +461,9 @@ def _confidence_quantile(m, idx, n, q):
 def test_kernel_every_confidence_equals_block_modules(confidence, mode, monkeypatch):
     """Every confidence (with from_logits or through ConfIn: logit statistics, the previous
     layer's logits, the argmax history, the residual stream, the exit classifier), under the
-    threshold rule at its 0.85 quantile (rows exit at different depths) and under the random "sample" rule (same seed): the kernel's
-    tokens, logits and exit depths are the Block modules'."""
+    threshold rule at its 0.85 quantile (rows exit at different depths) and under the random
+    "sample" rule (same seed): the kernel's tokens, logits and exit depths are the Block
+    modules'."""
     m = affine_lns(make(scale=3.0, pos_encoding="rope", confidence=confidence, argmax_stable_k=1,
                         layer_heads=confidence == "learned"))
     if confidence == "learned":
@@ -554,7 +556,8 @@ def test_decode_in_bfloat16_runs_and_agrees(low, monkeypatch):
     thr = generated_median_confidence(m, idx, 10)
     want = []
     m.generate(idx, 10, temperature=0, step_logits=want)
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if low == "autocast" else contextlib.nullcontext()
+    ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if low == "autocast"
+           else contextlib.nullcontext())
     if low == "bf16":
         m = m.to(torch.bfloat16)
     with ctx:
