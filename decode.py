@@ -271,13 +271,17 @@ class _SharedPreLN(_Blocks):
 
     @staticmethod
     def probe_key(model):
-        """What `agrees` depends on: the forward code of the block's parts, the parameters
-        (storage and in-place version) of the block, ln_f and lm_head, and autocast. Inference
-        tensors (a model built under torch.inference_mode) have no version: a fresh object
-        each time, so such a model is probed at every generate."""
+        """What `agrees` depends on: the forward code of the block's parts (their classes', an
+        instance's own `forward`, and the forward hooks of the modules the kernel bypasses), the
+        parameters (storage and in-place version) of the block, ln_f and lm_head, and autocast.
+        Inference tensors (a model built under torch.inference_mode) have no version: a fresh
+        object each time, so such a model is probed at every generate."""
         blk = model.block(0)
         code = (type(blk).forward, type(blk.attn).forward, type(blk.attn).qkv,
                 type(blk.mlp).forward, type(blk.ln_1).forward)
+        bypassed = (blk, blk.attn, blk.attn.c_attn, blk.attn.c_proj, blk.ln_1)
+        code += tuple((vars(m).get("forward"), tuple(m._forward_pre_hooks), tuple(m._forward_hooks))
+                      for m in bypassed)
         params = [(p.data_ptr(), object() if p.is_inference() else p._version, p.dtype)
                   for m in (blk, model.transformer.ln_f, model.lm_head) for p in m.parameters()]
         dev = model.lm_head.weight.device.type

@@ -332,6 +332,30 @@ def test_kernel_not_used_when_the_block_was_edited(monkeypatch):
         torch.testing.assert_close(g, r)
 
 
+@pytest.mark.parametrize("edit", ["instance forward", "attention hook"])
+def test_kernel_not_used_when_the_probed_block_is_edited_later(edit):
+    """After the probe agreed (make() probes), an edit the block's class does not show: its
+    instance's own forward (the MLP branch halved), or a forward hook on its attention that
+    scales the output. The probe reruns, disagrees, and generate decodes the edited model."""
+    m = make()
+    blk = m.block(0)
+    if edit == "instance forward":
+        def edited(x, rope=None, caches=None):
+            mid = x + blk.attn(blk.ln_1(x), rope, blk._slot(caches, 0))
+            return mid + 0.5 * blk.mlp(blk.ln_2(mid)), mid
+        blk.forward = edited
+    else:
+        blk.attn.register_forward_hook(lambda mod, inp, out: 0.5 * out)
+    idx = prompts(2, 4)
+    got = []
+    with pytest.warns(UserWarning, match="disagrees with the model's block"):
+        out = m.generate(idx, 6, temperature=0, step_logits=got)
+    ref, ref_logits = masked_reference(m, idx, 6, None)         # model.forward: the edit
+    assert torch.equal(out, ref)
+    for g, r in zip(got, ref_logits):
+        torch.testing.assert_close(g, r)
+
+
 def test_kernel_probe_runs_once_per_model_state(monkeypatch):
     """The probe reruns only when the parameters change in place (an optimizer step, a
     load_state_dict) or the block's code does, not at every generate."""
