@@ -267,21 +267,27 @@ class _SharedPreLN(_Blocks):
         return (model.config.share_weights and not model.training
                 and type(blk) is model_lib.PreLNBlock
                 and type(blk.attn) is model_lib.CausalSelfAttention
-                and blk.ln_1.eps == model.transformer.ln_f.eps)
+                and blk.ln_1.eps == model.transformer.ln_f.eps
+                and not any(m._forward_hooks or m._forward_pre_hooks         # they would not
+                            for m in _SharedPreLN.bypassed(model)))          # see decode steps
+
+    @staticmethod
+    def bypassed(model):
+        """The modules whose forward the kernel does not call."""
+        blk = model.block(0)
+        return blk, blk.attn, blk.attn.c_attn, blk.attn.c_proj, blk.ln_1
 
     @staticmethod
     def probe_key(model):
-        """What `agrees` depends on: the forward code of the block's parts (their classes', an
-        instance's own `forward`, and the forward hooks of the modules the kernel bypasses), the
+        """What `agrees` depends on: the forward code of the block's parts (their classes', and
+        an instance's own `forward` of the modules the kernel bypasses), the
         parameters (storage and in-place version) of the block, ln_f and lm_head, and autocast.
         Inference tensors (a model built under torch.inference_mode) have no version: a fresh
         object each time, so such a model is probed at every generate."""
         blk = model.block(0)
         code = (type(blk).forward, type(blk.attn).forward, type(blk.attn).qkv,
                 type(blk.mlp).forward, type(blk.ln_1).forward)
-        bypassed = (blk, blk.attn, blk.attn.c_attn, blk.attn.c_proj, blk.ln_1)
-        code += tuple((vars(m).get("forward"), tuple(m._forward_pre_hooks), tuple(m._forward_hooks))
-                      for m in bypassed)
+        code += tuple(vars(m).get("forward") for m in _SharedPreLN.bypassed(model))
         params = [(p.data_ptr(), object() if p.is_inference() else p._version, p.dtype)
                   for m in (blk, model.transformer.ln_f, model.lm_head) for p in m.parameters()]
         dev = model.lm_head.weight.device.type

@@ -4,6 +4,7 @@ the full model's distribution)."""
 import contextlib
 import os
 import sys
+import warnings
 
 import pytest
 import torch
@@ -336,7 +337,7 @@ def test_kernel_not_used_when_the_block_was_edited(monkeypatch):
 def test_kernel_not_used_when_the_probed_block_is_edited_later(edit):
     """After the probe agreed (make() probes), an edit the block's class does not show: its
     instance's own forward (the MLP branch halved), or a forward hook on its attention that
-    scales the output. The probe reruns, disagrees, and generate decodes the edited model."""
+    scales the output. Generate decodes the edited model."""
     m = make()
     blk = m.block(0)
     if edit == "instance forward":
@@ -348,8 +349,16 @@ def test_kernel_not_used_when_the_probed_block_is_edited_later(edit):
         blk.attn.register_forward_hook(lambda mod, inp, out: 0.5 * out)
     idx = prompts(2, 4)
     got = []
-    with pytest.warns(UserWarning, match="disagrees with the model's block"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         out = m.generate(idx, 6, temperature=0, step_logits=got)
+    # an instance forward: the probe reruns and disagrees (a warning); a hook on a module the
+    # kernel bypasses: no kernel at all (the hook sees every decode step)
+    assert [str(w.message)[:57] for w in caught] == (
+        ["decode: the shared pre-ln kernel disagrees with the model"] if edit == "instance forward"
+        else [])
+    if edit == "attention hook":
+        assert kernel_type(m) is decode._Blocks
     ref, ref_logits = masked_reference(m, idx, 6, None)         # model.forward: the edit
     assert torch.equal(out, ref)
     for g, r in zip(got, ref_logits):
