@@ -289,8 +289,11 @@ def test_early_exit_decoding_from_config():
 @pytest.mark.parametrize("share", [False, True])
 def test_exited_token_kv_never_projected_when_no_later_token_reads_it(share, monkeypatch):
     """threshold 0: every token exits at layer 1, so no later token ever attends at layers
-    2..L: the exited tokens' deeper K/V are deferred until read, i.e. never projected (counts
-    when they are read: tests/test_decode.py)."""
+    2..L: decoding with the Block modules, the exited tokens' deeper K/V are deferred until
+    read, i.e. never projected (counts when they are read, and the shared pre-ln kernel, which
+    takes them from the matmul that gave the exit head: tests/test_decode.py)."""
+    import decode
+    monkeypatch.setattr(decode, "kernel_for", decode._Blocks)
     calls = {"forward": 0, "project_kv": 0}
     orig_fwd = model_mod.CausalSelfAttention.forward
     orig_kv = model_mod.CausalSelfAttention.project_kv
