@@ -351,11 +351,14 @@ class _SharedPreLN(_Blocks):
         return lg if lg.dtype == torch.float32 else lg.float()
 
     def exit(self, x, ex, rows, depth):
+        if self.qkv is None:                        # no head ran (a head-free confidence)
+            self.qkv = F.linear(self._norm(x), self.w_qkv, self.b_qkv)
         k, v = self._split(self.qkv if ex is None else self.qkv[ex], 2)
         self.cache.put_frozen(depth, self.L, 0, rows, self.p0, k, v)
 
     def keep(self, idx):
-        self.qkv = self.qkv[idx]
+        if self.qkv is not None:
+            self.qkv = self.qkv[idx]
 
     def finish(self):
         pass
@@ -471,6 +474,7 @@ class _Measure:
         self.rule, self.threshold = rule, threshold
         self.prev, self.hist = None, []
         self.fast = self.meas.from_logits
+        self.needs_head = self.meas.head            # False: trigger takes logits None
 
     def trigger(self, l, x_in, x_out, logits):
         """Layer l's exit decision -> bool (N,) from its logits (N, V) fp32 and the residual
@@ -478,8 +482,8 @@ class _Measure:
         if self.fast is not None:
             return self.rule(self.fast(logits), self.threshold)
         m, model = self.meas, self.model
-        cin = exits.ConfIn(_HeadStats(torch.softmax(logits, dim=-1)), layer=l,
-                           config=model.config, hist=self.hist)
+        stats = None if logits is None else _HeadStats(torch.softmax(logits, dim=-1))
+        cin = exits.ConfIn(stats, layer=l, config=model.config, hist=self.hist)
         if m.logit_stat is not None and not (m.prev and self.prev is None):
             cin.stat = m.logit_stat(logits, self.prev if m.prev else None)
         if m.state:
@@ -518,7 +522,7 @@ def _run_exit_step(model, cache, x, p0, head, check, layers):
         if l == L - 1:
             exited.append((rows, head(x), L))
             break
-        lg = layers.logits(x)                                               # (R, V)
+        lg = layers.logits(x) if measure.needs_head else None               # (R, V)
         trig = measure.trigger(l, x_in, x, lg)                              # (R,)
         if x.size(0) == 1:                          # one row: one host sync per layer
             if not trig.item():
@@ -532,12 +536,12 @@ def _run_exit_step(model, cache, x, p0, head, check, layers):
                 ex = None
         if ex is None:                              # every running row exits here
             layers.exit(x, None, rows, l + 1)
-            exited.append((rows, lg, l + 1))
+            exited.append((rows, head(x) if lg is None else lg, l + 1))
             break
         if rows is None:
             rows = torch.arange(B, device=x.device)
         layers.exit(x, ex, rows[ex], l + 1)
-        exited.append((rows[ex], lg[ex], l + 1))
+        exited.append((rows[ex], head(x[ex]) if lg is None else lg[ex], l + 1))
         keep = (~trig).nonzero()[:, 0]
         rows, x = rows[keep], x[keep]
         layers.keep(keep)
@@ -586,7 +590,7 @@ def _run_exit(model, cache, x, p0, head, check, layers):
                 at_last = pos == last
                 logits_out[rows[at_last]] = head(h[at_last])
             break
-        lg = head(h)                                                        # (N, V)
+        lg = head(h) if measure.needs_head else None                        # (N, V)
         trig = measure.trigger(l, h_in, h, lg)                              # (N,)
         if not bool(trig.any()):
             continue
@@ -596,7 +600,8 @@ def _run_exit(model, cache, x, p0, head, check, layers):
         ex_rows, ex_pos = rows[trig], pos[trig]
         _defer(model, cache, h[trig], ex_rows, ex_pos, l + 1)
         at_last = ex_pos == last
-        logits_out[ex_rows[at_last]] = lg[trig][at_last]
+        logits_out[ex_rows[at_last]] = (lg[trig][at_last] if lg is not None
+                                        else head(h[trig][at_last]))
         depth[ex_rows[at_last]] = float(l + 1)
         keep = ~trig
         if not bool(keep.any()):

@@ -50,20 +50,22 @@ import torch.nn.functional as F
 #   knob="field"   a 0/1 measure whose trade-off is set by this int GPTConfig field rather than
 #                  the threshold (eval_exit.py sweeps it over 1..n_layer-1);
 #   from_logits=g  g(z (n, V) fp32 logits) -> (n,): the value the decoder reads (no targets)
-#                  from the logits alone, its per-layer check without a ConfIn (tests: equal).
+#                  from the logits alone, its per-layer check without a ConfIn (tests: equal);
+#   head=False     reads no head statistic (out.head is None): the decoder runs the head only
+#                  for the tokens that exit, not at every layer.
 
 CONFIDENCES: Dict[str, Callable] = {}
 CONFIDENCE_MAX: Dict[str, float] = {}    # name -> the largest value the confidence can take
 
 
 def register_confidence(name, logit_stat=None, prev=False, state=False, history=False,
-                        learned=False, knob=None, max_value=1.0, from_logits=None):
+                        learned=False, knob=None, max_value=1.0, from_logits=None, head=True):
     def wrap(fn):
         CONFIDENCES[name] = fn
         CONFIDENCE_MAX[name] = max_value
         fn.logit_stat, fn.prev, fn.state, fn.history, fn.learned, fn.knob = (
             logit_stat, prev, state, history, learned, knob)
-        fn.from_logits = from_logits
+        fn.from_logits, fn.head = from_logits, head
         return fn
     return wrap
 
@@ -157,14 +159,14 @@ def argmax_stable(out):
     return same.float()
 
 
-@register_confidence("state-cosine", state=True)
+@register_confidence("state-cosine", state=True, head=False)
 def state_cosine(out):
     """cos(x_in, x_out) in [-1, 1]: cosine similarity of the residual stream entering and
     leaving the layer (CALM's state-propagation measure: no head needed, O(C) per token)."""
     return F.cosine_similarity(out.x_in.float(), out.x_out.float(), dim=-1).clamp(-1.0, 1.0)
 
 
-@register_confidence("learned", learned=True)
+@register_confidence("learned", learned=True, head=False)
 def learned(out):
     """sigmoid(exit classifier(stop-gradient head input)) (CALM's meta measure): the predicted
     probability that this layer's argmax equals the last layer's; trained jointly by

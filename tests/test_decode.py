@@ -511,6 +511,39 @@ def test_kernel_every_confidence_equals_block_modules(confidence, mode, monkeypa
     assert (1.0 < got[2] < L) if mode == "threshold" else (1.0 <= got[2] < L)
 
 
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("confidence", sorted(n for n, f in exits.CONFIDENCES.items() if not f.head))
+def test_head_free_confidence_runs_the_head_only_where_tokens_exit(confidence, share,
+                                                                    monkeypatch):
+    """A confidence registered head=False (state-cosine, learned) decides without the layer's
+    head: decode steps run the head once per token (where it exits or at the last layer),
+    none at the layers it passes, and the result is the masked reference's."""
+    m = affine_lns(make(scale=3.0, share=share, confidence=confidence,
+                        layer_heads=confidence == "learned"))
+    if confidence == "learned":
+        with torch.no_grad():
+            m.exit_classifier.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(2))
+    idx = prompts(1, 1, seed=1)
+    thr = _confidence_quantile(m, idx, 10, 0.85)
+    rows = {"head": 0, "kernel": 0}
+    orig_head, orig_kernel = decode._head_fn, decode._SharedPreLN.logits
+
+    def head_fn(model):
+        h = orig_head(model)
+        return lambda x: rows.__setitem__("head", rows["head"] + x[..., 0].numel()) or h(x)
+    monkeypatch.setattr(decode, "_head_fn", head_fn)
+    monkeypatch.setattr(decode._SharedPreLN, "logits", lambda self, x: rows.__setitem__(
+        "kernel", rows["kernel"] + 1) or orig_kernel(self, x))
+    got = []
+    out = m.generate(idx, 10, temperature=0, exit_threshold=thr, step_logits=got)
+    ref, ref_logits = masked_reference(m, idx, 10, thr)
+    assert torch.equal(out, ref)
+    for g, r in zip(got, ref_logits):
+        torch.testing.assert_close(g, r)
+    assert 1.0 < m.last_generate_stats["avg_exit_depth"] < L
+    assert rows == {"head": 10, "kernel": 0}       # one head row per token, one-token prompt
+
+
 @pytest.mark.parametrize("depth", [2, 6])
 def test_kernel_at_test_time_depth_equals_masked_reference(depth):
     """generate(depth=d) on a shared block (recurrent test-time depth, d != n_layer): the kernel
