@@ -51,7 +51,7 @@ import exits
 
 class DecodeCache:
     """K/V of every depth and attention module for B rows: k, v (L, n_attn, B, nh, cap, hd),
-    cap = block_size. `len` positions are filled at every depth (the shared length), except the
+    cap = block_size, the two halves of kv (2, L, ...). `len` positions are filled at every depth (the shared length), except the
     deeper depths of exited tokens still in `pending` (written by `_flush` when first read)."""
 
     def __init__(self, model, B, device, dtype):
@@ -59,8 +59,8 @@ class DecodeCache:
         self.n_attn = len(model.block(0).attentions())
         hd = cfg.n_embd // cfg.n_head
         shape = (cfg.n_layer, self.n_attn, B, cfg.n_head, cfg.block_size, hd)
-        self.k = torch.empty(shape, device=device, dtype=dtype)
-        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.kv = torch.empty((2,) + shape, device=device, dtype=dtype)
+        self.k, self.v = self.kv[0], self.kv[1]
         self.len = 0
         self.pending = []                   # [_Frozen]: exited tokens lacking deeper K/V
         self.pending_next = cfg.n_layer     # the smallest depth a pending token lacks
@@ -69,6 +69,11 @@ class DecodeCache:
         """One KVSlot per attention module of depth l (the `caches` a Block takes)."""
         return [KVSlot(self.k[l, i], self.v[l, i], start, end, rows, pos)
                 for i in range(self.n_attn)]
+
+    def put_frozen_all(self, lo, hi, i, pos, kv):
+        """Write kv (2, B, nh, hd), every row's K and V at position pos, into attention i at
+        depths lo..hi-1: one copy."""
+        self.kv[:, lo:hi, i, :, :, pos] = kv[:, None].to(self.kv.dtype)
 
     def put_frozen(self, lo, hi, i, rows, pos, k, v):
         """Write k, v (N, nh, 1, hd) of N exited tokens into attention i at depths lo..hi-1 (the
@@ -353,7 +358,16 @@ class _SharedPreLN(_Blocks):
     def exit(self, x, ex, rows, depth):
         if self.qkv is None:                        # no head ran (a head-free confidence)
             self.qkv = F.linear(self._norm(x), self.w_qkv, self.b_qkv)
-        k, v = self._split(self.qkv if ex is None else self.qkv[ex], 2)
+        qkv = self.qkv if ex is None else self.qkv[ex]
+        if rows is None:                            # every row: K and V in one copy
+            if self.rope is None:
+                R, C = qkv.size(0), self.C
+                kv = qkv[:, C:].view(R, 2, self.nh, C // self.nh).transpose(0, 1)
+            else:
+                kv = torch.stack(self._split(qkv, 2))[..., 0, :]
+            self.cache.put_frozen_all(depth, self.L, 0, self.p0, kv)
+            return
+        k, v = self._split(qkv, 2)
         self.cache.put_frozen(depth, self.L, 0, rows, self.p0, k, v)
 
     def keep(self, idx):
@@ -475,6 +489,15 @@ class _Measure:
         self.prev, self.hist = None, []
         self.fast = self.meas.from_logits
         self.needs_head = self.meas.head            # False: trigger takes logits None
+        self.scalar = rule.scalar if self.fast is not None else None
+        self.threshold_f = float(threshold)         # its fp32 value, exactly
+
+    def fires_one(self, l, x_in, x_out, logits):
+        """trigger for a single row -> bool. A from_logits confidence under a rule with a
+        scalar form is compared as Python floats: one read of the value, no comparison op."""
+        if self.scalar is not None:
+            return self.scalar(self.fast(logits).item(), self.threshold_f)
+        return bool(self.trigger(l, x_in, x_out, logits).item())
 
     def trigger(self, l, x_in, x_out, logits):
         """Layer l's exit decision -> bool (N,) from its logits (N, V) fp32 and the residual
@@ -523,12 +546,12 @@ def _run_exit_step(model, cache, x, p0, head, check, layers):
             exited.append((rows, head(x), L))
             break
         lg = layers.logits(x) if measure.needs_head else None               # (R, V)
-        trig = measure.trigger(l, x_in, x, lg)                              # (R,)
         if x.size(0) == 1:                          # one row: one host sync per layer
-            if not trig.item():
+            if not measure.fires_one(l, x_in, x, lg):
                 continue
             ex = None
         else:
+            trig = measure.trigger(l, x_in, x, lg)                          # (R,)
             ex = trig.nonzero()[:, 0]               # one host sync per layer
             if ex.numel() == 0:
                 continue

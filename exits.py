@@ -180,12 +180,14 @@ def learned(out):
 EXIT_RULES: Dict[str, Callable] = {}
 
 
-def register_exit_rule(name, never_fires=lambda threshold, max_confidence: False):
+def register_exit_rule(name, never_fires=lambda threshold, max_confidence: False, scalar=None):
     """never_fires(threshold, max_confidence) -> True when the rule cannot fire whatever the
-    confidence (at most max_confidence): see never_exits."""
+    confidence (at most max_confidence): see never_exits. scalar(c, t) -> bool: the same
+    decision for one confidence c and the threshold t as Python floats (their fp32 values),
+    what the decoder uses for a single row."""
     def wrap(fn):
         EXIT_RULES[name] = fn
-        fn.never_fires = never_fires
+        fn.never_fires, fn.scalar = never_fires, scalar
         return fn
     return wrap
 
@@ -198,7 +200,7 @@ def never_exits(rule, confidence, threshold):
 
 
 @register_exit_rule("threshold", never_fires=lambda threshold, max_confidence:
-                    threshold > max_confidence)
+                    threshold > max_confidence, scalar=lambda c, t: c >= t)
 def threshold_rule(confidence, threshold):
     """Exit when confidence >= threshold (threshold > 1 never exits, 0 always exits)."""
     return confidence >= threshold

@@ -282,6 +282,21 @@ def test_never_firing_threshold_runs_every_layer_once_per_row():
     assert seen == [10] * L + [2] * (L * 5)                   # prefill, then 5 single-token steps
 
 
+def test_scalar_rules_equal_the_rules_on_fp32_values():
+    """A rule's scalar form (the decoder's single-row check) decides as the rule does on fp32
+    tensors, at the threshold itself and one ulp either side too."""
+    thr = torch.tensor(0.2, dtype=torch.float32)
+    c = torch.cat([torch.rand(2000, generator=torch.Generator().manual_seed(0)), thr[None],
+                   torch.nextafter(thr, torch.tensor(0.0))[None],
+                   torch.nextafter(thr, torch.tensor(1.0))[None]])
+    scalar = [(n, r) for n, r in exits.EXIT_RULES.items() if r.scalar is not None]
+    assert [n for n, _ in scalar] == ["threshold"]
+    for _, rule in scalar:
+        got = torch.tensor([rule.scalar(float(v), float(thr)) for v in c])
+        assert torch.equal(got, rule(c, thr))
+        assert got[-3:].tolist() == [True, False, True]
+
+
 @pytest.mark.parametrize("name", sorted(n for n, f in exits.CONFIDENCES.items() if f.from_logits))
 def test_confidence_from_logits_equals_the_measure(name):
     """A confidence's from_logits (the decoder's per-layer check) equals the measure itself on
