@@ -51,8 +51,9 @@ import exits
 
 class DecodeCache:
     """K/V of every depth and attention module for B rows: k, v (L, n_attn, B, nh, cap, hd),
-    cap = block_size, the two halves of kv (2, L, ...). `len` positions are filled at every depth (the shared length), except the
-    deeper depths of exited tokens still in `pending` (written by `_flush` when first read)."""
+    cap = block_size, the two halves of kv (2, L, ...). `len` positions are filled at every
+    depth (the shared length), except the deeper depths of exited tokens still in `pending`
+    (written by `_flush` when first read)."""
 
     def __init__(self, model, B, device, dtype):
         cfg = model.config
@@ -529,9 +530,9 @@ class _Measure:
 
 def _run_exit_step(model, cache, x, p0, head, check, layers):
     """One decode step with per-token early exit: x (B, 1, C) at position p0 -> (logits (B, V)
-    fp32, exit depth (B,), or a float when every row exits at one depth). `layers` (kernel_for(model)) runs the layers; each layer's head
-    runs only on the rows still running, and exited rows leave the batch (their deeper K/V:
-    layers.exit)."""
+    fp32, exit depth (B,), or a float when every row exits at one depth). `layers`
+    (kernel_for's) runs the layers; each layer's head runs only on the rows still running, and
+    exited rows leave the batch (their deeper K/V: layers.exit)."""
     L, B = model.config.n_layer, x.size(0)
     measure = _Measure(model, *check)
     layers = layers.begin(cache, p0)

@@ -20,13 +20,14 @@ the order of A B C rotated by one every round, for --rounds rounds, each run gen
                model d layers deep, the best an exit at depth d can do (embedding, final head
                and sampling are paid per token whatever the depth)
 
-Per case: tok/s median and min..max over runs, the ratio of medians to full at the same batch
-size, speedup = the median over rounds of the paired ratio (the case's tok/s over the mean of the
-two full-depth runs around it: on a machine whose speed drifts with other tenants' load, the
-estimate that drift does not bias) with its min..max, decode depth (average exit layer of the
-new tokens), ideal = n_layer / decode depth, speedup / ideal; for exit@t the val loss of exit-layer logits (eval_exit.evaluate) and its
-change vs full depth; for spec the acceptance rate, tokens per verification and whether the
-tokens equal full depth's (they must). Writes bench/results/decode-<device>-<date>.md / .json.
+Per case: tok/s median and min..max over runs, the ratio of medians to full at the same batch size,
+speedup = the median over rounds of the paired ratio (the case's tok/s over the mean of the two
+full-depth runs around it: on a machine whose speed drifts with other tenants' load, the estimate
+that drift does not bias) with its min..max, decode depth (average exit layer of the new tokens),
+ideal = n_layer / decode depth, speedup / ideal; for exit@t the val loss of exit-layer logits
+(eval_exit.evaluate) and its change vs full depth; for spec the acceptance rate, tokens per
+verification and whether the tokens equal full depth's (they must).
+Writes bench/results/decode-<device>-<date>.md / .json.
 """
 import argparse
 import datetime
