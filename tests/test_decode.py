@@ -59,6 +59,19 @@ def masked_reference(m, idx, n, thr):
     return idx, steps
 
 
+def generate_equals_reference(m, idx, n, thr, **kw):
+    """m.generate(idx, n, greedy, exit_threshold=thr) == masked_reference: the same tokens and
+    every step's logits within fp32 tolerance -> the tokens."""
+    got = []
+    out = m.generate(idx, n, temperature=0, exit_threshold=thr, step_logits=got, **kw)
+    ref, ref_logits = masked_reference(m, idx, n, thr)
+    assert torch.equal(out, ref)
+    assert len(got) == n
+    for g, r in zip(got, ref_logits):
+        torch.testing.assert_close(g, r)      # fp32: atol 1e-5, rtol 1.3e-6
+    return out
+
+
 def layer1_median_confidence(m, idx, q=0.5):
     """A threshold near the median (quantile q) layer-1 confidence of idx: tokens exit at
     various depths."""
@@ -117,14 +130,7 @@ def test_batched_early_exit_equals_masked_reference(block_type, share):
     # weights x3 (x5 puts the multiplicative wirings' fp32 roundoff at ~5e-5 in the logits)
     m = make(block_type, share, pos_encoding="rope" if share else "learned", scale=3.0)
     idx = prompts(3, 6, seed=1)
-    thr = layer1_median_confidence(m, idx)
-    ref, ref_logits = masked_reference(m, idx, 12, thr)
-    got_logits = []
-    out = m.generate(idx, 12, temperature=0, exit_threshold=thr, step_logits=got_logits)
-    assert torch.equal(out, ref)
-    assert len(got_logits) == 12
-    for g, r in zip(got_logits, ref_logits):
-        torch.testing.assert_close(g, r)      # fp32: atol 1e-5, rtol 1.3e-6
+    generate_equals_reference(m, idx, 12, layer1_median_confidence(m, idx))
     assert 1.0 < m.last_generate_stats["avg_exit_depth"] < L
 
 
@@ -134,13 +140,7 @@ def test_batched_early_exit_past_block_size(pos_encoding):
     with per-token exits) every step past the window, as the reference recomputes it."""
     m = make(pos_encoding=pos_encoding)
     idx = prompts(2, 6, seed=2)
-    thr = layer1_median_confidence(m, idx)
-    ref, ref_logits = masked_reference(m, idx, 40, thr)
-    got_logits = []
-    assert torch.equal(m.generate(idx, 40, temperature=0, exit_threshold=thr,
-                                  step_logits=got_logits), ref)
-    for g, r in zip(got_logits, ref_logits):
-        torch.testing.assert_close(g, r)      # fp32: atol 1e-5, rtol 1.3e-6
+    generate_equals_reference(m, idx, 40, layer1_median_confidence(m, idx))
 
 
 @pytest.mark.parametrize("share", [True, False])
@@ -181,12 +181,7 @@ def test_exited_tokens_kv_projected_once_when_first_read(share, seed, monkeypatc
     orig = model_mod.CausalSelfAttention.project_kv
     monkeypatch.setattr(model_mod.CausalSelfAttention, "project_kv",
                         lambda self, x, rope=None: rows.append(x.size(0)) or orig(self, x, rope))
-    got_logits = []
-    out = m.generate(idx, 16, temperature=0, exit_threshold=thr, step_logits=got_logits)
-    ref, ref_logits = masked_reference(m, idx, 16, thr)
-    assert torch.equal(out, ref)
-    for g, r in zip(got_logits, ref_logits):
-        torch.testing.assert_close(g, r)
+    out = generate_equals_reference(m, idx, 16, thr)
     cfg = m.config
     cfg.early_exit, cfg.exit_threshold, cfg.exit_propagate = True, thr, True
     with torch.no_grad():
@@ -338,14 +333,8 @@ def test_kernel_not_used_when_the_block_was_edited(monkeypatch):
     with pytest.warns(UserWarning, match="disagrees with the model's block"):
         assert kernel_type(m) is decode._Blocks
     idx = prompts(2, 4)
-    got_logits = []
-    with pytest.warns(UserWarning):
-        thr = generated_median_confidence(m, idx, 8)
-        out = m.generate(idx, 8, temperature=0, exit_threshold=thr, step_logits=got_logits)
-    ref, ref_logits = masked_reference(m, idx, 8, thr)          # model.forward: the edit
-    assert torch.equal(out, ref)
-    for g, r in zip(got_logits, ref_logits):
-        torch.testing.assert_close(g, r)
+    with pytest.warns(UserWarning):                 # reference: model.forward, the edit
+        generate_equals_reference(m, idx, 8, generated_median_confidence(m, idx, 8))
 
 
 @pytest.mark.parametrize("edit", ["instance forward", "attention hook"])
@@ -549,12 +538,7 @@ def test_head_free_confidence_runs_the_head_only_where_tokens_exit(confidence, s
     monkeypatch.setattr(decode, "_head_fn", head_fn)
     monkeypatch.setattr(decode._SharedPreLN, "logits", lambda self, x: rows.__setitem__(
         "kernel", rows["kernel"] + 1) or orig_kernel(self, x))
-    got = []
-    out = m.generate(idx, 10, temperature=0, exit_threshold=thr, step_logits=got)
-    ref, ref_logits = masked_reference(m, idx, 10, thr)
-    assert torch.equal(out, ref)
-    for g, r in zip(got, ref_logits):
-        torch.testing.assert_close(g, r)
+    generate_equals_reference(m, idx, 10, thr)
     assert 1.0 < m.last_generate_stats["avg_exit_depth"] < L
     assert rows == {"head": 10, "kernel": 0}       # one head row per token, one-token prompt
 
@@ -590,12 +574,7 @@ def test_kernel_whole_batch_exits_at_layer_1():
     m = affine_lns(make(scale=3.0, pos_encoding="rope"))
     assert kernel_type(m) is decode._SharedPreLN
     idx = prompts(3, 3, seed=6)
-    got = []
-    out = m.generate(idx, 8, temperature=0, exit_threshold=0.0, step_logits=got)
-    ref, ref_logits = masked_reference(m, idx, 8, 0.0)
-    assert torch.equal(out, ref)
-    for g, r in zip(got, ref_logits):
-        torch.testing.assert_close(g, r)
+    generate_equals_reference(m, idx, 8, 0.0)
     assert m.last_generate_stats["avg_exit_depth"] == 1.0
 
 
