@@ -73,18 +73,18 @@ class DecodeCache:
 
     def put_frozen_all(self, lo, hi, i, pos, kv):
         """Write kv (2, B, nh, hd), every row's K and V at position pos, into attention i at
-        depths lo..hi-1: one copy."""
+        depths lo..hi-1: one copy (put_frozen with rows None)."""
         self.kv[:, lo:hi, i, :, :, pos] = kv[:, None].to(self.kv.dtype)
 
     def put_frozen(self, lo, hi, i, rows, pos, k, v):
         """Write k, v (N, nh, 1, hd) of N exited tokens into attention i at depths lo..hi-1 (the
         same K/V at each: a shared block's one projection). Token j is row rows[j] (rows None:
         row j, N = B) at position pos[j] (pos an int: every token at that position)."""
+        if rows is None:
+            return self.put_frozen_all(lo, hi, i, pos, torch.stack((k, v))[..., 0, :])
         for store, t in ((self.k, k), (self.v, v)):
             t = t[:, :, 0].to(store.dtype)          # (N, nh, hd); autocast's bf16 -> cache's
-            if rows is None:
-                store[lo:hi, i, :, :, pos] = t
-            elif isinstance(pos, int):
+            if isinstance(pos, int):
                 store[lo:hi, i, rows, :, pos] = t
             else:
                 store[lo:hi, i].permute(1, 3, 0, 2, 4)[rows, pos] = t.unsqueeze(1)
@@ -359,16 +359,7 @@ class _SharedPreLN(_Blocks):
     def exit(self, x, ex, rows, depth):
         if self.qkv is None:                        # no head ran (a head-free confidence)
             self.qkv = F.linear(self._norm(x), self.w_qkv, self.b_qkv)
-        qkv = self.qkv if ex is None else self.qkv[ex]
-        if rows is None:                            # every row: K and V in one copy
-            if self.rope is None:
-                R, C = qkv.size(0), self.C
-                kv = qkv[:, C:].view(R, 2, self.nh, C // self.nh).transpose(0, 1)
-            else:
-                kv = torch.stack(self._split(qkv, 2))[..., 0, :]
-            self.cache.put_frozen_all(depth, self.L, 0, self.p0, kv)
-            return
-        k, v = self._split(qkv, 2)
+        k, v = self._split(self.qkv if ex is None else self.qkv[ex], 2)
         self.cache.put_frozen(depth, self.L, 0, rows, self.p0, k, v)
 
     def keep(self, idx):
@@ -470,13 +461,15 @@ class _HeadStats:
 
 
 def _exit_rule(model, rule, threshold, device):
-    """-> (rule, threshold) for _Measure, or None when the rule can never fire
+    """-> (rule, threshold, threshold_f) for _Measure, or None when the rule can never fire
     (exits.never_exits: decoding then skips the heads). The threshold becomes a 0-dim fp32
     tensor: the comparison the rule makes with a Python float (in the confidence's fp32),
-    without the cost of wrapping the float at every layer."""
+    without the cost of wrapping the float at every layer; threshold_f is its value as a
+    Python float (for a rule's scalar form), read once per generate."""
     if exits.never_exits(rule, model.config.confidence, threshold):
         return None
-    return rule, torch.tensor(threshold, dtype=torch.float32, device=device)
+    t = torch.tensor(threshold, dtype=torch.float32, device=device)
+    return rule, t, float(t)
 
 
 class _Measure:
@@ -484,14 +477,14 @@ class _Measure:
     decoding, with what it carries across layers for the rows still running: the previous
     layer's logits (prev), the earlier layers' argmax (history)."""
 
-    def __init__(self, model, rule, threshold):
+    def __init__(self, model, rule, threshold, threshold_f):
         self.model, self.meas = model, exits.CONFIDENCES[model.config.confidence]
         self.rule, self.threshold = rule, threshold
         self.prev, self.hist = None, []
         self.fast = self.meas.from_logits
         self.needs_head = self.meas.head            # False: trigger takes logits None
         self.scalar = rule.scalar if self.fast is not None else None
-        self.threshold_f = float(threshold)         # its fp32 value, exactly
+        self.threshold_f = threshold_f              # float(threshold): its fp32 value
 
     def fires_one(self, l, x_in, x_out, logits):
         """trigger for a single row -> bool. A from_logits confidence under a rule with a
