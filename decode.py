@@ -102,11 +102,11 @@ class _Frozen:
 class KVSlot:
     """What CausalSelfAttention sees as `cache`: one attention module at one depth.
 
-    Contiguous (pos None): the T new keys of `rows` (all rows if None; a subset only with T = 1)
-    go to positions start..start+T-1; the queries see keys 0..end-1 causally. Packed (rows, pos (N,)): the
-    queries are N tokens of one sequence (1, N), token j being row rows[j] at position pos[j];
-    it sees the keys of its own row at positions <= pos[j] (every row's keys 0..end-1 laid out
-    as one sequence of B * end, masked)."""
+    Contiguous (pos None): the T new keys of `rows` (all rows if None; a subset only with
+    T = 1) go to positions start..start+T-1; the queries see keys 0..end-1 causally. Packed
+    (rows, pos (N,)): the queries are N tokens of one sequence (1, N), token j being row rows[j]
+    at position pos[j]; it sees the keys of its own row at positions <= pos[j] (every row's
+    keys 0..end-1 laid out as one sequence of B * end, masked)."""
     __slots__ = ("k", "v", "start", "end", "rows", "pos")
 
     def __init__(self, k, v, start, end, rows=None, pos=None):
