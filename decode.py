@@ -32,8 +32,11 @@ Block modules themselves (`_Blocks`). Prompts and the speculative verification r
 
 A context longer than block_size is cropped to the last block_size tokens and re-encoded every
 step (nanoGPT). After a call, model.last_generate_stats = {"avg_exit_depth", "tokens_per_s",
-"new_tokens", "acceptance_rate", "tokens_per_verify"} (the last two for speculative decoding:
-accepted draft tokens / drafted, new tokens per verification forward).
+"new_tokens", "first_token_s", "decode_tokens_per_s", "decode_exit_depth", "acceptance_rate",
+"tokens_per_verify"}: tokens_per_s over the whole call; first_token_s the time to the first new
+token (the prompt's encoding); decode_tokens_per_s and decode_exit_depth over the tokens after
+it (the decode phase, one step per token: what early exit and speculation speed up); the last
+two for speculative decoding (accepted draft tokens / drafted, new tokens per verification).
 """
 import math
 import time
@@ -359,7 +362,11 @@ class _SharedPreLN(_Blocks):
     def exit(self, x, ex, rows, depth):
         if self.qkv is None:                        # no head ran (a head-free confidence)
             self.qkv = F.linear(self._norm(x), self.w_qkv, self.b_qkv)
-        k, v = self._split(self.qkv if ex is None else self.qkv[ex], 2)
+        qkv = self.qkv if ex is None else self.qkv[ex]
+        if rows is None and self.rope is None:      # k, v as they are: (2, B, nh, hd), a view
+            kv = qkv[:, self.C:].view(-1, 2, self.nh, self.C // self.nh).transpose(0, 1)
+            return self.cache.put_frozen_all(depth, self.L, 0, self.p0, kv)
+        k, v = self._split(qkv, 2)
         self.cache.put_frozen(depth, self.L, 0, rows, self.p0, k, v)
 
     def keep(self, idx):
@@ -767,7 +774,7 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     dtype = next(model.parameters()).dtype
     cache, depths, out = None, [], [idx]
     n_done, drafted, accepted, rounds = 0, 0, 0, 0
-    t0 = time.perf_counter()
+    t0 = t_first = time.perf_counter()
 
     def step(ctx, p0):
         """Run ctx (B, n) at positions p0.. through the model -> last position's logits, exit
@@ -808,15 +815,23 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
         tok = _pick(logits, temperature, top_k, generator)
         out.append(tok)
         n_done += 1
+        if n_done == 1:                             # the prompt is encoded
+            if idx.is_cuda:
+                torch.cuda.synchronize()
+            t_first = time.perf_counter()
     if idx.is_cuda:
         torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    n = max_new_tokens * B
+    t_end = time.perf_counter()
+    dt, dt_decode = t_end - t0, t_end - t_first
+    n, nan = max_new_tokens * B, float("nan")
     model.last_generate_stats = {
         "avg_exit_depth": _mean_depth(depths, B),
-        "tokens_per_s": n / dt if dt > 0 else float("nan"),
+        "tokens_per_s": n / dt if dt > 0 else nan,
         "new_tokens": n,
-        "acceptance_rate": accepted / drafted if drafted else float("nan"),
-        "tokens_per_verify": (n_done - 1) / rounds if rounds else float("nan"),
+        "first_token_s": t_first - t0 if n_done else nan,
+        "decode_tokens_per_s": (n - B) / dt_decode if n_done > 1 and dt_decode > 0 else nan,
+        "decode_exit_depth": _mean_depth(depths[1:], B),
+        "acceptance_rate": accepted / drafted if drafted else nan,
+        "tokens_per_verify": (n_done - 1) / rounds if rounds else nan,
     }
     return torch.cat(out, dim=1)

@@ -20,13 +20,18 @@ the order of A B C rotated by one every round, for --rounds rounds, each run gen
                model d layers deep, the best an exit at depth d can do (embedding, final head
                and sampling are paid per token whatever the depth)
 
-Per case: tok/s median and min..max over runs, the ratio of medians to full at the same batch size,
-speedup = the median over rounds of the paired ratio (the case's tok/s over the mean of the two
-full-depth runs around it: on a machine whose speed drifts with other tenants' load, the estimate
-that drift does not bias) with its min..max, decode depth (average exit layer of the new tokens),
-ideal = n_layer / decode depth, speedup / ideal; for exit@t the val loss of exit-layer logits
-(eval_exit.evaluate) and its change vs full depth; for spec the acceptance rate, tokens per
-verification and whether the tokens equal full depth's (they must).
+Every run times two phases (decode.generate's stats): the first token (the prompt's encoding)
+and the decode phase (the --new-tokens - 1 steps after it, one per token: what early exit and
+speculation act on, and what n_layer / exit depth predicts). Per case: decode tok/s median and
+min..max over runs, the ratio of medians to full at the same batch size, speedup = the median
+over rounds of the paired ratio of decode tok/s (the case's over the mean of the two full-depth
+runs around it: on a machine whose speed drifts with other tenants' load, the estimate that
+drift does not bias) with its min..max, decode depth (average exit layer of the decode-phase
+tokens), ideal = n_layer / decode depth, speedup / ideal; the end-to-end speedup (whole call,
+prompt included; paired the same way) in wall clock and in CPU time, the median time to the
+first token; for exit@t the val loss of exit-layer logits (eval_exit.evaluate) and its change
+vs full depth; for spec the acceptance rate, tokens per verification and whether the tokens
+equal full depth's (they must).
 Writes bench/results/decode-<device>-<date>.md / .json.
 """
 import argparse
@@ -90,7 +95,8 @@ def parse_args(argv=None):
                     "('' = none)")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--rounds", type=cli.int_arg(1, 1000), default=9)
-    ap.add_argument("--new-tokens", type=cli.int_arg(1), default=64)
+    ap.add_argument("--new-tokens", type=cli.int_arg(2), default=64,
+                    help="tokens per run: the first (prompt) plus a decode phase of n - 1")
     ap.add_argument("--prompt-len", type=cli.int_arg(1), default=32)
     ap.add_argument("--val-batches", type=cli.int_arg(1), default=8,
                     help="val batches (8 x 128) for the loss")
@@ -136,18 +142,26 @@ def generate(model, prompts, n_new, kw):
         decode.kernel_for = pick
 
 
+# what every run measures: decode-phase tok/s (the steps after the first token, one per
+# token), whole-call tok/s (prompt included) in wall clock and in this thread's CPU time
+METRICS = ("dec_tok_s", "tok_s", "cpu_tok_s")
+
+
 def time_generate(model, prompts, n_new, kw):
-    """One timed greedy generate -> (tokens (B, T+n), wall tok/s, CPU-time tok/s, stats).
-    CPU time is this thread's (time.thread_time): with one torch thread it is the compute the
-    decode used, whatever else shares the CPU (meaningless on CUDA)."""
+    """One timed greedy generate -> (tokens (B, T+n), {metric: value} for METRICS and
+    "first_ms", stats). dec_tok_s is generate's decode_tokens_per_s; CPU time is this thread's
+    (time.thread_time): with one torch thread it is the compute the decode used, whatever else
+    shares the CPU (meaningless on CUDA)."""
     if prompts.is_cuda:
         import torch
         torch.cuda.synchronize()
     t0, c0 = time.perf_counter(), time.thread_time()
     out = generate(model, prompts, n_new, kw)
     dt, dc = time.perf_counter() - t0, time.thread_time() - c0   # generate syncs CUDA
+    st = dict(model.last_generate_stats)
     n = prompts.size(0) * n_new
-    return out, n / dt, n / max(dc, 1e-9), dict(model.last_generate_stats)
+    return out, {"dec_tok_s": st["decode_tokens_per_s"], "tok_s": n / dt,
+                 "cpu_tok_s": n / max(dc, 1e-9), "first_ms": 1e3 * st["first_token_s"]}, st
 
 
 def rotation(names, r):
@@ -160,51 +174,57 @@ def rotation(names, r):
 def measure_interleaved(model, prompts, n_new, cases, rounds, ref="full"):
     """cases: {name: generate keywords}, one of them `ref`. After one untimed warm-up each,
     every round runs ref, case, ref, case, ..., ref over the other cases in `rotation` order:
-    each case sits between two ref runs, and its paired ratio is its tok/s over their mean (a
-    drift of the machine's speed that is linear over the three runs cancels exactly).
-    -> {name: {"tok_s", "cpu_tok_s": [every run], "paired", "cpu_paired": [per round], "depth",
-    "acceptance", "tokens_per_verify", "out": tokens of the last run}}."""
-    res = {name: {"tok_s": [], "cpu_tok_s": [], "paired": [], "cpu_paired": []} for name in cases}
+    each case sits between two ref runs, and its paired ratio is its value over their mean (a
+    drift of the machine's speed that is linear over the three runs cancels exactly), for each
+    of METRICS. -> {name: {"runs": {metric: [every run], "first_ms": [...]}, "paired": {metric:
+    [per round]}, "depth" (decode phase), "acceptance", "tokens_per_verify", "out": tokens of
+    the last run}}."""
+    res = {name: {"runs": {m: [] for m in METRICS + ("first_ms",)},
+                  "paired": {m: [] for m in METRICS}} for name in cases}
     for name, kw in cases.items():                             # warm-up
         generate(model, prompts, min(4, n_new), kw)
 
     def run(name):
-        out, tok_s, cpu_tok_s, st = time_generate(model, prompts, n_new, cases[name])
+        out, got, st = time_generate(model, prompts, n_new, cases[name])
         r = res[name]
-        r["tok_s"].append(tok_s)
-        r["cpu_tok_s"].append(cpu_tok_s)
-        r.update(depth=st["avg_exit_depth"], acceptance=st.get("acceptance_rate"),
+        for m, v in got.items():
+            r["runs"][m].append(v)
+        r.update(depth=st["decode_exit_depth"], acceptance=st.get("acceptance_rate"),
                  tokens_per_verify=st.get("tokens_per_verify"), out=out)
-        return tok_s, cpu_tok_s
+        return got
 
     others = [n for n in cases if n != ref]
     for i in range(rounds):
         prev = run(ref)
         for name in rotation(others, i):
             got, nxt = run(name), run(ref)
-            for key, j in (("paired", 0), ("cpu_paired", 1)):
-                res[name][key].append(got[j] / ((prev[j] + nxt[j]) / 2))
+            for m in METRICS:
+                res[name]["paired"][m].append(got[m] / ((prev[m] + nxt[m]) / 2))
             prev = nxt
-        res[ref]["paired"].append(1.0)
-        res[ref]["cpu_paired"].append(1.0)
-    for r in res.values():
-        r["median"] = statistics.median(r["tok_s"])
-        r["min"], r["max"] = min(r["tok_s"]), max(r["tok_s"])
+        for m in METRICS:
+            res[ref]["paired"][m].append(1.0)
     return res
 
 
 def summarize(res, n_layer, ref="full"):
-    """Adds ratio_of_medians (median tok/s over `ref`'s), speedup (median of the paired ratios)
-    with their min..max (speedup_min, speedup_max), cpu_speedup (the same in CPU time), ideal
-    (n_layer / depth) and of_ideal (speedup / ideal)."""
-    base = res[ref]
+    """Adds, from the decode-phase tok/s: median, min, max, ratio_of_medians (median over
+    `ref`'s), speedup (median of the paired ratios) with its min..max (speedup_min,
+    speedup_max), ideal (n_layer / decode depth) and of_ideal (speedup / ideal); e2e_speedup
+    and cpu_speedup (the median paired ratio of whole-call tok/s, wall clock and CPU time) and
+    first_ms (median time to the first token)."""
+    med = statistics.median
     for r in res.values():
-        r["ratio_of_medians"] = r["median"] / base["median"]
-        r["speedup"] = statistics.median(r["paired"])
-        r["speedup_min"], r["speedup_max"] = min(r["paired"]), max(r["paired"])
-        r["cpu_speedup"] = statistics.median(r["cpu_paired"])
+        runs, paired = r["runs"], r["paired"]
+        r["median"], r["min"], r["max"] = (med(runs["dec_tok_s"]), min(runs["dec_tok_s"]),
+                                           max(runs["dec_tok_s"]))
+        r["speedup"] = med(paired["dec_tok_s"])
+        r["speedup_min"], r["speedup_max"] = min(paired["dec_tok_s"]), max(paired["dec_tok_s"])
+        r["e2e_speedup"], r["cpu_speedup"] = med(paired["tok_s"]), med(paired["cpu_tok_s"])
+        r["first_ms"] = med(runs["first_ms"])
         r["ideal"] = n_layer / r["depth"]
         r["of_ideal"] = r["speedup"] / r["ideal"]
+    for r in res.values():
+        r["ratio_of_medians"] = r["median"] / res[ref]["median"]
     return res
 
 
@@ -217,11 +237,12 @@ def fmt(v, spec):
 
 
 def render_table(res, losses, ref_loss):
-    lines = ["| case | decode depth | tok/s median | tok/s min..max | ratio of medians "
-             "| speedup (paired, median) | paired min..max | ideal L/depth | speedup / ideal "
-             "| CPU-time speedup (paired) "
-             "| val loss | Δ loss | acceptance | tokens / verify | = full depth |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| case | decode depth | decode tok/s median | min..max | ratio of medians "
+             "| speedup (decode, paired median) | paired min..max | ideal L/depth "
+             "| speedup / ideal | end-to-end speedup | end-to-end CPU-time speedup "
+             "| first token ms | val loss | Δ loss | acceptance | tokens / verify "
+             "| = full depth |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in res.items():
         loss = losses.get(name)
         d_loss = None if loss is None else 100 * (loss / ref_loss - 1)
@@ -229,7 +250,8 @@ def render_table(res, losses, ref_loss):
             f"| {name} | {r['depth']:.2f} | {r['median']:,.1f} | {r['min']:,.1f}..{r['max']:,.1f} "
             f"| {r['ratio_of_medians']:.2f}x | **{r['speedup']:.2f}x** "
             f"| {r['speedup_min']:.2f}..{r['speedup_max']:.2f} "
-            f"| {r['ideal']:.2f} | {r['of_ideal']:.2f} | {r['cpu_speedup']:.2f}x | {fmt(loss, '.4f')} "
+            f"| {r['ideal']:.2f} | {r['of_ideal']:.2f} | {r['e2e_speedup']:.2f}x "
+            f"| {r['cpu_speedup']:.2f}x | {r['first_ms']:.1f} | {fmt(loss, '.4f')} "
             f"| {'–' if d_loss is None else f'{d_loss:+.2f} %'} | {fmt(r['acceptance'], '.2f')} "
             f"| {fmt(r['tokens_per_verify'], '.2f')} | {r.get('identical', '–')} |")
     return "\n".join(lines)
@@ -350,7 +372,8 @@ def acceptance_lines(report):
             r = res[pick]
             lines += [f"- batch {B}, {pick}: {r['speedup']:.2f}x ({r['ratio_of_medians']:.2f}x), "
                       f"{r['of_ideal']:.2f} of the ideal {r['ideal']:.2f} (targets: batch 8 >= "
-                      "1.3x, batch 1 >= 0.8 of ideal)"]
+                      f"1.3x, batch 1 >= 0.8 of ideal); end to end, prompt included: "
+                      f"{r['e2e_speedup']:.2f}x ({r['e2e_speedup'] / r['ideal']:.2f} of the ideal)"]
             matched = depth_matched(res, r["depth"])
             if matched:
                 lines += [f"- batch {B}, truncated full-depth decoding at {pick}'s depth "
@@ -383,11 +406,13 @@ def render(report, args, command):
              f"{args.rounds} interleaved rounds (full, A, full, B, full, ..., full over the exit@… "
              f"and spec … cases, their order rotated by one each round), {args.new_tokens} greedy "
              f"tokens after {args.prompt_len}-token val prompts; tok/s counts new tokens of all "
-             "rows. Speedup: the median over rounds of the paired ratio (tok/s over the mean of "
-             "the two full-depth runs around it), wall clock unless marked CPU-time (the "
-             "decoding thread's CPU time: without the time it waited for a core, still with the "
-             "slowdown of caches and memory bandwidth shared with other jobs); in brackets in the "
-             "checks, the ratio of medians.", ""]
+             "rows. Decode tok/s: the tokens after the first over the time after it (the "
+             "prompt's encoding and the first token are timed apart, as first token ms); "
+             "end-to-end: the whole generate call. Speedup: the median over rounds of the paired "
+             "ratio (tok/s over the mean of the two full-depth runs around it), wall clock unless "
+             "marked CPU-time (the decoding thread's CPU time, whole call: without the time it "
+             "waited for a core, still with the slowdown of caches and memory bandwidth shared "
+             "with other jobs); in brackets in the checks, the ratio of medians.", ""]
     if pick:
         lines += [f"Threshold with the smallest exit depth within 1 % of full-depth val loss: "
                   f"**{pick}** (val loss {report['losses'][pick]:.4f}, forward exit depth "

@@ -2,6 +2,7 @@
 masked reference; self-speculative decoding (greedy identical to full depth, sampling with
 the full model's distribution)."""
 import contextlib
+import math
 import os
 import sys
 import warnings
@@ -775,24 +776,27 @@ def _decode_bench():
 
 def test_decode_bench_summarize_paired_median_and_ratio_of_medians():
     decode_bench = _decode_bench()
-    res = {"full": {"tok_s": [10.0, 20.0, 30.0], "paired": [1.0, 1.0, 1.0],
-                    "cpu_paired": [1.0, 1.0, 1.0], "depth": 4.0},
-           "exit": {"tok_s": [30.0, 20.0, 90.0], "paired": [1.0, 3.0, 1.5],
-                    "cpu_paired": [2.5, 2.0, 3.0], "depth": 2.0}}
-    for r in res.values():
-        r["median"] = sorted(r["tok_s"])[1]
+
+    def case(dec, paired, e2e, cpu, depth):
+        return {"runs": {"dec_tok_s": dec, "first_ms": [5.0, 1.0, 3.0]}, "depth": depth,
+                "paired": {"dec_tok_s": paired, "tok_s": e2e, "cpu_tok_s": cpu}}
+    res = {"full": case([10.0, 20.0, 30.0], [1.0] * 3, [1.0] * 3, [1.0] * 3, 4.0),
+           "exit": case([30.0, 20.0, 90.0], [1.0, 3.0, 1.5], [1.2, 1.1, 1.3], [2.5, 2.0, 3.0],
+                        2.0)}
     out = decode_bench.summarize(res, n_layer=4)
+    assert out["exit"]["median"] == 30.0 and (out["exit"]["min"], out["exit"]["max"]) == (20, 90)
     assert out["exit"]["ratio_of_medians"] == 30.0 / 20.0
     assert out["exit"]["speedup"] == 1.5                     # median of the paired ratios
     assert (out["exit"]["speedup_min"], out["exit"]["speedup_max"]) == (1.0, 3.0)
-    assert out["exit"]["cpu_speedup"] == 2.5
+    assert out["exit"]["e2e_speedup"] == 1.2 and out["exit"]["cpu_speedup"] == 2.5
+    assert out["exit"]["first_ms"] == 3.0
     assert out["exit"]["ideal"] == 2.0 and out["exit"]["of_ideal"] == 0.75
 
 
 def test_decode_bench_paired_ratio_cancels_a_linear_drift(monkeypatch):
     """A machine slowing down linearly run after run: each case's paired ratio (its tok/s over
-    the mean of the full-depth runs before and after it) is its true speed ratio; full depth
-    runs between any two cases, their order rotating."""
+    the mean of the full-depth runs before and after it) is its true speed ratio, for every
+    metric; full depth runs between any two cases, their order rotating."""
     decode_bench = _decode_bench()
     true = {"full": 100.0, "a": 150.0, "b": 300.0}
     log = []
@@ -800,7 +804,8 @@ def test_decode_bench_paired_ratio_cancels_a_linear_drift(monkeypatch):
     def time_generate(model, prompts, n_new, kw):
         log.append(kw["name"])
         speed = true[kw["name"]] * (1.0 - 0.01 * len(log))           # drift: -1 % per run
-        return None, speed, speed / 2, {"avg_exit_depth": 4.0}
+        return None, {"dec_tok_s": speed * 3, "tok_s": speed, "cpu_tok_s": speed / 2,
+                      "first_ms": 1.0}, {"decode_exit_depth": 4.0}
 
     class Model:
         def generate(self, *a, **kw):
@@ -812,9 +817,27 @@ def test_decode_bench_paired_ratio_cancels_a_linear_drift(monkeypatch):
                                                                             "a", "full"]
     assert len(log) == 4 * 5
     for n in ("a", "b"):
-        assert res[n]["paired"] == pytest.approx([true[n] / 100.0] * 4, rel=1e-12)
-        assert res[n]["speedup"] == pytest.approx(true[n] / 100.0, rel=1e-12)
-        assert res[n]["cpu_speedup"] == pytest.approx(true[n] / 100.0, rel=1e-12)
+        for m in decode_bench.METRICS:
+            assert res[n]["paired"][m] == pytest.approx([true[n] / 100.0] * 4, rel=1e-12)
+        for key in ("speedup", "e2e_speedup", "cpu_speedup"):
+            assert res[n][key] == pytest.approx(true[n] / 100.0, rel=1e-12)
+
+
+def test_generate_times_the_first_token_and_the_decode_phase_apart():
+    """last_generate_stats: first_token_s covers the prompt, decode_tokens_per_s the tokens
+    after it (a prompt 16x longer costs the first token, not the decode phase's tok/s count)
+    and decode_exit_depth their exit depth."""
+    model = make(n_layer=4)
+    idx = torch.zeros(2, 3, dtype=torch.long)
+    model.generate(idx, 5, temperature=0, exit_threshold=0.0)          # exits at layer 1
+    st = model.last_generate_stats
+    assert st["new_tokens"] == 10 and st["decode_exit_depth"] == 1.0
+    assert st["first_token_s"] > 0 and st["decode_tokens_per_s"] > 0
+    total = 10 / st["tokens_per_s"]
+    assert st["first_token_s"] + 8 / st["decode_tokens_per_s"] == pytest.approx(total, rel=1e-6)
+    model.generate(idx, 1, temperature=0)
+    assert math.isnan(model.last_generate_stats["decode_tokens_per_s"])
+    assert math.isnan(model.last_generate_stats["decode_exit_depth"])
 
 
 def test_decode_bench_rotation_puts_every_case_in_every_slot():
