@@ -267,7 +267,8 @@ class _SharedPreLN(_Blocks):
         w, b = zip(_fold(blk.attn.c_attn, blk.ln_1), _fold(model.lm_head, model.transformer.ln_f))
         self.w, self.b = torch.cat(w), torch.cat(b)                     # (3C + V, C), (3C + V,)
         self.w_qkv, self.b_qkv = self.w[:3 * self.C], self.b[:3 * self.C]
-        self.qkv = None            # (R, 3C) of the last logits' input, for the next layer
+        self.qkv = None            # (R, 3C [+ V]): q, k, v of the last logits' input (its
+                                   # first 3C columns), for the next layer
 
     @staticmethod
     def accepts(model):
@@ -310,9 +311,11 @@ class _SharedPreLN(_Blocks):
         return F.layer_norm(x, (self.C,), None, None, self.eps)
 
     def _split(self, qkv, parts):
-        """qkv (R, 3C) -> the last `parts` of q, k, v, each (R, nh, 1, hd), RoPE applied."""
+        """qkv (R, 3C [+ V]) -> the last `parts` of q, k, v (columns up to 3C), each
+        (R, nh, 1, hd), RoPE applied."""
         R, C = qkv.size(0), self.C
-        out = list(qkv[:, (3 - parts) * C:].view(R, parts, self.nh, 1, C // self.nh).unbind(1))
+        out = list(qkv[:, (3 - parts) * C:3 * C].view(R, parts, self.nh, 1, C // self.nh)
+                   .unbind(1))
         if self.rope is not None:
             out[-2] = self.rotate(out[-2], *self.rope)
             if parts == 3:
@@ -355,7 +358,7 @@ class _SharedPreLN(_Blocks):
 
     def logits(self, x):
         out = F.linear(self._norm(x), self.w, self.b)                   # (R, 3C + V)
-        self.qkv = out[:, :3 * self.C]
+        self.qkv = out                              # _split reads columns < 3C
         lg = out[:, 3 * self.C:]
         return lg if lg.dtype == torch.float32 else lg.float()
 
@@ -364,7 +367,7 @@ class _SharedPreLN(_Blocks):
             self.qkv = F.linear(self._norm(x), self.w_qkv, self.b_qkv)
         qkv = self.qkv if ex is None else self.qkv[ex]
         if rows is None and self.rope is None:      # k, v as they are: (2, B, nh, hd), a view
-            kv = qkv[:, self.C:].view(-1, 2, self.nh, self.C // self.nh).transpose(0, 1)
+            kv = qkv[:, self.C:3 * self.C].view(-1, 2, self.nh, self.C // self.nh).transpose(0, 1)
             return self.cache.put_frozen_all(depth, self.L, 0, self.p0, kv)
         k, v = self._split(qkv, 2)
         self.cache.put_frozen(depth, self.L, 0, rows, self.p0, k, v)
