@@ -823,6 +823,26 @@ def test_decode_bench_paired_ratio_cancels_a_linear_drift(monkeypatch):
             assert res[n][key] == pytest.approx(true[n] / 100.0, rel=1e-12)
 
 
+def test_generate_runs_in_inference_mode_and_returns_ordinary_tensors():
+    """Decoding runs under torch.inference_mode (a hook on a block sees it), yet the tokens and
+    step_logits it hands back are ordinary tensors: they can be saved for backward (an
+    inference tensor as embedding indices raises there)."""
+    model = make(n_layer=2)
+    seen = []
+    model.block(0).register_forward_hook(lambda *a: seen.append(torch.is_inference_mode_enabled()))
+    lg = []
+    out = model.generate(prompts(2, 3), 4, temperature=0, step_logits=lg)
+    assert seen and all(seen)
+    assert not out.is_inference() and not any(t.is_inference() for t in lg) and len(lg) == 4
+    loss = model.transformer.wte(out).sum() + sum(t.sum() for t in lg)
+    loss.backward()                                 # would raise on inference tensors
+    assert model.transformer.wte.weight.grad is not None
+    with torch.inference_mode():
+        leaked = model.generate(prompts(2, 3), 1, temperature=0)
+    with pytest.raises(RuntimeError, match="[Ii]nference tensors"):
+        model.transformer.wte(leaked).sum().backward()
+
+
 def test_generate_times_the_first_token_and_the_decode_phase_apart():
     """last_generate_stats: first_token_s covers the prompt, decode_tokens_per_s the tokens
     after it (a prompt 16x longer costs the first token, not the decode phase's tok/s count)
