@@ -267,6 +267,7 @@ class _SharedPreLN(_Blocks):
         w, b = zip(_fold(blk.attn.c_attn, blk.ln_1), _fold(model.lm_head, model.transformer.ln_f))
         self.w, self.b = torch.cat(w), torch.cat(b)                     # (3C + V, C), (3C + V,)
         self.w_qkv, self.b_qkv = self.w[:3 * self.C], self.b[:3 * self.C]
+        self.wt, self.wt_qkv = self.w.t(), self.w_qkv.t()             # addmm's (C, N) operands
         self.qkv = None            # (R, 3C [+ V]): q, k, v of the last logits' input (its
                                    # first 3C columns), for the next layer
 
@@ -308,7 +309,14 @@ class _SharedPreLN(_Blocks):
         return super().begin(cache, p0)
 
     def _norm(self, x):
-        return F.layer_norm(x, (self.C,), None, None, self.eps)
+        """ln_1 / ln_f without their affines (folded into w) of x (R, C). Here and in the
+        matmuls the op F.layer_norm / F.linear dispatch to is called directly (as in _head_fn):
+        a decode row's cost is the dispatch, and the exit check adds these calls per layer."""
+        return torch.native_layer_norm(x, (self.C,), None, None, self.eps)[0]
+
+    def _qkv(self, x):
+        """q, k, v of states x (R, C) -> (R, 3C)."""
+        return torch.addmm(self.b_qkv, self._norm(x), self.wt_qkv)
 
     def _split(self, qkv, parts):
         """qkv (R, 3C [+ V]) -> the last `parts` of q, k, v (columns up to 3C), each
@@ -329,7 +337,7 @@ class _SharedPreLN(_Blocks):
         """The block on x (R, C) attending through slot (a KVSlot) -> (R, C)."""
         qkv, self.qkv = self.qkv, None
         if qkv is None:
-            qkv = F.linear(self._norm(x), self.w_qkv, self.b_qkv)
+            qkv = self._qkv(x)
         q, k, v = self._split(qkv, 3)
         y = slot.attend(q, k, v)
         mid = x + F.linear(y.reshape(x.shape), self.c_proj.weight, self.c_proj.bias)
@@ -357,14 +365,14 @@ class _SharedPreLN(_Blocks):
                    for g, w in zip(got, want))
 
     def logits(self, x):
-        out = F.linear(self._norm(x), self.w, self.b)                   # (R, 3C + V)
+        out = torch.addmm(self.b, self._norm(x), self.wt)              # (R, 3C + V)
         self.qkv = out                              # _split reads columns < 3C
         lg = out[:, 3 * self.C:]
         return lg if lg.dtype == torch.float32 else lg.float()
 
     def exit(self, x, ex, rows, depth):
         if self.qkv is None:                        # no head ran (a head-free confidence)
-            self.qkv = F.linear(self._norm(x), self.w_qkv, self.b_qkv)
+            self.qkv = self._qkv(x)
         qkv = self.qkv if ex is None else self.qkv[ex]
         if rows is None and self.rope is None:      # k, v as they are: (2, B, nh, hd), a view
             kv = qkv[:, self.C:3 * self.C].view(-1, 2, self.nh, self.C // self.nh).transpose(0, 1)
