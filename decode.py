@@ -773,9 +773,9 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     new token, the (B, V) fp32 logits it was chosen from (before temperature / top-k).
 
     Decoding runs under torch.inference_mode (no autograd or version-counter bookkeeping per op:
-    10-14 % faster decode steps on the CPU benchmark, where a step is a few hundred small ops);
-    what it returns is built outside it, so the tokens and step_logits are ordinary tensors that
-    can enter autograd later (e.g. as training data)."""
+    10-14 % less time per decode step on the CPU decode benchmark's model, where a step is a few
+    hundred small ops); what it returns is built outside it, so the tokens and step_logits are
+    ordinary tensors that can enter autograd later (e.g. as training data)."""
     lg = None if step_logits is None else []
     with torch.inference_mode():
         out = _generate(model, idx, max_new_tokens, temperature, top_k, exit_threshold,
