@@ -858,6 +858,19 @@ def test_generate_times_the_first_token_and_the_decode_phase_apart():
     model.generate(idx, 1, temperature=0)
     assert math.isnan(model.last_generate_stats["decode_tokens_per_s"])
     assert math.isnan(model.last_generate_stats["decode_exit_depth"])
+    model.generate(idx, 0, temperature=0)
+    assert math.isnan(model.last_generate_stats["first_token_s"])
+    # the first token's exit depth (a 1-token call) differs from the decode phase's here, and
+    # the whole call's mean is theirs weighted by token count: decode_exit_depth leaves it out
+    idx = prompts(2, 3)
+    model.generate(idx, 1, temperature=0, exit_threshold=0.2)
+    first = model.last_generate_stats["avg_exit_depth"]
+    model.generate(idx, 5, temperature=0, exit_threshold=0.2)
+    st = model.last_generate_stats
+    assert first != st["decode_exit_depth"] and 1.0 < st["decode_exit_depth"] < 4.0
+    assert (first + 4 * st["decode_exit_depth"]) / 5 == pytest.approx(st["avg_exit_depth"])
+    model.generate(idx, 5, temperature=0, draft_layers=1)          # speculation: full depth
+    assert model.last_generate_stats["decode_exit_depth"] == 4.0
 
 
 def test_decode_bench_rotation_puts_every_case_in_every_slot():
