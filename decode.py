@@ -266,8 +266,8 @@ class _SharedPreLN(_Blocks):
         self.C, self.nh, self.L, self.eps = cfg.n_embd, cfg.n_head, cfg.n_layer, blk.ln_1.eps
         w, b = zip(_fold(blk.attn.c_attn, blk.ln_1), _fold(model.lm_head, model.transformer.ln_f))
         self.w, self.b = torch.cat(w), torch.cat(b)                     # (3C + V, C), (3C + V,)
-        self.w_qkv, self.b_qkv = self.w[:3 * self.C], self.b[:3 * self.C]
-        self.wt, self.wt_qkv = self.w.t(), self.w_qkv.t()             # addmm's (C, N) operands
+        self.wt = self.w.t()                        # addmm's (C, 3C + V) operand
+        self.wt_qkv, self.b_qkv = self.wt[:, :3 * self.C], self.b[:3 * self.C]
         self.qkv = None            # (R, 3C [+ V]): q, k, v of the last logits' input (its
                                    # first 3C columns), for the next layer
 
