@@ -270,6 +270,7 @@ class _SharedPreLN(_Blocks):
         self.wt_qkv, self.b_qkv = self.wt[:, :3 * self.C], self.b[:3 * self.C]
         self.qkv = None            # (R, 3C [+ V]): q, k, v of the last logits' input (its
                                    # first 3C columns), for the next layer
+        self.bufs, self.turn = {}, 0    # R -> two (out (R, 3C + V), its logits view); in turn
 
     @staticmethod
     def accepts(model):
@@ -365,9 +366,18 @@ class _SharedPreLN(_Blocks):
                    for g, w in zip(got, want))
 
     def logits(self, x):
-        out = torch.addmm(self.b, self._norm(x), self.wt)              # (R, 3C + V)
+        """As _Blocks.logits, but the result is a view into one of two buffers per row count,
+        used in turn (no allocation, no slicing per call): valid until the next-but-one call,
+        what a caller keeps longer it copies."""
+        R = x.size(0)
+        bufs = self.bufs.get(R)
+        if bufs is None:
+            bufs = self.bufs[R] = [(o, o[:, 3 * self.C:]) for o in
+                                   self.w.new_empty(2, R, self.w.size(0)).unbind(0)]
+        self.turn ^= 1
+        out, lg = bufs[self.turn]
+        torch.addmm(self.b, self._norm(x), self.wt, out=out)            # (R, 3C + V)
         self.qkv = out                              # _split reads columns < 3C
-        lg = out[:, 3 * self.C:]
         return lg if lg.dtype == torch.float32 else lg.float()
 
     def exit(self, x, ex, rows, depth):
@@ -490,6 +500,17 @@ def _exit_rule(model, rule, threshold, device):
     return rule, t, float(t)
 
 
+# A single row's confidence is read as Python floats (exits' from_row) on CPU when the row has
+# at most this many logits: there a torch op called after a layer's matmuls (its code evicted
+# from the caches by the weights streamed through them) costs ~10 us, so one tolist() and a
+# pass of math.exp over a few hundred values beat softmax + amax + item.
+_ROW_MAX_VALUES = 2048
+# A float64 confidence within this of the threshold is too close to call for the fp32 tensor
+# form it stands for (fp32 softmax over <= _ROW_MAX_VALUES values is off by far less); there
+# the tensor form decides, so the decisions are exactly the fp32 rule's.
+_ROW_TOL = 1e-3
+
+
 class _Measure:
     """config.confidence (an exits.CONFIDENCES entry) under `rule` at `threshold` while
     decoding, with what it carries across layers for the rows still running: the previous
@@ -502,14 +523,31 @@ class _Measure:
         self.fast = self.meas.from_logits
         self.needs_head = self.meas.head            # False: trigger takes logits None
         self.scalar = rule.scalar if self.fast is not None else None
+        self.row = (self.meas.from_row if model.lm_head.weight.device.type == "cpu"
+                    else None)
         self.threshold_f = threshold_f              # float(threshold): its fp32 value
 
-    def fires_one(self, l, x_in, x_out, logits):
-        """trigger for a single row -> bool. A from_logits confidence under a rule with a
-        scalar form is compared as Python floats: one read of the value, no comparison op."""
+    def fired(self, l, x_in, x_out, logits):
+        """Layer l's exit decision for the rows x_out (R, C) -> the indices (list of int,
+        ascending) of the rows that exit; one host sync. Under a rule with a scalar form
+        (monotone: the rows fire that a float compare passes) a from_logits confidence is read
+        once as a number: for a single small CPU row its float form (from_row, where it is
+        within _ROW_TOL of the threshold the tensor form decides), else the largest value
+        over the rows, so that a layer where no row exits (the common case) costs one
+        reduction and no index ops. Same decisions as `trigger` (tests)."""
         if self.scalar is not None:
-            return self.scalar(self.fast(logits).item(), self.threshold_f)
-        return bool(self.trigger(l, x_in, x_out, logits).item())
+            t = self.threshold_f
+            if self.row is not None and logits.size(0) == 1 and logits.numel() <= _ROW_MAX_VALUES:
+                c = self.row(logits.tolist()[0])
+                if abs(c - t) > _ROW_TOL:
+                    return [0] if self.scalar(c, t) else []
+            conf = self.fast(logits)                                        # (R,)
+            if not self.scalar(conf.max().item(), t):
+                return []
+            if conf.size(0) == 1:
+                return [0]
+            return self.rule(conf, self.threshold).nonzero()[:, 0].tolist()
+        return self.trigger(l, x_in, x_out, logits).nonzero()[:, 0].tolist()
 
     def trigger(self, l, x_in, x_out, logits):
         """Layer l's exit decision -> bool (N,) from its logits (N, V) fp32 and the residual
@@ -558,26 +596,20 @@ def _run_exit_step(model, cache, x, p0, head, check, layers):
             exited.append((rows, head(x), L))
             break
         lg = layers.logits(x) if measure.needs_head else None               # (R, V)
-        if x.size(0) == 1:                          # one row: one host sync per layer
-            if not measure.fires_one(l, x_in, x, lg):
-                continue
-            ex = None
-        else:
-            trig = measure.trigger(l, x_in, x, lg)                          # (R,)
-            ex = trig.nonzero()[:, 0]               # one host sync per layer
-            if ex.numel() == 0:
-                continue
-            if ex.numel() == x.size(0):
-                ex = None
-        if ex is None:                              # every running row exits here
+        fired = measure.fired(l, x_in, x, lg)       # rows of x that exit here
+        if not fired:
+            continue
+        R = x.size(0)
+        if len(fired) == R:                         # every running row exits here
             layers.exit(x, None, rows, l + 1)
-            exited.append((rows, head(x) if lg is None else lg, l + 1))
+            exited.append((rows, head(x) if lg is None else lg.clone(), l + 1))
             break
         if rows is None:
             rows = torch.arange(B, device=x.device)
+        ex = torch.tensor(fired, device=x.device)
+        keep = torch.tensor(sorted(set(range(R)).difference(fired)), device=x.device)
         layers.exit(x, ex, rows[ex], l + 1)
         exited.append((rows[ex], head(x[ex]) if lg is None else lg[ex], l + 1))
-        keep = (~trig).nonzero()[:, 0]
         rows, x = rows[keep], x[keep]
         layers.keep(keep)
         measure.keep(keep)

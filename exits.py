@@ -28,6 +28,7 @@ their deeper-layer xe / confidence are those of the frozen exit state.
 Numerics: log(1 - x) terms clamp 1 - x at `ctx.eps` (default 1e-6) so they stay finite; below
 the clamp the term is constant and has no gradient.
 """
+import heapq
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, NamedTuple, Optional
@@ -51,6 +52,10 @@ import torch.nn.functional as F
 #                  the threshold (eval_exit.py sweeps it over 1..n_layer-1);
 #   from_logits=g  g(z (n, V) fp32 logits) -> (n,): the value the decoder reads (no targets)
 #                  from the logits alone, its per-layer check without a ConfIn (tests: equal);
+#   from_row=h     h(zs: list of V floats, one row's logits) -> float: the same value in Python
+#                  float64 arithmetic, what the decoder reads for a few small rows on CPU (one
+#                  tolist() instead of a chain of tensor ops; decode._Measure.fired), compared
+#                  with the threshold where it is clear of it (tests: within 1e-6);
 #   head=False     reads no head statistic (out.head is None): the decoder runs the head only
 #                  for the tokens that exit, not at every layer.
 
@@ -59,13 +64,17 @@ CONFIDENCE_MAX: Dict[str, float] = {}    # name -> the largest value the confide
 
 
 def register_confidence(name, logit_stat=None, prev=False, state=False, history=False,
-                        learned=False, knob=None, max_value=1.0, from_logits=None, head=True):
+                        learned=False, knob=None, max_value=1.0, from_logits=None, from_row=None,
+                        head=True):
+    if from_row is not None and from_logits is None:
+        raise ValueError(f"confidence {name!r}: from_row needs from_logits (its fp32 form)")
+
     def wrap(fn):
         CONFIDENCES[name] = fn
         CONFIDENCE_MAX[name] = max_value
         fn.logit_stat, fn.prev, fn.state, fn.history, fn.learned, fn.knob = (
             logit_stat, prev, state, history, learned, knob)
-        fn.from_logits, fn.head = from_logits, head
+        fn.from_logits, fn.from_row, fn.head = from_logits, from_row, head
         return fn
     return wrap
 
@@ -90,7 +99,16 @@ def _p_max(z):
     return torch.softmax(z, dim=-1).amax(dim=-1)
 
 
-@register_confidence("max-prob", from_logits=_p_max)
+def _p_max_row(zs):
+    """max_v softmax(zs)_v = exp(max zs) / sum_v exp(zs_v) of one row zs (list of floats);
+    shifted by max zs first only where exp could overflow or underflow (slower)."""
+    m, exp = max(zs), math.exp
+    if -600.0 < m < 600.0:
+        return exp(m) / sum(map(exp, zs))
+    return 1.0 / sum([exp(z - m) for z in zs])
+
+
+@register_confidence("max-prob", from_logits=_p_max, from_row=_p_max_row)
 def max_prob(out):
     """p_max: largest softmax probability of the layer's head (the journal's confidence)."""
     return out.p_max
@@ -101,13 +119,24 @@ def _top2_margin(z):
     return top[:, 0] - top[:, 1]
 
 
-@register_confidence("top2-margin", from_logits=_top2_margin)
+def _top2_margin_row(zs):
+    """p_max - p_second of one row zs (list of floats): (1 - exp(z2 - z1)) / sum exp(zs - z1)
+    with z1 >= z2 the two largest logits."""
+    z1, z2 = heapq.nlargest(2, zs)
+    exp = math.exp
+    if -600.0 < z1 < 600.0:
+        return (exp(z1) - exp(z2)) / sum(map(exp, zs))
+    return (1.0 - exp(z2 - z1)) / sum([exp(z - z1) for z in zs])
+
+
+@register_confidence("top2-margin", from_logits=_top2_margin, from_row=_top2_margin_row)
 def top2_margin(out):
     """p_max - p_second: margin between the two most likely next tokens."""
     return out.p_max - out.p_second
 
 
-@register_confidence("target-prob", from_logits=_p_max)     # no targets when decoding
+@register_confidence("target-prob", from_logits=_p_max,            # no targets when decoding
+                     from_row=_p_max_row)
 def target_prob(out):
     """p_target: probability of the true next token (the journal's "confidence of target",
     6-test). Without targets (generation, HellaSwag) the target is the token the model would
@@ -184,7 +213,8 @@ def register_exit_rule(name, never_fires=lambda threshold, max_confidence: False
     """never_fires(threshold, max_confidence) -> True when the rule cannot fire whatever the
     confidence (at most max_confidence): see never_exits. scalar(c, t) -> bool: the same
     decision for one confidence c and the threshold t as Python floats (their fp32 values),
-    what the decoder uses for a single row."""
+    monotone in c (if it fires for c it fires for every larger c): the decoder compares a
+    single row's confidence, or a batch's largest one to see whether any row fires."""
     def wrap(fn):
         EXIT_RULES[name] = fn
         fn.never_fires, fn.scalar = never_fires, scalar

@@ -303,6 +303,48 @@ def test_confidence_from_logits_equals_the_measure(name):
     assert torch.equal(fn.from_logits(z), fn(cin))
 
 
+@pytest.mark.parametrize("name", sorted(n for n, f in exits.CONFIDENCES.items() if f.from_row))
+def test_confidence_from_row_equals_from_logits(name):
+    """A confidence's float form (from_row, the decoder's single-row check on CPU) is its fp32
+    from_logits within 1e-6, for ordinary logits and for logits past exp's range (|z| > 700),
+    where the shifted form takes over."""
+    fn = exits.CONFIDENCES[name]
+    z = torch.randn(64, 65, generator=torch.Generator().manual_seed(1)) * 4
+    z = torch.cat([z, z[:4] + 800.0, z[4:8] - 800.0, torch.zeros(1, 65)])
+    want = fn.from_logits(z)
+    got = torch.tensor([fn.from_row(row) for row in z.double().tolist()], dtype=torch.float64)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want.double(), rtol=0, atol=1e-6)
+
+
+def test_from_row_needs_from_logits():
+    with pytest.raises(ValueError, match="from_row needs from_logits"):
+        exits.register_confidence("row-only", from_row=lambda zs: 1.0)
+    assert "row-only" not in exits.CONFIDENCES
+
+
+@pytest.mark.parametrize("R", [1, 3])
+@pytest.mark.parametrize("confidence", ["max-prob", "top2-margin"])
+def test_fired_decides_as_the_fp32_rule_at_the_threshold_itself(confidence, R):
+    """_Measure.fired (float forms, the batch-max pre-check) against the fp32 rule on tensors,
+    with the threshold set to a row's own fp32 confidence and one ulp either side, where a
+    float64 value may land on the other side of it: the same rows fire."""
+    m = make(scale=1.0, confidence=confidence)
+    fn = exits.CONFIDENCES[confidence]
+    rule = exits.EXIT_RULES["threshold"]
+    z = torch.randn(40 * R, V, generator=torch.Generator().manual_seed(3)) * 3
+    checked = 0
+    for rows in z.split(R):
+        c = fn.from_logits(rows)
+        for thr in (c[0], torch.nextafter(c[0], torch.tensor(0.0)),
+                    torch.nextafter(c[0], torch.tensor(2.0))):
+            check = decode._exit_rule(m, rule, float(thr), z.device)
+            want = rule(c, check[1]).nonzero()[:, 0].tolist()
+            assert decode._Measure(m, *check).fired(0, None, None, rows) == want
+            checked += bool(want)
+    assert 0 < checked < 40 * 3
+
+
 # ----------------------------------------------------------------------------------------------
 # the decode-step kernel of a shared pre-ln block
 
