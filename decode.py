@@ -371,9 +371,10 @@ class _SharedPreLN(_Blocks):
         what a caller keeps longer it copies."""
         R = x.size(0)
         bufs = self.bufs.get(R)
-        if bufs is None:
+        if bufs is None:            # two allocations: a buffer at an unaligned offset into
+                                    # one shared allocation gave other last bits (tests)
             bufs = self.bufs[R] = [(o, o[:, 3 * self.C:]) for o in
-                                   self.w.new_empty(2, R, self.w.size(0)).unbind(0)]
+                                   (self.w.new_empty(R, self.w.size(0)) for _ in range(2))]
         self.turn ^= 1
         out, lg = bufs[self.turn]
         torch.addmm(self.b, self._norm(x), self.wt, out=out)            # (R, 3C + V)
@@ -488,16 +489,12 @@ class _HeadStats:
         return self.probs.argmax(dim=-1)
 
 
-def _exit_rule(model, rule, threshold, device):
-    """-> (rule, threshold, threshold_f) for _Measure, or None when the rule can never fire
-    (exits.never_exits: decoding then skips the heads). The threshold becomes a 0-dim fp32
-    tensor: the comparison the rule makes with a Python float (in the confidence's fp32),
-    without the cost of wrapping the float at every layer; threshold_f is its value as a
-    Python float (for a rule's scalar form), read once per generate."""
+def _exit_check(model, rule, threshold, device):
+    """-> the _Measure that decides exits under `rule` at `threshold` for one generate, or
+    None when the rule can never fire (exits.never_exits: decoding then skips the heads)."""
     if exits.never_exits(rule, model.config.confidence, threshold):
         return None
-    t = torch.tensor(threshold, dtype=torch.float32, device=device)
-    return rule, t, float(t)
+    return _Measure(model, rule, threshold, device)
 
 
 # A single row's confidence is read as Python floats (exits' from_row) on CPU when the row has
@@ -513,40 +510,59 @@ _ROW_TOL = 1e-3
 
 class _Measure:
     """config.confidence (an exits.CONFIDENCES entry) under `rule` at `threshold` while
-    decoding, with what it carries across layers for the rows still running: the previous
-    layer's logits (prev), the earlier layers' argmax (history)."""
+    decoding, built once per generate (`begin` starts a step), with what it carries across
+    layers for the rows still running: the previous layer's logits (prev), the earlier layers'
+    argmax (history). `fired` is picked here once, so a layer's check runs no branch on how to
+    check."""
 
-    def __init__(self, model, rule, threshold, threshold_f):
+    def __init__(self, model, rule, threshold, device):
         self.model, self.meas = model, exits.CONFIDENCES[model.config.confidence]
-        self.rule, self.threshold = rule, threshold
-        self.prev, self.hist = None, []
-        self.fast = self.meas.from_logits
+        self.rule = rule
+        # the threshold as a 0-dim fp32 tensor: the comparison a rule makes with a Python float
+        # (in the confidence's fp32) without wrapping the float at every layer; t: its value
+        self.threshold = torch.tensor(threshold, dtype=torch.float32, device=device)
+        self.t = float(self.threshold)
         self.needs_head = self.meas.head            # False: trigger takes logits None
-        self.scalar = rule.scalar if self.fast is not None else None
-        self.row = (self.meas.from_row if model.lm_head.weight.device.type == "cpu"
-                    else None)
-        self.threshold_f = threshold_f              # float(threshold): its fp32 value
+        self.fast, self.scalar = self.meas.from_logits, rule.scalar
+        self.row = self.meas.from_row
+        if self.fast is None or self.scalar is None:
+            self.fired = self._fired_trigger
+        elif (self.row is not None and torch.device(device).type == "cpu"
+              and model.lm_head.weight.size(0) <= _ROW_MAX_VALUES):
+            self.fired = self._fired_row
+        else:
+            self.fired = self._fired_max
+        self.begin()
 
-    def fired(self, l, x_in, x_out, logits):
-        """Layer l's exit decision for the rows x_out (R, C) -> the indices (list of int,
-        ascending) of the rows that exit; one host sync. Under a rule with a scalar form
-        (monotone: the rows fire that a float compare passes) a from_logits confidence is read
-        once as a number: for a single small CPU row its float form (from_row, where it is
-        within _ROW_TOL of the threshold the tensor form decides), else the largest value
-        over the rows, so that a layer where no row exits (the common case) costs one
-        reduction and no index ops. Same decisions as `trigger` (tests)."""
-        if self.scalar is not None:
-            t = self.threshold_f
-            if self.row is not None and logits.size(0) == 1 and logits.numel() <= _ROW_MAX_VALUES:
-                c = self.row(logits.tolist()[0])
-                if abs(c - t) > _ROW_TOL:
-                    return [0] if self.scalar(c, t) else []
-            conf = self.fast(logits)                                        # (R,)
-            if not self.scalar(conf.max().item(), t):
-                return []
-            if conf.size(0) == 1:
-                return [0]
-            return self.rule(conf, self.threshold).nonzero()[:, 0].tolist()
+    def begin(self):
+        """A new step (or prompt): no rows' history yet. -> self"""
+        self.prev, self.hist = None, []
+        return self
+
+    # fired(l, x_in, x_out, logits) -> the indices (list of int, ascending) of the rows of
+    # x_out (R, C) that exit at layer l; one host sync. Same decisions as `trigger` (tests).
+    # Under a rule with a scalar form (monotone: the rows fire that a float compare passes) a
+    # from_logits confidence is read once as a number: for a single small CPU row its float
+    # form (from_row; where it is within _ROW_TOL of the threshold the tensor form decides),
+    # else the largest value over the rows, so that a layer where no row exits (the common
+    # case) costs one reduction and no index ops.
+
+    def _fired_row(self, l, x_in, x_out, logits):
+        if logits.size(0) == 1:
+            c = self.row(logits.tolist()[0])
+            if abs(c - self.t) > _ROW_TOL:
+                return [0] if self.scalar(c, self.t) else []
+        return self._fired_max(l, x_in, x_out, logits)
+
+    def _fired_max(self, l, x_in, x_out, logits):
+        conf = self.fast(logits)                                            # (R,)
+        if not self.scalar(conf.max().item(), self.t):
+            return []
+        if conf.size(0) == 1:
+            return [0]
+        return self.rule(conf, self.threshold).nonzero()[:, 0].tolist()
+
+    def _fired_trigger(self, l, x_in, x_out, logits):
         return self.trigger(l, x_in, x_out, logits).nonzero()[:, 0].tolist()
 
     def trigger(self, l, x_in, x_out, logits):
@@ -577,26 +593,22 @@ class _Measure:
         self.hist = [a[idx] for a in self.hist]
 
 
-def _run_exit_step(model, cache, x, p0, head, check, layers):
+def _run_exit_step(model, cache, x, p0, head, measure, layers):
     """One decode step with per-token early exit: x (B, 1, C) at position p0 -> (logits (B, V)
     fp32, exit depth (B,), or a float when every row exits at one depth). `layers`
     (kernel_for's) runs the layers; each layer's head runs only on the rows still running, and
-    exited rows leave the batch (their deeper K/V: layers.exit)."""
+    exited rows leave the batch (their deeper K/V: layers.exit). measure: _exit_check's."""
     L, B = model.config.n_layer, x.size(0)
-    measure = _Measure(model, *check)
-    layers = layers.begin(cache, p0)
+    fired_at, layers = measure.begin().fired, layers.begin(cache, p0)
+    run, head_of = layers.run, layers.logits if measure.needs_head else None
     rows, x = None, x[:, 0]                         # rows None: every row still runs
     exited = []                                     # (rows (n,) | None, logits (n, V), depth)
-    for l in range(L):
+    for l in range(L - 1):
         if cache.pending_next <= l:
             _flush(model, cache, l)
-        x_in = x
-        x = layers.run(l, x, rows)                                          # (R, C)
-        if l == L - 1:
-            exited.append((rows, head(x), L))
-            break
-        lg = layers.logits(x) if measure.needs_head else None               # (R, V)
-        fired = measure.fired(l, x_in, x, lg)       # rows of x that exit here
+        x_in, x = x, run(l, x, rows)                                        # (R, C)
+        lg = head_of(x) if head_of else None                                # (R, V)
+        fired = fired_at(l, x_in, x, lg)            # rows of x that exit here
         if not fired:
             continue
         R = x.size(0)
@@ -613,6 +625,10 @@ def _run_exit_step(model, cache, x, p0, head, check, layers):
         rows, x = rows[keep], x[keep]
         layers.keep(keep)
         measure.keep(keep)
+    else:                                           # the last layer: every row left exits
+        if cache.pending_next <= L - 1:
+            _flush(model, cache, L - 1)
+        exited.append((rows, head(run(L - 1, x, rows)), L))
     layers.finish()
     if len(exited) == 1:                            # the whole batch left at one depth
         return exited[0][1], float(exited[0][2])
@@ -623,7 +639,7 @@ def _run_exit_step(model, cache, x, p0, head, check, layers):
     return logits, depth
 
 
-def _run_exit(model, cache, x, p0, head, check, layers):
+def _run_exit(model, cache, x, p0, head, measure, layers):
     """Prompt encoding with per-token early exit: x (B, T, C) at positions p0..p0+T-1 ->
     (logits (B, V) fp32 and exit depth (B,) of each row's last position).
 
@@ -633,8 +649,8 @@ def _run_exit(model, cache, x, p0, head, check, layers):
     Exited tokens' deeper K/V are written (`_flush`) before a later token reads them."""
     L, (B, T, _) = model.config.n_layer, x.shape
     if T == 1:
-        return _run_exit_step(model, cache, x, p0, head, check, layers)
-    measure = _Measure(model, *check)
+        return _run_exit_step(model, cache, x, p0, head, measure, layers)
+    measure.begin()
     dev, last = x.device, p0 + T - 1
     logits_out = torch.empty(B, model.config.vocab_size, device=dev)
     depth = torch.full((B,), float(L), device=dev)
@@ -825,7 +841,7 @@ def _generate(model, idx, max_new_tokens, temperature, top_k, exit_threshold, dr
     _check(model, max_new_tokens, temperature, top_k, draft_layers, draft_tokens, early)
     rule = exits.EXIT_RULES["threshold" if exit_threshold is not None else cfg.exit_mode]
     thr = float(exit_threshold if exit_threshold is not None else cfg.exit_threshold)
-    check = _exit_rule(model, rule, thr, idx.device) if early else None
+    measure = _exit_check(model, rule, thr, idx.device) if early else None
     head = _head_fn(model)
     layers = kernel_for(model, head)
     L, cap = cfg.n_layer, cfg.block_size
@@ -839,8 +855,8 @@ def _generate(model, idx, max_new_tokens, temperature, top_k, exit_threshold, dr
         """Run ctx (B, n) at positions p0.. through the model -> last position's logits, exit
         depth ((B,) or a float for every row)."""
         x, _ = model._embed(ctx, p0)
-        if check is not None:
-            return _run_exit(model, cache, x, p0, head, check, layers)
+        if measure is not None:
+            return _run_exit(model, cache, x, p0, head, measure, layers)
         h = _run_layers(model, cache, x, p0, 0, L, layers)
         return head(h[:, -1]), float(L)
 
