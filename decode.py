@@ -270,7 +270,9 @@ class _SharedPreLN(_Blocks):
         self.wt_qkv, self.b_qkv = self.wt[:, :3 * self.C], self.b[:3 * self.C]
         self.qkv = None            # (R, 3C [+ V]): q, k, v of the last logits' input (its
                                    # first 3C columns), for the next layer
-        self.bufs, self.turn = {}, 0    # R -> two (out (R, 3C + V), its logits view); in turn
+        self.bufs, self.turn = None, 0  # two (out (R, 3C + V), its logits view), used in turn,
+        self.buf_rows = None            # for R rows (logits' first call)
+        self.autocast = torch.is_autocast_enabled(self.w.device.type)
 
     @staticmethod
     def accepts(model):
@@ -359,25 +361,31 @@ class _SharedPreLN(_Blocks):
             return KVSlot(kv[0], kv[1], 0, 1)
         want = (self.model.block(0)(x[:, None], self.rope, [slot()])[0][:, 0], self.head(x))
         got = (self._layer(x, slot()), self.logits(x))
-        self.qkv = None
+        self.qkv = self.bufs = self.buf_rows = None                     # the probe's 4 rows
         loose = p.dtype != torch.float32 or torch.is_autocast_enabled(p.device.type)
         tol = 5e-2 if loose else 1e-4
         return all(torch.allclose(g.float(), w.float(), rtol=tol, atol=tol * float(w.abs().max()))
                    for g, w in zip(got, want))
 
     def logits(self, x):
-        """As _Blocks.logits, but the result is a view into one of two buffers per row count,
-        used in turn (no allocation, no slicing per call): valid until the next-but-one call,
-        what a caller keeps longer it copies."""
+        """As _Blocks.logits. For the row count of the step's first call (every row of the
+        batch) the result is a view into one of two buffers used in turn (no allocation, no
+        slicing per call): valid until the next-but-one call, what a caller keeps longer it
+        copies. Fewer rows (after exits) and autocast (which an out= call bypasses) get a new
+        tensor."""
         R = x.size(0)
-        bufs = self.bufs.get(R)
-        if bufs is None:            # two allocations: a buffer at an unaligned offset into
-                                    # one shared allocation gave other last bits (tests)
-            bufs = self.bufs[R] = [(o, o[:, 3 * self.C:]) for o in
-                                   (self.w.new_empty(R, self.w.size(0)) for _ in range(2))]
-        self.turn ^= 1
-        out, lg = bufs[self.turn]
-        torch.addmm(self.b, self._norm(x), self.wt, out=out)            # (R, 3C + V)
+        if R == self.buf_rows:
+            self.turn ^= 1
+            out, lg = self.bufs[self.turn]
+            torch.addmm(self.b, self._norm(x), self.wt, out=out)        # (R, 3C + V)
+        else:
+            out = torch.addmm(self.b, self._norm(x), self.wt)
+            lg = out[:, 3 * self.C:]
+            if self.buf_rows is None and not self.autocast:
+                # two allocations: a buffer at an unaligned offset into one shared
+                # allocation gave other last bits (tests)
+                self.bufs = [(o, o[:, 3 * self.C:]) for o in (out, torch.empty_like(out))]
+                self.buf_rows = R
         self.qkv = out                              # _split reads columns < 3C
         return lg if lg.dtype == torch.float32 else lg.float()
 
@@ -508,6 +516,23 @@ _ROW_MAX_VALUES = 2048
 _ROW_TOL = 1e-3
 
 
+def _row_fired(row, scalar, t, otherwise):
+    """_Measure.fired for a single row on CPU: its confidence from_row (Python floats from one
+    tolist()), decided by the rule's scalar form; within _ROW_TOL of the threshold t (or NaN)
+    `otherwise` (the tensor form) decides. A closure over its few names: in a decode step the
+    check runs right after a layer has streamed its weights through the caches, where every
+    attribute and global looked up costs a cache miss."""
+    tol = _ROW_TOL
+
+    def fired(l, x_in, x_out, logits):
+        if logits.size(0) == 1:
+            c = row(logits.tolist()[0])
+            if abs(c - t) > tol:
+                return [0] if scalar(c, t) else []
+        return otherwise(l, x_in, x_out, logits)
+    return fired
+
+
 class _Measure:
     """config.confidence (an exits.CONFIDENCES entry) under `rule` at `threshold` while
     decoding, built once per generate (`begin` starts a step), with what it carries across
@@ -524,12 +549,12 @@ class _Measure:
         self.t = float(self.threshold)
         self.needs_head = self.meas.head            # False: trigger takes logits None
         self.fast, self.scalar = self.meas.from_logits, rule.scalar
-        self.row = self.meas.from_row
+        row = self.meas.from_row
         if self.fast is None or self.scalar is None:
             self.fired = self._fired_trigger
-        elif (self.row is not None and torch.device(device).type == "cpu"
+        elif (row is not None and torch.device(device).type == "cpu"
               and model.lm_head.weight.size(0) <= _ROW_MAX_VALUES):
-            self.fired = self._fired_row
+            self.fired = _row_fired(row, self.scalar, self.t, self._fired_max)
         else:
             self.fired = self._fired_max
         self.begin()
@@ -540,26 +565,20 @@ class _Measure:
         return self
 
     # fired(l, x_in, x_out, logits) -> the indices (list of int, ascending) of the rows of
-    # x_out (R, C) that exit at layer l; one host sync. Same decisions as `trigger` (tests).
-    # Under a rule with a scalar form (monotone: the rows fire that a float compare passes) a
-    # from_logits confidence is read once as a number: for a single small CPU row its float
-    # form (from_row; where it is within _ROW_TOL of the threshold the tensor form decides),
-    # else the largest value over the rows, so that a layer where no row exits (the common
-    # case) costs one reduction and no index ops.
-
-    def _fired_row(self, l, x_in, x_out, logits):
-        if logits.size(0) == 1:
-            c = self.row(logits.tolist()[0])
-            if abs(c - self.t) > _ROW_TOL:
-                return [0] if self.scalar(c, self.t) else []
-        return self._fired_max(l, x_in, x_out, logits)
+    # x_out (R, C) that exit at layer l; a host read or two. Same decisions as `trigger`
+    # (tests). Under a rule with a scalar form (monotone: the rows fire that a float compare
+    # passes) a from_logits confidence is read once as a number: for a single small CPU row its
+    # float form (_row_fired), else the largest value over the rows, so that a layer where no
+    # row exits (the common case) costs one reduction and no index ops.
 
     def _fired_max(self, l, x_in, x_out, logits):
         conf = self.fast(logits)                                            # (R,)
-        if not self.scalar(conf.max().item(), self.t):
-            return []
-        if conf.size(0) == 1:
-            return [0]
+        top = conf.max().item()
+        if top == top:                              # a NaN max says nothing of the other rows
+            if not self.scalar(top, self.t):
+                return []
+            if conf.size(0) == 1:
+                return [0]
         return self.rule(conf, self.threshold).nonzero()[:, 0].tolist()
 
     def _fired_trigger(self, l, x_in, x_out, logits):

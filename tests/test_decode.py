@@ -987,3 +987,75 @@ def test_kernel_decodes_the_same_bits_every_call():
     for toks, lg in runs[1:]:
         assert torch.equal(toks, runs[0][0])
         assert all(torch.equal(a, b) for a, b in zip(lg, runs[0][1]))
+
+
+@pytest.mark.parametrize("confidence", ["max-prob", "top2-margin"])
+def test_fired_nan_row_does_not_block_other_rows(confidence):
+    """The batch-max pre-check with one row's confidence NaN (its max is NaN): the other rows
+    are decided by the fp32 rule, so a row that clears the threshold still exits."""
+    m = make(scale=1.0, confidence=confidence)
+    rule = exits.EXIT_RULES["threshold"]
+    z = torch.zeros(2, V)
+    z[0] = float("nan")
+    z[1, 3] = 20.0                                  # row 1: confidence ~1
+    measure = decode._exit_check(m, rule, 0.5, z.device)
+    want = rule(exits.CONFIDENCES[confidence].from_logits(z), measure.threshold)
+    assert want.nonzero()[:, 0].tolist() == [1]
+    assert measure.fired(0, None, None, z) == [1]
+    assert measure.fired(0, None, None, z[:1]) == []          # a lone NaN row: not fired
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_nan_row_leaves_other_rows_decoding_as_the_reference(share):
+    """Batch 2 where row 0's prompt token has an inf embedding (its states and logits are NaN
+    from layer 1 on): row 1 decodes exactly as the masked reference and as it does alone,
+    exiting early (a NaN batch maximum once kept every row running)."""
+    m = make(share=share)
+    with torch.no_grad():
+        m.transformer.wte.weight = torch.nn.Parameter(m.transformer.wte.weight.detach().clone())
+        m.transformer.wte.weight[V - 1] = float("inf")
+    idx = prompts(2, 1, seed=1, vocab=V - 1)        # one-token prompts: every step a decode
+    idx[0, 0] = V - 1                               # step (no packed prompt attention)
+    n = 10
+    thr = generated_median_confidence(m, idx[1:], n)
+    got, alone = [], []
+    out = m.generate(idx, n, temperature=0, exit_threshold=thr, step_logits=got)
+    ref, ref_logits = masked_reference(m, idx, n, thr)
+    out1 = m.generate(idx[1:], n, temperature=0, exit_threshold=thr, step_logits=alone)
+    assert m.last_generate_stats["avg_exit_depth"] < L
+    assert torch.equal(out1[0], ref[1]) and torch.equal(out[1], ref[1])
+    for g, a, r in zip(got, alone, ref_logits):
+        torch.testing.assert_close(g[1], r[1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(g[1], a[0], rtol=0, atol=1e-5)
+
+
+def test_autocast_checked_never_firing_threshold_equals_full_depth():
+    """Under torch.autocast(cpu, bf16) a threshold that is checked at every layer but never
+    fires decodes full depth's logits bit for bit: the kernel's fused [c_attn; lm_head]
+    matmul runs under autocast like the c_attn-only one (an out= buffer would bypass it)."""
+    m = make(scale=1.0)
+    idx = prompts(2, 5, seed=3)
+    full, early = [], []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m.generate(idx, 6, temperature=0, step_logits=full)
+        m.generate(idx, 6, temperature=0, exit_threshold=1.0, step_logits=early)
+    assert kernel_type(m) is decode._SharedPreLN
+    assert m.last_generate_stats["avg_exit_depth"] == L
+    assert all(torch.equal(a, b) for a, b in zip(full, early))
+
+
+def test_head_buffers_only_for_the_full_batch(monkeypatch):
+    """The kernel keeps its two reused head buffers for the batch's row count only (rows
+    exiting at several depths would otherwise leave a pair per row count for the whole
+    generate); the probe's own rows leave none behind."""
+    seen, kernel_for = [], decode.kernel_for
+    monkeypatch.setattr(decode, "kernel_for",
+                        lambda model, head: seen.append(kernel_for(model, head)) or seen[-1])
+    m = make(pos_encoding="rope")
+    del m._decode_probe                             # probe again: its 4 rows
+    idx = prompts(8, 4, seed=0)
+    thr = layer1_median_confidence(m, idx, q=0.8)
+    m.generate(idx, 8, temperature=0, exit_threshold=thr)
+    assert 1 < m.last_generate_stats["avg_exit_depth"] < L
+    k = seen[-1]
+    assert k.buf_rows == 8 and [o.size(0) for o, _ in k.bufs] == [8, 8]
