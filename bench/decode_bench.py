@@ -89,7 +89,7 @@ def parse_args(argv=None):
     ap.add_argument("--thresholds", default="1.01,1,0.6,0.4,0.3,0.25,0.2",
                     help="early-exit thresholds (1.01 can never fire: heads skipped; 1: checked "
                          "at every layer)")
-    ap.add_argument("--spec", default="1x4,1x8,2x6", help="self-speculative DxK cases")
+    ap.add_argument("--spec", default="1x4,1x8,1x16,2x6", help="self-speculative DxK cases")
     ap.add_argument("--depths", default="2,3", help="truncated full-depth cases: the blocks "
                     "applied d times (generate(depth=d)), the best an exit at depth d can do "
                     "('' = none)")
