@@ -852,6 +852,17 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, exit_th
     return torch.cat(out, dim=1)
 
 
+def _step(model, cache, ctx, p0, head, layers, measure):
+    """Run ctx (B, n) at positions p0.. through the model, writing its K/V into cache (the
+    caller advances cache.len) -> last position's logits (B, V) fp32, exit depth ((B,) or a
+    float for every row). layers: kernel_for's; measure: _exit_check's (None: full depth)."""
+    x, _ = model._embed(ctx, p0)
+    if measure is not None:
+        return _run_exit(model, cache, x, p0, head, measure, layers)
+    h = _run_layers(model, cache, x, p0, 0, model.config.n_layer, layers)
+    return head(h[:, -1]), float(model.config.n_layer)
+
+
 def _generate(model, idx, max_new_tokens, temperature, top_k, exit_threshold, draft_layers,
               draft_tokens, generator, step_logits):
     """generate's body (under inference_mode) -> [idx, new tokens (B, n) ...] to concatenate."""
@@ -869,15 +880,6 @@ def _generate(model, idx, max_new_tokens, temperature, top_k, exit_threshold, dr
     cache, depths, out = None, [], [idx]
     n_done, drafted, accepted, rounds = 0, 0, 0, 0
     t0 = t_first = time.perf_counter()
-
-    def step(ctx, p0):
-        """Run ctx (B, n) at positions p0.. through the model -> last position's logits, exit
-        depth ((B,) or a float for every row)."""
-        x, _ = model._embed(ctx, p0)
-        if measure is not None:
-            return _run_exit(model, cache, x, p0, head, measure, layers)
-        h = _run_layers(model, cache, x, p0, 0, L, layers)
-        return head(h[:, -1]), float(L)
 
     tok = None                                      # newest token, not yet in the cache
     while n_done < max_new_tokens:
@@ -898,10 +900,10 @@ def _generate(model, idx, max_new_tokens, temperature, top_k, exit_threshold, dr
         if cache is None or seq_len > cap:             # (re)encode the cropped context
             cache = DecodeCache(model, B, idx.device, dtype)
             ctx = torch.cat(out, dim=1)[:, -cap:]
-            logits, depth = step(ctx, 0)
+            logits, depth = _step(model, cache, ctx, 0, head, layers, measure)
             cache.len = ctx.size(1)
         else:
-            logits, depth = step(tok, cache.len)
+            logits, depth = _step(model, cache, tok, cache.len, head, layers, measure)
             cache.len += 1
         if step_logits is not None:
             step_logits.append(logits)

@@ -31,7 +31,10 @@ tokens), ideal = n_layer / decode depth, speedup / ideal; the end-to-end speedup
 prompt included; paired the same way) in wall clock and in CPU time, the median time to the
 first token; for exit@t the val loss of exit-layer logits (eval_exit.evaluate) and its change
 vs full depth; for spec the acceptance rate, tokens per verification and whether the tokens
-equal full depth's (they must).
+equal full depth's (they must). For a threshold that can fire but never did at a batch size
+(it pays its check at every layer for nothing) the check's cost is also measured without the
+drift between whole runs: --step-pairs full-depth and early-exit decode steps alternated at one
+cache position (step_pairs), the median of their time ratios and its middle half.
 Writes bench/results/decode-<device>-<date>.md / .json.
 """
 import argparse
@@ -95,6 +98,9 @@ def parse_args(argv=None):
                     "('' = none)")
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--rounds", type=cli.int_arg(1, 1000), default=9)
+    ap.add_argument("--step-pairs", type=cli.int_arg(0, 10 ** 6), default=2000,
+                    help="for each threshold that can fire but never did: full-depth and "
+                    "early-exit decode steps alternated this many times (0: off)")
     ap.add_argument("--new-tokens", type=cli.int_arg(2), default=64,
                     help="tokens per run: the first (prompt) plus a decode phase of n - 1")
     ap.add_argument("--prompt-len", type=cli.int_arg(1), default=32)
@@ -204,6 +210,43 @@ def measure_interleaved(model, prompts, n_new, cases, rounds, ref="full"):
         for m in METRICS:
             res[ref]["paired"][m].append(1.0)
     return res
+
+
+def step_pairs(model, prompts, threshold, pairs):
+    """The check's cost without the run-to-run drift: one full-depth decode step and one
+    early-exit step at `threshold` (decode._step, what generate runs per token) alternated
+    `pairs` times, each pair's order swapped, at one cache position after prompts (B, T) (their
+    last token, decoded at position T again and again: both steps write the same K/V there;
+    T < block_size). -> the per-pair
+    ratios (full-depth step time / early-exit step time), or None when the threshold can
+    never fire (decoding then is the full-depth path) or fires at that step (the two steps
+    would not do the same work)."""
+    import torch
+    import decode
+    import exits
+    L, (B, T) = model.config.n_layer, prompts.shape
+    sync = torch.cuda.synchronize if prompts.is_cuda else (lambda: None)
+    with torch.inference_mode():
+        measure = decode._exit_check(model, exits.EXIT_RULES["threshold"], threshold,
+                                     prompts.device)
+        if measure is None:
+            return None
+        head = decode._head_fn(model)
+        layers = decode.kernel_for(model, head)
+        cache = decode.DecodeCache(model, B, prompts.device, next(model.parameters()).dtype)
+        decode._step(model, cache, prompts, 0, head, layers, None)
+        args = [(model, cache, prompts[:, -1:], T, head, layers, m) for m in (None, measure)]
+        if decode._step(*args[1])[1] != float(L):
+            return None
+        times = ([], [])
+        for i in range(pairs):
+            for j in ((0, 1) if i % 2 else (1, 0)):
+                sync()
+                t0 = time.perf_counter()
+                decode._step(*args[j])
+                sync()
+                times[j].append(time.perf_counter() - t0)
+    return [a / b for a, b in zip(*times)]
 
 
 def summarize(res, n_layer, ref="full"):
@@ -322,6 +365,14 @@ def run(args):
                                for i in range(B)]).to(device)
         print(f"batch {B}: {len(cases)} cases x {args.rounds} rounds ...", flush=True)
         res = summarize(measure_interleaved(model, prompts, args.new_tokens, cases, args.rounds), L)
+        for name, r in res.items():
+            t = cases[name].get("exit_threshold")
+            ratios = (step_pairs(model, prompts, t, args.step_pairs)
+                      if t is not None and r["depth"] == L and args.step_pairs else None)
+            if ratios:
+                q = statistics.quantiles(ratios, n=4)
+                r["step_paired"] = dict(median=statistics.median(ratios), q25=q[0], q75=q[2],
+                                        pairs=len(ratios))
         full_out = res["full"]["out"]
         for name, r in res.items():
             if name.startswith(("spec", "full (")):
@@ -368,6 +419,13 @@ def acceptance_lines(report):
         lines += [f"- batch {B}, thresholds that never fired: " + ", ".join(
             f"{n} {res[n]['speedup']:.2f}x ({res[n]['ratio_of_medians']:.2f}x)" for n in never)
             + " of full depth (target >= 0.95x)"]
+        steps = [n for n in never if "step_paired" in res[n]]
+        if steps:
+            sp = [res[n]["step_paired"] for n in steps]
+            lines += [f"- batch {B}, the same, decode steps alternated with full depth's "
+                      f"{sp[0]['pairs']} times in one process (median ratio, middle half): "
+                      + ", ".join(f"{n} {p['median']:.3f}x ({p['q25']:.2f}..{p['q75']:.2f})"
+                                  for n, p in zip(steps, sp))]
         if pick in res:
             r = res[pick]
             lines += [f"- batch {B}, {pick}: {r['speedup']:.2f}x ({r['ratio_of_medians']:.2f}x), "

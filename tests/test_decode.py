@@ -947,13 +947,27 @@ def test_decode_bench_out_of_order_beyond_spread():
     assert decode_bench.out_of_order(res) == [("exit@0.3", "exit@0.2")]
 
 
+def test_decode_bench_step_pairs():
+    """step_pairs: `pairs` ratios of a full-depth step's time over an early-exit step's at one
+    cache position; None for a threshold that can never fire (no check to time) or that fires
+    at that step (different work)."""
+    decode_bench = _decode_bench()
+    m = make(scale=1.0)
+    idx = prompts(2, 5, seed=1)
+    ratios = decode_bench.step_pairs(m, idx, 1.0, 7)
+    assert len(ratios) == 7 and all(0 < r < math.inf for r in ratios)
+    assert decode_bench.step_pairs(m, idx, 1.01, 7) is None
+    assert decode_bench.step_pairs(m, idx, 0.0, 7) is None             # fires at layer 1
+
+
 def test_decode_bench_end_to_end(tmp_path, capsys):
     import bench
     from test_eval_exit import write_ckpt, write_data
     ckpt = write_ckpt(tmp_path / "log" / "r" / "ckpt_000000.pt")
     data = write_data(tmp_path / "data")
     bench.main(["--decode", "--ckpt", str(ckpt), "--data", str(data), "--prompt-len", "4",
-                "--new-tokens", "4", "--rounds", "2", "--spec", "1x2", "--thresholds", "1.01",
+                "--new-tokens", "4", "--rounds", "2", "--spec", "1x2", "--thresholds", "1.01,1",
+                "--step-pairs", "3",
                 "--depths", "1,2",
                 "--val-batches", "1", "--batch-sizes", "1,2", "--out", str(tmp_path / "out")])
     (md,) = (tmp_path / "out").glob("decode-cpu-*.md")
@@ -966,6 +980,8 @@ def test_decode_bench_end_to_end(tmp_path, capsys):
     assert "## batch 2" in text and "wrote" in capsys.readouterr().out
     assert text.count("| depth 1 | 1.00 |") == 2 and text.count("| depth 2 | 2.00 |") == 2
     assert "- batch 1, thresholds that never fired: exit@1.01 " in text
+    assert ("- batch 2, the same, decode steps alternated with full depth's 3 times in one "
+            "process (median ratio, middle half): exit@1 ") in text     # not exit@1.01: no check
 
 
 def test_kernel_decodes_the_same_bits_every_call():
