@@ -265,12 +265,18 @@ class _SharedPreLN(_Blocks):
         self.ln_2, self.mlp, self.c_proj = blk.ln_2, blk.mlp, blk.attn.c_proj
         self.C, self.nh, self.L, self.eps = cfg.n_embd, cfg.n_head, cfg.n_layer, blk.ln_1.eps
         w, b = zip(_fold(blk.attn.c_attn, blk.ln_1), _fold(model.lm_head, model.transformer.ln_f))
-        self.w, self.b = torch.cat(w), torch.cat(b)                     # (3C + V, C), (3C + V,)
-        self.wt = self.w.t()                        # addmm's (C, 3C + V) operand
+        w, b = torch.cat(w), torch.cat(b)                               # (3C + V, C), (3C + V,)
+        # zero rows up to a row of a multiple of 64 bytes (N = 3C + V + pad): q, k, v read from
+        # the fused output are then as aligned as c_attn's own (R, 3C) output, and attention on
+        # them gives the same bits (an odd row length gave other last bits: tests)
+        pad = -w.size(0) % (64 // w.element_size())
+        self.w, self.b = F.pad(w, (0, 0, 0, pad)), F.pad(b, (0, pad))   # (N, C), (N,)
+        self.wt = self.w.t()                        # addmm's (C, N) operand
         self.wt_qkv, self.b_qkv = self.wt[:, :3 * self.C], self.b[:3 * self.C]
-        self.qkv = None            # (R, 3C [+ V]): q, k, v of the last logits' input (its
+        self.lg_cols = slice(3 * self.C, 3 * self.C + model.lm_head.weight.size(0))
+        self.qkv = None            # (R, 3C | N): q, k, v of the last logits' input (its
                                    # first 3C columns), for the next layer
-        self.bufs, self.turn = None, 0  # two (out (R, 3C + V), its logits view), used in turn,
+        self.bufs, self.turn = None, 0  # two (out (R, N), its logits view), used in turn,
         self.buf_rows = None            # for R rows (logits' first call)
         self.autocast = torch.is_autocast_enabled(self.w.device.type)
 
@@ -369,22 +375,22 @@ class _SharedPreLN(_Blocks):
 
     def logits(self, x):
         """As _Blocks.logits. For the row count of the step's first call (every row of the
-        batch) the result is a view into one of two buffers used in turn (no allocation, no
-        slicing per call): valid until the next-but-one call, what a caller keeps longer it
-        copies. Fewer rows (after exits) and autocast (which an out= call bypasses) get a new
-        tensor."""
+        batch) an fp32 model's result is a view into one of two buffers used in turn (no
+        allocation, no slicing per call): valid until the next-but-one call, what a caller
+        keeps longer it copies. Fewer rows (after exits) and autocast (which an out= call
+        bypasses) get a new tensor, and a model in another dtype its fp32 copy."""
         R = x.size(0)
         if R == self.buf_rows:
             self.turn ^= 1
             out, lg = self.bufs[self.turn]
-            torch.addmm(self.b, self._norm(x), self.wt, out=out)        # (R, 3C + V)
+            torch.addmm(self.b, self._norm(x), self.wt, out=out)        # (R, N)
         else:
             out = torch.addmm(self.b, self._norm(x), self.wt)
-            lg = out[:, 3 * self.C:]
+            lg = out[:, self.lg_cols]
             if self.buf_rows is None and not self.autocast:
                 # two allocations: a buffer at an unaligned offset into one shared
                 # allocation gave other last bits (tests)
-                self.bufs = [(o, o[:, 3 * self.C:]) for o in (out, torch.empty_like(out))]
+                self.bufs = [(o, o[:, self.lg_cols]) for o in (out, torch.empty_like(out))]
                 self.buf_rows = R
         self.qkv = out                              # _split reads columns < 3C
         return lg if lg.dtype == torch.float32 else lg.float()
@@ -516,6 +522,23 @@ _ROW_MAX_VALUES = 2048
 _ROW_TOL = 1e-3
 
 
+def _max_fired(fast, scalar, rule, t, threshold):
+    """_Measure.fired for a rule with a scalar form (monotone: the rows fire that a float
+    compare passes) and a from_logits confidence: the rows' confidences read once as their
+    largest value, so that a layer where no row exits (the common case) costs one reduction
+    and no index ops; t: float(threshold)."""
+    def fired(l, x_in, x_out, logits):
+        conf = fast(logits)                                                 # (R,)
+        top = conf.max().item()
+        if top == top:                              # a NaN max says nothing of the other rows
+            if not scalar(top, t):
+                return []
+            if conf.size(0) == 1:
+                return [0]
+        return rule(conf, threshold).nonzero()[:, 0].tolist()
+    return fired
+
+
 def _row_fired(row, scalar, t, otherwise):
     """_Measure.fired for a single row on CPU: its confidence from_row (Python floats from one
     tolist()), decided by the rule's scalar form; within _ROW_TOL of the threshold t (or NaN)
@@ -550,13 +573,13 @@ class _Measure:
         self.needs_head = self.meas.head            # False: trigger takes logits None
         self.fast, self.scalar = self.meas.from_logits, rule.scalar
         row = self.meas.from_row
-        if self.fast is None or self.scalar is None:
-            self.fired = self._fired_trigger
-        elif (row is not None and torch.device(device).type == "cpu"
-              and model.lm_head.weight.size(0) <= _ROW_MAX_VALUES):
-            self.fired = _row_fired(row, self.scalar, self.t, self._fired_max)
-        else:
-            self.fired = self._fired_max
+        if self.fast is not None and self.scalar is not None:
+            # an instance attribute over the method below: closures over values, not over
+            # self (no reference cycle keeps a finished generate's measure alive)
+            self.fired = _max_fired(self.fast, self.scalar, rule, self.t, self.threshold)
+            if (row is not None and torch.device(device).type == "cpu"
+                    and model.lm_head.weight.size(0) <= _ROW_MAX_VALUES):
+                self.fired = _row_fired(row, self.scalar, self.t, self.fired)
         self.begin()
 
     def begin(self):
@@ -564,24 +587,11 @@ class _Measure:
         self.prev, self.hist = None, []
         return self
 
-    # fired(l, x_in, x_out, logits) -> the indices (list of int, ascending) of the rows of
-    # x_out (R, C) that exit at layer l; a host read or two. Same decisions as `trigger`
-    # (tests). Under a rule with a scalar form (monotone: the rows fire that a float compare
-    # passes) a from_logits confidence is read once as a number: for a single small CPU row its
-    # float form (_row_fired), else the largest value over the rows, so that a layer where no
-    # row exits (the common case) costs one reduction and no index ops.
-
-    def _fired_max(self, l, x_in, x_out, logits):
-        conf = self.fast(logits)                                            # (R,)
-        top = conf.max().item()
-        if top == top:                              # a NaN max says nothing of the other rows
-            if not self.scalar(top, self.t):
-                return []
-            if conf.size(0) == 1:
-                return [0]
-        return self.rule(conf, self.threshold).nonzero()[:, 0].tolist()
-
-    def _fired_trigger(self, l, x_in, x_out, logits):
+    def fired(self, l, x_in, x_out, logits):
+        """Layer l's exit decision -> the indices (list of int, ascending) of the rows of
+        x_out (R, C) that exit; a host read or two. Same decisions as `trigger` (tests). Under
+        a rule with a scalar form and a from_logits confidence, __init__ puts a faster one in
+        its place (_max_fired, _row_fired)."""
         return self.trigger(l, x_in, x_out, logits).nonzero()[:, 0].tolist()
 
     def trigger(self, l, x_in, x_out, logits):
@@ -810,8 +820,11 @@ def _mean_depth(depths, B):
     return total / (len(depths) * B)
 
 
-def _check(model, max_new_tokens, temperature, top_k, draft_layers, draft_tokens, early):
+def _check(model, idx, max_new_tokens, temperature, top_k, draft_layers, draft_tokens, early):
     L = model.config.n_layer
+    if idx.dim() != 2 or 0 in idx.shape:
+        raise ValueError(f"idx must be (B, T) token ids with B, T >= 1, got shape "
+                         f"{tuple(idx.shape)}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
@@ -868,7 +881,7 @@ def _generate(model, idx, max_new_tokens, temperature, top_k, exit_threshold, dr
     """generate's body (under inference_mode) -> [idx, new tokens (B, n) ...] to concatenate."""
     cfg = model.config
     early = exit_threshold is not None or cfg.early_exit
-    _check(model, max_new_tokens, temperature, top_k, draft_layers, draft_tokens, early)
+    _check(model, idx, max_new_tokens, temperature, top_k, draft_layers, draft_tokens, early)
     rule = exits.EXIT_RULES["threshold" if exit_threshold is not None else cfg.exit_mode]
     thr = float(exit_threshold if exit_threshold is not None else cfg.exit_threshold)
     measure = _exit_check(model, rule, thr, idx.device) if early else None

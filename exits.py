@@ -53,9 +53,10 @@ import torch.nn.functional as F
 #   from_logits=g  g(z (n, V) fp32 logits) -> (n,): the value the decoder reads (no targets)
 #                  from the logits alone, its per-layer check without a ConfIn (tests: equal);
 #   from_row=h     h(zs: list of V floats, one row's logits) -> float: the same value in Python
-#                  float64 arithmetic, what the decoder reads for a single row on CPU (one
-#                  tolist() instead of a chain of tensor ops; decode._row_fired), compared
-#                  with the threshold where it is clear of it (tests: within 1e-6);
+#                  float64 arithmetic, what the decoder reads for a single row of at most
+#                  decode._ROW_MAX_VALUES logits on CPU (one tolist() instead of a chain of
+#                  tensor ops; decode._row_fired), compared with the threshold where it is
+#                  clear of it (tests: within 1e-6);
 #   head=False     reads no head statistic (out.head is None): the decoder runs the head only
 #                  for the tokens that exit, not at every layer.
 

@@ -4,6 +4,7 @@ the full model's distribution)."""
 import contextlib
 import math
 import os
+import re
 import sys
 import warnings
 
@@ -805,6 +806,13 @@ def test_generate_rejects_bad_arguments(kw, msg):
         m.generate(prompts(1, 3), 4, **kw)
 
 
+@pytest.mark.parametrize("shape", [(0, 3), (2, 0), (3,)])
+def test_generate_rejects_an_empty_or_1d_prompt(shape):
+    msg = f"idx must be (B, T) token ids with B, T >= 1, got shape {shape}"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        make().generate(torch.zeros(shape, dtype=torch.long), 2, temperature=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # the decode benchmark (bench/decode_bench.py)
 
@@ -986,10 +994,9 @@ def test_decode_bench_end_to_end(tmp_path, capsys):
 
 def test_kernel_decodes_the_same_bits_every_call():
     """Identical early-exit generates give the same logits bit for bit, the first one too,
-    whose kernel also ran the probe (agrees: one more head call, so its steps start on the
-    other head buffer): with a (3C + V) row of 644 bytes, two buffers carved from one
-    allocation (the second 644 bytes in, not 64-byte aligned) gave logits that differed in the
-    last bits between the first call and the later ones."""
+    whose kernel also ran the probe. (Once the probe's head call left the first generate's
+    steps starting on the other of two head buffers carved from one allocation, the second
+    644 bytes in, and its logits differed in the last bits from the later calls'.)"""
     torch.manual_seed(0)
     m = GPT(GPTConfig(block_size=32, vocab_size=65, n_layer=L, n_head=2, n_embd=32,
                       share_weights=True)).eval()
@@ -1075,3 +1082,45 @@ def test_head_buffers_only_for_the_full_batch(monkeypatch):
     assert 1 < m.last_generate_stats["avg_exit_depth"] < L
     k = seen[-1]
     assert k.buf_rows == 8 and [o.size(0) for o, _ in k.bufs] == [8, 8]
+
+
+@pytest.mark.parametrize("C,nh,vocab,B", [(64, 2, 65, 2), (384, 6, 65, 8), (64, 2, 64, 3)])
+def test_checked_never_firing_threshold_gives_full_depths_bits_in_fp32(C, nh, vocab, B):
+    """fp32: a threshold checked at every layer that never fires (1.0) gives full depth's
+    logits bit for bit, also where 3C + V is odd (the benchmark's 384 x 65 model): q, k, v read
+    from the fused [c_attn; lm_head] output had a row stride of 3C + V instead of c_attn's 3C,
+    and attention gave other last bits for them (the fused rows are padded to 64 bytes)."""
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=32, vocab_size=vocab, n_layer=L, n_head=nh, n_embd=C,
+                      share_weights=True)).eval()
+    idx = prompts(B, 5, seed=2, vocab=vocab)
+    full, early = [], []
+    a = m.generate(idx, 6, temperature=0, step_logits=full)
+    b = m.generate(idx, 6, temperature=0, exit_threshold=1.0, step_logits=early)
+    assert kernel_type(m) is decode._SharedPreLN
+    assert m.last_generate_stats["avg_exit_depth"] == L
+    assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(full, early))
+
+
+@pytest.mark.parametrize("confidence", ["max-prob", "kl-prev", "state-cosine"])
+def test_a_finished_generates_measure_is_freed_without_the_cycle_collector(confidence,
+                                                                            monkeypatch):
+    """The exit check (decode._Measure) holds no reference to itself: when generate returns
+    it is freed at once, with what it holds (kl-prev: a view of the kernel's head buffer)."""
+    import gc
+    import weakref
+    made, exit_check = [], decode._exit_check
+
+    def spy(*a):
+        measure = exit_check(*a)
+        made.append(weakref.ref(measure))
+        return measure
+    monkeypatch.setattr(decode, "_exit_check", spy)
+    m = make(scale=1.0, confidence=confidence)
+    idx = prompts(2, 4, seed=1)
+    gc.disable()
+    try:
+        m.generate(idx, 5, temperature=0, exit_threshold=0.99)
+        assert len(made) == 1 and made[0]() is None
+    finally:
+        gc.enable()
