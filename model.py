@@ -628,7 +628,27 @@ def rope_tables(n_pos, head_dim, base):
     return ang.cos(), ang.sin()
 
 
-POS_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
+def _pos_learned(model, x, pos0, T):
+    return x + model.transformer.wpe.weight[pos0:pos0 + T], None        # = wpe(arange(...))
+
+
+def _pos_sinusoidal(model, x, pos0, T):
+    return x + model.sin_pe[pos0:pos0 + T].to(x.dtype), None
+
+
+def _pos_rope(model, x, pos0, T):
+    return x, (model.rope_cos[pos0:pos0 + T], model.rope_sin[pos0:pos0 + T])
+
+
+def _pos_none(model, x, pos0, T):
+    return x, None
+
+
+# name -> positions(model, x (B, T, C) token embeddings, pos0, T) -> (x with the absolute
+# encoding of positions pos0..pos0+T-1 added, their RoPE tables (cos, sin) or None); resolved
+# once in GPT.__init__ (the parameters / buffers each one reads are made there)
+POS_ENCODINGS = {"learned": _pos_learned, "sinusoidal": _pos_sinusoidal, "rope": _pos_rope,
+                 "none": _pos_none}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -685,6 +705,7 @@ class GPT(nn.Module):
             cos, sin = rope_tables(cfg.block_size, cfg.n_embd // cfg.n_head, cfg.rope_base)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        self.positions = POS_ENCODINGS[cfg.pos_encoding]
         self.progress = 0.0          # training progress in [0, 1] (set_progress)
         self.step = 0                # training step (set_progress)
         self.last_generate_stats = {}
@@ -770,15 +791,7 @@ class GPT(nn.Module):
         B, T = idx.shape
         if pos0 + T > self.config.block_size:
             raise ValueError(f"sequence of length {pos0 + T} > block_size {self.config.block_size}")
-        x = self.transformer.wte(idx)                                    # (B, T, C)
-        pe = self.config.pos_encoding
-        rope = None
-        if pe == "learned":
-            x = x + self.transformer.wpe.weight[pos0:pos0 + T]          # = wpe(arange(...))
-        elif pe == "sinusoidal":
-            x = x + self.sin_pe[pos0:pos0 + T].to(x.dtype)
-        elif pe == "rope":
-            rope = (self.rope_cos[pos0:pos0 + T], self.rope_sin[pos0:pos0 + T])
+        x, rope = self.positions(self, self.transformer.wte(idx), pos0, T)  # (B, T, C)
         return self.transformer.drop(x), rope
 
     def _head_in(self, h):
