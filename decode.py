@@ -368,7 +368,7 @@ class _SharedPreLN(_Blocks):
         want = (self.model.block(0)(x[:, None], self.rope, [slot()])[0][:, 0], self.head(x))
         got = (self._layer(x, slot()), self.logits(x))
         self.qkv = self.bufs = self.buf_rows = None                     # the probe's 4 rows
-        loose = p.dtype != torch.float32 or torch.is_autocast_enabled(p.device.type)
+        loose = p.dtype != torch.float32 or self.autocast
         tol = 5e-2 if loose else 1e-4
         return all(torch.allclose(g.float(), w.float(), rtol=tol, atol=tol * float(w.abs().max()))
                    for g, w in zip(got, want))
@@ -567,19 +567,19 @@ class _Measure:
         self.model, self.meas = model, exits.CONFIDENCES[model.config.confidence]
         self.rule = rule
         # the threshold as a 0-dim fp32 tensor: the comparison a rule makes with a Python float
-        # (in the confidence's fp32) without wrapping the float at every layer; t: its value
+        # (in the confidence's fp32) without wrapping the float at every layer
         self.threshold = torch.tensor(threshold, dtype=torch.float32, device=device)
-        self.t = float(self.threshold)
         self.needs_head = self.meas.head            # False: trigger takes logits None
-        self.fast, self.scalar = self.meas.from_logits, rule.scalar
-        row = self.meas.from_row
-        if self.fast is not None and self.scalar is not None:
+        self.fast = self.meas.from_logits
+        scalar, row = rule.scalar, self.meas.from_row
+        if self.fast is not None and scalar is not None:
             # an instance attribute over the method below: closures over values, not over
             # self (no reference cycle keeps a finished generate's measure alive)
-            self.fired = _max_fired(self.fast, self.scalar, rule, self.t, self.threshold)
+            t = float(self.threshold)               # the fp32 threshold's value
+            self.fired = _max_fired(self.fast, scalar, rule, t, self.threshold)
             if (row is not None and torch.device(device).type == "cpu"
                     and model.lm_head.weight.size(0) <= _ROW_MAX_VALUES):
-                self.fired = _row_fired(row, self.scalar, self.t, self.fired)
+                self.fired = _row_fired(row, scalar, t, self.fired)
         self.begin()
 
     def begin(self):

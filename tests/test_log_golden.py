@@ -3,9 +3,9 @@ behaviour change from refactoring the trainer). Header/comment lines (`# ...`, p
 time) and the wall-clock fields (dt, tok/sec, flops) are masked; everything else — losses,
 earlystopdict, lr, norm, SIZE COMPARISON, val, val-layers, samples — must match exactly as
 printed, except the numbers printed with all their digits (SIZE COMPARISON's float reprs): those
-agree to 1e-5 relative, because the same run on a CPU with AVX-512 and on one with AVX2 only
-differs in the last bits of their reductions (up to 8e-7 relative measured; the rounded losses,
-lr and norms are identical there).
+agree to 1e-5 relative, because the same run on a VM whose CPU has AVX-512 and on the host the
+goldens were recorded on differs in the last bits of these reductions (up to 8e-7 relative
+measured; the rounded losses, lr and norms are identical there).
 
     python tests/test_log_golden.py --record     # rewrite tests/golden/*.txt (after a deliberate change)
 """
